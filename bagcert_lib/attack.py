@@ -1,0 +1,97 @@
+"""Heuristic adversarial patch attack (App. A.2): an upper bound on robust accuracy.
+
+1. Choose the region and target class that Condition 3.2 finds weakest:
+   l*, c* = argmin_{l, c != c_t} Σ_{(i,j) ∉ R(l)} Δ_{i,j,c} - |R(l)|.
+2. Keep them fixed and run PGD on the patch pixels p ∈ [0, 1] (100 steps of size 0.025 by
+   default), maximising L_R of §3.3 (margin M = 1) restricted to the target c*.
+A sample counts as broken as soon as any PGD iterate flips g_Σ's prediction; that iterate is kept.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .certifier import ScoreMaps, _pair
+from .heads import get_head
+from .loss import check_margin
+from .runtime import autocast, region_scores
+
+
+@dataclass
+class AttackResult:
+    images: torch.Tensor         # adversarial images (B, C_in, H, W) in [0, 1]
+    row: torch.Tensor            # l*: top-left pixel row of the patch, (B,)
+    col: torch.Tensor            # l*: top-left pixel column, (B,)
+    target: torch.Tensor         # c*, (B,)
+    clean_correct: torch.Tensor  # bool (B,)
+    adv_correct: torch.Tensor    # bool (B,): still correct after the attack
+    flipped: torch.Tensor        # bool (B,): clean_correct and not adv_correct
+
+    def summary(self) -> dict:
+        return {"n": len(self.flipped),
+                "clean_accuracy": self.clean_correct.float().mean().item(),
+                "adversarial_accuracy": self.adv_correct.float().mean().item(),
+                "flipped": int(self.flipped.sum())}
+
+
+def patch_mask(shape, row, col, patch, device) -> torch.Tensor:
+    """(B, 1, H, W) float mask that is 1 on each sample's h x w patch at (row, col)."""
+    B, _, H, W = shape
+    ph, pw = patch
+    rows = torch.arange(H, device=device)[None, :]
+    cols = torch.arange(W, device=device)[None, :]
+    in_r = (rows >= row[:, None]) & (rows < row[:, None] + ph)
+    in_c = (cols >= col[:, None]) & (cols < col[:, None] + pw)
+    return (in_r[:, :, None] & in_c[:, None, :]).unsqueeze(1).float()
+
+
+def patch_attack(model, x: torch.Tensor, y: torch.Tensor, patch=5, *, steps: int = 100,
+                 step_size: float = 0.025, margin: float = 1.0, head: str = "heaviside",
+                 amp: bool | None = None, generator: torch.Generator | None = None) -> AttackResult:
+    """App. A.2 PGD patch attack on a batch of images in [0, 1]; see the module docstring."""
+    patch = _pair(patch, "patch")
+    margin = check_margin(margin)
+    if steps < 0 or step_size <= 0:
+        raise ValueError("steps must be >= 0 and step_size > 0")
+    head_fn = get_head(head)
+    model.eval()
+    x, y = x.detach(), y.to(x.device).long()
+    s = region_scores(model, x, head=head, amp=amp)
+    maps = ScoreMaps(s, y)
+    _, target, row, col, _ = maps.worst_case(patch, model.receptive_field, model.stride,
+                                             image_size=tuple(x.shape[-2:]))
+    mask = patch_mask(x.shape, row, col, patch, x.device)
+    p = torch.rand(x.shape, generator=generator, device="cpu").to(x.device)
+    adv = x * (1 - mask) + p * mask
+    best = adv.clone()
+    broken = torch.zeros(len(y), dtype=torch.bool, device=x.device)
+    flags = [(q, q.requires_grad) for q in model.parameters()]
+    for q, _ in flags:
+        q.requires_grad_(False)
+    try:
+        for step in range(steps + 1):
+            adv.requires_grad_(True)
+            with autocast(x.device, amp):
+                logits = model(adv)
+            scores = head_fn(logits.float())
+            now_wrong = ~ScoreMaps(scores.detach(), y).correct
+            newly = now_wrong & ~broken
+            best[newly] = adv.detach()[newly]
+            broken |= now_wrong
+            if step == steps or bool(broken.all()):
+                break
+            S = scores.mean((2, 3))
+            d = S.gather(1, y[:, None]) - S.gather(1, target[:, None])   # Δ_{c*} / (w h)
+            loss = -torch.clamp(d.squeeze(1), max=margin)               # L_R for c*, maximised
+            (grad,) = torch.autograd.grad(loss.sum(), adv)
+            with torch.no_grad():
+                adv = (adv + step_size * grad.sign() * mask).clamp(0, 1)
+                adv = x * (1 - mask) + adv * mask
+    finally:
+        for q, flag in flags:
+            q.requires_grad_(flag)
+    best[~broken] = adv.detach()[~broken]
+    return AttackResult(images=best, row=row, col=col, target=target,
+                        clean_correct=maps.correct, adv_correct=maps.correct & ~broken,
+                        flipped=maps.correct & broken)

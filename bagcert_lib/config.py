@@ -1,0 +1,117 @@
+"""Experiment profiles and the paper's grids, read from the repository's ``_config.yml``.
+
+A run's configuration is a :class:`TrainConfig`: the profile's values, then explicit overrides.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class TrainConfig:
+    """One BagCert training run. Defaults are App. A.1's CIFAR-10 recipe (profile ``paper``)."""
+
+    dataset: str = "cifar10"
+    data: str | None = None          # data location; else $BAGCERT_DATA; else the defaults
+    rf: int = 7
+    width: int = 768
+    margin: float = 0.5              # M = 2R / (w_out h_out)  (§3.3)
+    sigma: float = 0.0               # one-hot penalty weight
+    head: str = "heaviside"
+    shake: bool = True
+    seed: int = 0
+    epochs: int = 350
+    batch_size: int = 96
+    lr: float = 1e-3
+    warmup_epochs: float = 10
+    weight_decay: float = 0.0
+    augment: bool = True             # random crop (pad 4) + horizontal flip
+    train_size: int | None = None    # None: the whole training set
+    eval_size: int = 1000            # fixed held-out evaluation set (from the test split)
+    eval_patch: int = 5              # patch size of the per-epoch certified accuracy
+    amp: bool | None = None          # bf16 autocast; None: when the device supports it
+    channels_last: bool = True
+    device: str | None = None        # None: cuda if available else cpu
+    profile: str | None = None
+
+    def validate(self) -> "TrainConfig":
+        from .heads import HEADS
+        from .model import CIFAR_KERNELS, IMAGENET_KERNELS
+
+        known = CIFAR_KERNELS if self.dataset == "cifar10" else {**CIFAR_KERNELS, **IMAGENET_KERNELS}
+        if self.dataset not in ("cifar10", "imagefolder"):
+            raise ValueError(f"unknown dataset {self.dataset!r}; choose 'cifar10' or 'imagefolder'")
+        if self.rf not in known:
+            raise ValueError(f"unknown receptive field {self.rf!r}; choose one of {sorted(known)}")
+        if self.head not in HEADS:
+            raise ValueError(f"unknown head {self.head!r}; choose one of {HEADS}")
+        if not self.margin > 0:
+            raise ValueError(f"margin M must be positive, got {self.margin}")
+        if self.sigma < 0:
+            raise ValueError(f"sigma must be >= 0, got {self.sigma}")
+        for name in ("width", "epochs", "batch_size", "eval_patch"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.train_size is not None and self.train_size < 1:
+            raise ValueError(f"train_size must be positive or None, got {self.train_size}")
+        if not self.lr > 0 or self.warmup_epochs < 0:
+            raise ValueError("lr must be > 0 and warmup_epochs >= 0")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def run_name(self) -> str:
+        return (f"{self.profile or 'custom'}-rf{self.rf}-m{self.margin:g}-{self.head}"
+                f"-s{self.sigma:g}-seed{self.seed}")
+
+
+def config_path(path=None) -> Path:
+    for p in (path, os.environ.get("BAGCERT_CONFIG"), REPO_ROOT / "_config.yml", Path("_config.yml")):
+        if p and Path(p).is_file():
+            return Path(p)
+    raise FileNotFoundError("no _config.yml found (looked at the argument, $BAGCERT_CONFIG, "
+                            f"{REPO_ROOT / '_config.yml'} and ./_config.yml)")
+
+
+def load_config(path=None) -> dict:
+    with open(config_path(path)) as f:
+        return yaml.safe_load(f)
+
+
+def resolve_profile(name: str) -> str:
+    """``auto`` is ``paper`` with CUDA and ``cpu`` otherwise (printed)."""
+    if name == "auto":
+        import torch
+
+        name = "paper" if torch.cuda.is_available() else "cpu"
+        print(f"profile auto -> {name} ({'CUDA found' if name == 'paper' else 'no CUDA'})")
+    return name
+
+
+def profile_config(name: str = "auto", path=None, **overrides) -> TrainConfig:
+    """The :class:`TrainConfig` of profile ``name`` with ``overrides`` applied (None = keep)."""
+    cfg = load_config(path)
+    name = resolve_profile(name)
+    profiles = cfg["profiles"]
+    if name not in profiles:
+        raise ValueError(f"unknown profile {name!r}; choose one of {sorted(profiles) + ['auto']}")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in profiles[name].items() if k in fields}
+    unknown = set(overrides) - fields
+    if unknown:
+        raise ValueError(f"unknown config keys {sorted(unknown)}; known: {sorted(fields)}")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(profile=name, **values).validate()
+
+
+def grids(path=None) -> dict:
+    """The paper's grids (receptive fields, margins, patch shapes, Figure 8 heads and seeds)."""
+    return load_config(path)["grids"]

@@ -1,0 +1,214 @@
+"""The training loop (§3.3, App. A.1): Adam, per-step cosine decay with linear warmup, margin loss.
+
+``train(cfg, run_dir)`` writes one run directory:
+
+    config.yaml       the TrainConfig
+    history.csv       per epoch: loss, lr, clean and certified accuracy on the held-out set, seconds
+    metrics.json      the last epoch's numbers
+    provenance.json   git commit, torch version, device, dataset name + sha256, wall time, s/epoch
+    checkpoint.pt     model, optimizer, scheduler, RNG states, epoch, history (every epoch)
+
+Rerunning with the same run directory resumes from checkpoint.pt and ends at the same result as an
+uninterrupted run: every epoch reseeds its shuffling, augmentation and shake-shake noise from
+(seed, epoch).
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from . import data as data_mod
+from .certifier import certify_model
+from .config import REPO_ROOT, TrainConfig
+from .heads import get_head
+from .loss import total_loss
+from .model import cifar_scorer, imagenet_scorer, num_parameters
+from .runtime import autocast, configure_backends, default_device, device_name, use_amp
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def build_model(cfg: TrainConfig, num_classes: int = 10):
+    if cfg.rf in (17, 25, 29):
+        return imagenet_scorer(cfg.rf, num_classes=num_classes)
+    return cifar_scorer(cfg.rf, cfg.width, num_classes=num_classes, shake=cfg.shake)
+
+
+def load_data(cfg: TrainConfig):
+    """The dataset for ``cfg``, subset to train_size, plus the fixed held-out evaluation set."""
+    full = data_mod.load_dataset(cfg.dataset, cfg.data)
+    train = data_mod.subset(full, n_train=cfg.train_size, seed=0) if cfg.train_size else full
+    ev = data_mod.subset(full, n_test=min(cfg.eval_size, len(full.y_test)), seed=0)
+    return full, train, ev
+
+
+def cosine_warmup(total_steps: int, warmup_steps: int):
+    """LR factor per step: linear warmup to 1, then cosine decay to 0 (Loshchilov & Hutter)."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+    return factor
+
+
+def git_commit() -> dict:
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    try:
+        return {"commit": git("rev-parse", "HEAD") or None,
+                "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 100_003 + epoch
+
+
+def _rng_state():
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def evaluate(model, x, y, cfg: TrainConfig, device, patches=None, progress=False):
+    """Clean and certified accuracy (Conditions 3.2 and 3.3) on (x, y): the one evaluation loop."""
+    patches = patches or [cfg.eval_patch]
+    loader = data_mod.batches(x, y, 500, device=device, channels_last=cfg.channels_last)
+    return certify_model(model, loader, patches, head=cfg.head, device=device, amp=cfg.amp,
+                         progress=progress)
+
+
+def train(cfg: TrainConfig, run_dir, *, resume: bool = True, progress: bool = True,
+          stop_after: int | None = None) -> dict:
+    """Train one configuration into ``run_dir`` (resuming if a checkpoint is there).
+
+    ``stop_after``: return after that many epochs of this call (to test resuming).
+    """
+    cfg.validate()
+    run_dir = Path(run_dir)
+    device = torch.device(cfg.device) if cfg.device else default_device()
+    configure_backends()
+    full, train_data, eval_data = load_data(cfg)           # raises before any training
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, num_classes=len(full.classes)).to(device)
+    mf = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(memory_format=mf)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = data_mod.num_batches(len(train_data.y_train), cfg.batch_size, drop_last=True)
+    if steps_per_epoch == 0:
+        raise ValueError(f"train_size {len(train_data.y_train)} is smaller than batch_size {cfg.batch_size}")
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_warmup(
+        cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)))
+    head = get_head(cfg.head)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run_dir / CHECKPOINT
+    start_epoch, history, wall_before = 0, [], 0.0
+    if resume and ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if ck["config"] != cfg.to_dict():
+            raise ValueError(f"{ckpt_path} was written by a different configuration; "
+                             "use another run directory or resume=False")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        start_epoch, history, wall_before = ck["epoch"] + 1, ck["history"], ck["wall_s"]
+        if progress:
+            print(f"resuming {run_dir} at epoch {start_epoch}/{cfg.epochs}")
+    with open(run_dir / "config.yaml", "w") as f:
+        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
+
+    x_train = train_data.x_train.to(device)
+    y_train = train_data.y_train.to(device)
+    t_start = time.perf_counter()
+    for epoch in range(start_epoch, cfg.epochs):
+        if stop_after is not None and epoch - start_epoch >= stop_after:
+            break
+        t0 = time.perf_counter()
+        torch.manual_seed(_epoch_seed(cfg.seed, epoch))     # shake-shake noise
+        shuffle_gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
+        loader = data_mod.batches(x_train, y_train, cfg.batch_size, shuffle=True,
+                                  generator=shuffle_gen, device=device,
+                                  augment=cfg.augment, drop_last=True,
+                                  channels_last=cfg.channels_last)
+        model.train()
+        losses = torch.zeros((), device=device)
+        bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not progress, leave=False)
+        for step, (x, y) in enumerate(bar):
+            with autocast(device, cfg.amp):
+                logits = model(x)
+            loss = total_loss(head(logits.float()), y, cfg.margin, cfg.sigma)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses += loss.detach()
+            if progress and step % 20 == 0:
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+        train_s = time.perf_counter() - t0
+        ev = evaluate(model, eval_data.x_test, eval_data.y_test, cfg, device)
+        row = {"epoch": epoch + 1, "loss": (losses / steps_per_epoch).item(),
+               "lr": sched.get_last_lr()[0],
+               "clean_accuracy": ev.clean_accuracy.iloc[0],
+               "certified_accuracy": ev.query("condition == '3.2'").certified_accuracy.iloc[0],
+               "certified_global_accuracy": ev.query("condition == '3.3'").certified_accuracy.iloc[0],
+               "train_s": train_s, "epoch_s": time.perf_counter() - t0,
+               "images_per_s": steps_per_epoch * cfg.batch_size / train_s}
+        history.append(row)
+        if progress:
+            tqdm.write(f"epoch {epoch + 1}: loss {row['loss']:.4f}  clean {row['clean_accuracy']:.3f}"
+                       f"  certified({cfg.eval_patch}x{cfg.eval_patch}) {row['certified_accuracy']:.3f}"
+                       f"  {row['images_per_s']:.0f} img/s")
+        wall = wall_before + time.perf_counter() - t_start
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(), "rng": _rng_state(), "epoch": epoch,
+                    "history": history, "config": cfg.to_dict(), "wall_s": wall},
+                   ckpt_path.with_suffix(".tmp"))
+        ckpt_path.with_suffix(".tmp").replace(ckpt_path)     # atomic: a kill never corrupts it
+        _write_records(run_dir, cfg, model, full, train_data, eval_data, history, device, wall)
+    return {"model": model, "history": pd.DataFrame(history), "run_dir": run_dir,
+            "finished": len(history) == cfg.epochs}
+
+
+def _write_records(run_dir, cfg, model, full, train_data, eval_data, history, device, wall):
+    pd.DataFrame(history).to_csv(run_dir / "history.csv", index=False)
+    last = history[-1]
+    metrics = {k: last[k] for k in ("epoch", "loss", "clean_accuracy", "certified_accuracy",
+                                    "certified_global_accuracy")}
+    metrics.update(eval_set=f"first {len(eval_data.y_test)} of a class-balanced test subset",
+                   eval_patch=cfg.eval_patch, finished=len(history) == cfg.epochs)
+    with open(run_dir / "metrics.json", "w") as f:
+        json.dump(metrics, f, indent=2)
+    train_s = [h["train_s"] for h in history]
+    prov = {"git": git_commit(), "torch": torch.__version__, "device": device_name(device),
+            "amp_bf16": use_amp(device, cfg.amp), "dataset": full.describe(),
+            "n_train": len(train_data.y_train), "n_eval": len(eval_data.y_test),
+            "parameters": num_parameters(model), "receptive_field": model.receptive_field,
+            "stride": model.stride, "wall_s": wall, "epochs_done": len(history),
+            "seconds_per_epoch": float(np.median(train_s)),
+            "images_per_s": float(np.median([h["images_per_s"] for h in history]))}
+    with open(run_dir / "provenance.json", "w") as f:
+        json.dump(prov, f, indent=2, default=str)
+
+
+def load_run(run_dir, device=None):
+    """The trained model and config of a run directory (from its checkpoint)."""
+    run_dir = Path(run_dir)
+    ck = torch.load(run_dir / CHECKPOINT, map_location=device or "cpu", weights_only=False)
+    cfg = TrainConfig(**ck["config"])
+    model = build_model(cfg, num_classes=ck["model"]["classifier.weight"].shape[0])
+    model.load_state_dict(ck["model"])
+    return model.to(device or "cpu").eval(), cfg
