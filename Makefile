@@ -1,0 +1,27 @@
+# bagcert: one entry point. `make setup` once, then `make run` (main job) or `make test`.
+PYTHON  ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+# CPU machines: the CPU wheel. With CUDA, e.g. TORCH="torch --index-url https://download.pytorch.org/whl/cu124"
+TORCH   ?= torch==2.13.0
+PROFILE ?= auto
+RF      ?= 7
+MARGIN  ?= 0.5
+
+.PHONY: setup run test clean
+
+setup: $(BIN)/activate
+$(BIN)/activate: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+run: setup      ## main job: train one configuration (resumable), certify it on the test set
+	$(BIN)/python -m bagcert_lib train --profile $(PROFILE) --rf $(RF) --margin $(MARGIN)
+
+test: setup     ## the test suite (CI runs exactly this)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache

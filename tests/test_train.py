@@ -1,0 +1,100 @@
+"""Trainer (App. A.1 recipe), profiles, resuming, and errors raised before any training starts."""
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from bagcert_lib import data as data_mod
+from bagcert_lib.config import grids, profile_config
+from bagcert_lib.train import CHECKPOINT, load_run, train
+
+
+def test_profiles_and_grids():
+    paper = profile_config("paper")
+    assert (paper.width, paper.epochs, paper.batch_size, paper.lr, paper.warmup_epochs,
+            paper.sigma, paper.augment) == (768, 350, 96, 1e-3, 10, 0.0, True)
+    g = grids()
+    assert g["receptive_fields"] == [5, 7, 9, 11, 13]
+    assert g["margins"] == [0.25, 0.5, 0.75, 1.0]
+    assert all(h * w == 24 for h, w in g["aspect_ratio_patches"])
+    assert len(g["figure8"]["seeds"]) == 5
+
+
+def test_auto_profile_prints_choice(capsys):
+    cfg = profile_config("auto")
+    expected = "paper" if torch.cuda.is_available() else "cpu"
+    assert cfg.profile == expected and expected in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (dict(rf=6), "receptive field"), (dict(margin=-0.5), "margin"), (dict(head="relu"), "head"),
+    (dict(width=0), "width"), (dict(bogus=1), "unknown config"),
+])
+def test_bad_parameters_raise(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        profile_config("smoke", **overrides)
+
+
+def test_unknown_profile():
+    with pytest.raises(ValueError, match="unknown profile"):
+        profile_config("laptop")
+
+
+def test_missing_data_raises_before_training(tmp_path):
+    cfg = profile_config("smoke", data=str(tmp_path / "nowhere"))
+    with pytest.raises(data_mod.DataNotFoundError, match="nowhere"):
+        train(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / CHECKPOINT).exists()
+
+
+def test_corrupt_data_raises_before_training(tmp_path):
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"not a tarball" * 100)
+    cfg = profile_config("smoke", data=str(tmp_path))
+    with pytest.raises(data_mod.DataCorruptError):
+        train(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / CHECKPOINT).exists()
+
+
+def _history(run_dir):
+    return pd.read_csv(run_dir / "history.csv").drop(columns=["train_s", "epoch_s", "images_per_s"])
+
+
+def test_resume_equals_uninterrupted_run(tmp_path, colour_folder):
+    cfg = profile_config("smoke", dataset="imagefolder", data=str(colour_folder), rf=5, epochs=3,
+                         train_size=None, eval_size=60)
+    full = train(cfg, tmp_path / "full", progress=False)
+    part = train(cfg, tmp_path / "part", progress=False, stop_after=1)
+    assert not part["finished"] and len(part["history"]) == 1
+    rest = train(cfg, tmp_path / "part", progress=False)
+    assert rest["finished"]
+    a, b = full["model"].state_dict(), rest["model"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    pd.testing.assert_frame_equal(_history(tmp_path / "full"), _history(tmp_path / "part"))
+    prov = json.loads((tmp_path / "part" / "provenance.json").read_text())
+    for key in ("git", "torch", "device", "dataset", "wall_s", "seconds_per_epoch"):
+        assert key in prov
+    assert prov["dataset"]["sha256"] and prov["epochs_done"] == 3
+    model, loaded_cfg = load_run(tmp_path / "part")
+    assert loaded_cfg == cfg and model.receptive_field == 5
+
+
+def test_resume_refuses_a_different_config(tmp_path, colour_folder):
+    cfg = profile_config("smoke", dataset="imagefolder", data=str(colour_folder), rf=5, epochs=1,
+                         train_size=None, eval_size=30)
+    train(cfg, tmp_path / "run", progress=False)
+    cfg.margin = 0.25
+    with pytest.raises(ValueError, match="different configuration"):
+        train(cfg, tmp_path / "run", progress=False)
+
+
+def test_smoke_profile_on_cifar(tmp_path):
+    """The smoke profile trains on the real CIFAR-10 data (skipped when no copy is found)."""
+    try:
+        data_mod.load_cifar10(progress=False)
+    except data_mod.DataNotFoundError as e:
+        pytest.skip(f"no CIFAR-10 here: {e}")
+    out = train(profile_config("smoke"), tmp_path / "run", progress=False)
+    h = out["history"]
+    assert out["finished"] and len(h) == 2 and h.loss.notna().all()
+    assert ((h.certified_accuracy <= h.clean_accuracy) & (h.certified_global_accuracy <= h.certified_accuracy)).all()
