@@ -101,6 +101,9 @@ def train(cfg: TrainConfig, run_dir, *, resume: bool = True, progress: bool = Tr
     device = torch.device(cfg.device) if cfg.device else default_device()
     configure_backends()
     full, train_data, eval_data = load_data(cfg)           # raises before any training
+    size = tuple(full.x_test.shape[-2:])
+    if cfg.eval_patch > min(size):
+        raise ValueError(f"eval_patch {cfg.eval_patch} is larger than the image {size[0]}x{size[1]}")
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, num_classes=len(full.classes)).to(device)
     mf = torch.channels_last if cfg.channels_last else torch.contiguous_format

@@ -56,6 +56,13 @@ def test_corrupt_data_raises_before_training(tmp_path):
     assert not (tmp_path / "run" / CHECKPOINT).exists()
 
 
+def test_patch_larger_than_image_raises_before_training(tmp_path, colour_folder):
+    cfg = profile_config("smoke", dataset="imagefolder", data=str(colour_folder), rf=5, eval_patch=40)
+    with pytest.raises(ValueError, match="larger than the image"):
+        train(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / CHECKPOINT).exists()
+
+
 def _history(run_dir):
     return pd.read_csv(run_dir / "history.csv").drop(columns=["train_s", "epoch_s", "images_per_s"])
 
