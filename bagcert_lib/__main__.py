@@ -29,19 +29,16 @@ def certify_run(run_dir, patches=None, device=None, progress=True, split="test")
     import torch
 
     from . import data as data_mod
-    from .certifier import certify_model
     from .runtime import default_device
-    from .train import load_run
+    from .train import evaluate, load_run
 
     device = torch.device(device) if device else default_device()
     model, cfg = load_run(run_dir, device)
     model = model.to(memory_format=torch.channels_last)
     ds = data_mod.load_dataset(cfg.dataset, cfg.data, progress=progress)
     x, y = (ds.x_test, ds.y_test) if split == "test" else (ds.x_train, ds.y_train)
-    loader = data_mod.batches(x, y, 500, device=device, channels_last=True)
     t0 = time.perf_counter()
-    df = certify_model(model, loader, patches or figure_patches(), head=cfg.head, device=device,
-                       amp=cfg.amp, progress=progress)
+    df = evaluate(model, x, y, cfg, device, patches=patches or figure_patches(), progress=progress)
     df["wall_s"] = time.perf_counter() - t0
     df["split"] = split
     df.to_csv(Path(run_dir) / "certification.csv", index=False)
