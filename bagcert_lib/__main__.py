@@ -7,42 +7,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
-from .config import REPO_ROOT, TrainConfig, grids, profile_config
+from .config import REPO_ROOT, TrainConfig, profile_config
+from .runs import attack_run, certify_run
 
 
 def parse_patch(text: str):
     h, _, w = text.lower().partition("x")
     return (int(h), int(w or h))
-
-
-def figure_patches() -> list:
-    g = grids()
-    return [(p, p) for p in g["square_patches"]] + [tuple(p) for p in g["aspect_ratio_patches"]]
-
-
-def certify_run(run_dir, patches=None, device=None, progress=True, split="test"):
-    """Certify a run's model on the full test split for ``patches`` (default: every figure's
-    shapes) from one forward pass per batch; writes certification.csv into the run directory."""
-    import torch
-
-    from . import data as data_mod
-    from .runtime import default_device
-    from .train import evaluate, load_run
-
-    device = torch.device(device) if device else default_device()
-    model, cfg = load_run(run_dir, device)
-    model = model.to(memory_format=torch.channels_last)
-    ds = data_mod.load_dataset(cfg.dataset, cfg.data, progress=progress)
-    x, y = (ds.x_test, ds.y_test) if split == "test" else (ds.x_train, ds.y_train)
-    t0 = time.perf_counter()
-    df = evaluate(model, x, y, cfg, device, patches=patches or figure_patches(), progress=progress)
-    df["wall_s"] = time.perf_counter() - t0
-    df["split"] = split
-    df.to_csv(Path(run_dir) / "certification.csv", index=False)
-    return df
 
 
 def main(argv=None):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from bagcert_lib.__main__ import certify_run
+from bagcert_lib.runs import certify_run
 from bagcert_lib.config import REPO_ROOT, profile_config
 from bagcert_lib.runtime import device_name
 from bagcert_lib.train import git_commit, train

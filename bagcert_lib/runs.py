@@ -1,0 +1,127 @@
+"""One run directory, three steps: train (``train.train``), certify and attack (this module).
+
+Files each step adds to ``run_dir``:
+
+* ``certification.csv`` — per patch shape and condition: clean and certified accuracy on the
+  whole test split, forward-pass vs certification seconds (one forward pass for all shapes).
+* ``attack.json`` / ``attack_samples.csv`` — App. A.2 PGD results (Figure 7), per sample too;
+  ``attack_example.npz`` — one illustrated example (Figure 6).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import data as data_mod
+from .attack import patch_attack
+from .certifier import _pair, affected_range, certify
+from .config import REPO_ROOT, grids
+from .runtime import default_device, device_name, region_scores
+from .train import evaluate, git_commit, load_run
+
+
+def figure_patches() -> list:
+    """Every patch shape of Figures 3 and 4: squares 1..16 and the 24-pixel aspect ratios."""
+    g = grids()
+    return [(p, p) for p in g["square_patches"]] + [tuple(p) for p in g["aspect_ratio_patches"]]
+
+
+RUNS = REPO_ROOT / "results" / "runs"
+
+
+def resolve_run_dir(run_dir) -> Path:
+    """A run directory as given if it exists, else relative to the repository root or results/runs
+    (so notebooks behave the same whatever directory papermill is started from)."""
+    for p in (Path(run_dir), REPO_ROOT / run_dir, RUNS / run_dir):
+        if (p / "checkpoint.pt").is_file():
+            return p
+    raise FileNotFoundError(f"no trained run (checkpoint.pt) at {run_dir!r}; looked relative to "
+                            f"the working directory, {REPO_ROOT} and {RUNS}")
+
+
+def _load(run_dir, device, progress):
+    device = torch.device(device) if device else default_device()
+    model, cfg = load_run(run_dir, device)
+    model = model.to(memory_format=torch.channels_last)
+    ds = data_mod.load_dataset(cfg.dataset, cfg.data, progress=progress)
+    return model, cfg, ds, device
+
+
+def certify_run(run_dir, patches=None, device=None, progress=True,
+                filename="certification.csv") -> pd.DataFrame:
+    """Certify a run's model on the whole test split for ``patches`` (default: every figure's
+    shapes) from one forward pass per batch; writes ``filename`` into the run directory."""
+    run_dir = resolve_run_dir(run_dir)
+    model, cfg, ds, device = _load(run_dir, device, progress)
+    t0 = time.perf_counter()
+    df = evaluate(model, ds.x_test, ds.y_test, cfg, device, patches=patches or figure_patches(),
+                  progress=progress)
+    df["wall_s"] = time.perf_counter() - t0
+    df["device"] = device_name(device)
+    df.to_csv(run_dir / filename, index=False)
+    return df
+
+
+def attack_run(run_dir, n: int | None = 1000, patch=5, steps: int = 100, step_size: float = 0.025,
+               batch_size: int = 250, device=None, seed: int = 0, progress: bool = True) -> dict:
+    """App. A.2 attack on ``n`` test images (class-balanced, fixed; None = all) of a run.
+
+    Writes attack.json (accuracies, and ``certified_broken``, which must be 0), attack_samples.csv
+    and attack_example.npz (the first broken sample, else the first one) for Figure 6.
+    """
+    from tqdm.auto import tqdm
+
+    patch = _pair(patch, "patch")
+    run_dir = resolve_run_dir(run_dir)
+    model, cfg, ds, device = _load(run_dir, device, progress)
+    if n:
+        ds = data_mod.subset(ds, n_test=min(n, len(ds.y_test)), seed=0)
+    gen = torch.Generator().manual_seed(seed)
+    rows, t0, example = [], time.perf_counter(), None
+    loader = data_mod.batches(ds.x_test, ds.y_test, batch_size, device=device)
+    for x, y in tqdm(loader, total=data_mod.num_batches(len(ds.y_test), batch_size, False),
+                     desc="attack", disable=not progress):
+        cert = certify(region_scores(model, x, cfg.head, cfg.amp), y, patch,
+                       model.receptive_field, model.stride)
+        res = patch_attack(model, x, y, patch, steps=steps, step_size=step_size, head=cfg.head,
+                           amp=cfg.amp, generator=gen)
+        rows.append(pd.DataFrame({
+            "label": y.cpu(), "clean_correct": res.clean_correct.cpu(),
+            "certified": cert.certified.cpu(), "certified_global": cert.certified_global.cpu(),
+            "adv_correct": res.adv_correct.cpu(), "flipped": res.flipped.cpu(),
+            "row": res.row.cpu(), "col": res.col.cpu(), "target": res.target.cpu()}))
+        if example is None or (not example["flipped"] and res.flipped.any()):
+            i = int(res.flipped.nonzero()[0]) if res.flipped.any() else 0
+            example = _example(model, cfg, x[i], res.images[i], int(y[i]), res, i, patch)
+    seconds = time.perf_counter() - t0
+    df = pd.concat(rows, ignore_index=True)
+    out = {"n": len(df), "patch": list(patch), "steps": steps, "step_size": step_size,
+           "clean_accuracy": df.clean_correct.mean(), "adversarial_accuracy": df.adv_correct.mean(),
+           "certified_accuracy": df.certified.mean(),
+           "certified_global_accuracy": df.certified_global.mean(),
+           "certified_broken": int((df.certified & df.flipped).sum()),
+           "seconds": seconds, "device": device_name(device), "git": git_commit(),
+           "dataset": ds.describe()}
+    df.to_csv(run_dir / "attack_samples.csv", index_label="index")
+    (run_dir / "attack.json").write_text(json.dumps(out, indent=2, default=float))
+    np.savez_compressed(run_dir / "attack_example.npz", **{k: v for k, v in example.items()})
+    return out
+
+
+def _example(model, cfg, clean, adv, label, res, i, patch) -> dict:
+    """Images, true/target score maps before and after, and the R(l) rectangle (Figure 6)."""
+    s = region_scores(model, torch.stack([clean, adv]), cfg.head, cfg.amp).cpu()
+    target, row, col = int(res.target[i]), int(res.row[i]), int(res.col[i])
+    (ph, pw), (H, W), (h_out, w_out) = patch, clean.shape[-2:], s.shape[-2:]
+    r0, r1 = affected_range(H, h_out, ph, model.receptive_field, model.stride)
+    c0, c1 = affected_range(W, w_out, pw, model.receptive_field, model.stride)
+    return {"clean": clean.cpu().numpy(), "adversarial": adv.cpu().numpy(), "label": label,
+            "target": target, "row": row, "col": col, "patch": np.array(patch),
+            "flipped": bool(res.flipped[i]), "scores_true": s[:, label].numpy(),
+            "scores_target": s[:, target].numpy(),
+            "region": np.array([r0[row], r1[row], c0[col], c1[col]])}   # R(l*): rows, cols (incl.)

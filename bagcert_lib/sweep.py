@@ -1,0 +1,152 @@
+"""Run a profile's whole grid through the papermill notebooks: train -> certify -> attack.
+
+    python -m bagcert_lib.sweep --profile cpu                  # Figure 2 + Figure 8 grids
+    python -m bagcert_lib.sweep --profile gpu --grid rf_sweep --devices cuda:0 cuda:1
+    python -m bagcert_lib.sweep --profile smoke --results /tmp/runs --dry-run
+
+Each configuration gets one run directory; the executed notebooks are kept beside its results.
+A step whose output exists is skipped, and training resumes from its last checkpoint, so a killed
+sweep picks up where it stopped when started again. With several devices, one configuration runs
+per device at a time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import REPO_ROOT, grids, profile_config, resolve_profile
+
+NOTEBOOKS = REPO_ROOT / "notebooks"
+
+
+@dataclass
+class Job:
+    rf: int
+    margin: float
+    head: str = "heaviside"
+    seed: int = 0
+    attack_n: int | None = 1000
+
+    def name(self, profile: str) -> str:
+        return profile_config(profile, rf=self.rf, margin=self.margin, head=self.head,
+                              seed=self.seed).run_name()
+
+
+def grid_jobs(grid: str = "all", attack_n: int | None = 1000) -> list[Job]:
+    """The paper's grids from _config.yml: ``figure2`` (RF x M), ``figure8`` (heads x seeds at the
+    headline RF/M), ``rf_sweep`` (RFs at the headline M), or ``all``. The headline configuration
+    (RF 7, M 0.5) is attacked on the whole test set."""
+    g = grids()
+    head_rf, head_m = g["headline"]["rf"], g["headline"]["margin"]
+    jobs = []
+    if grid in ("figure2", "all"):
+        jobs += [Job(rf, m) for rf in g["receptive_fields"] for m in g["margins"]]
+    if grid in ("figure8", "all"):
+        f8 = g["figure8"]
+        jobs += [Job(f8["rf"], f8["margin"], head, seed) for head in f8["heads"] for seed in f8["seeds"]]
+    if grid == "rf_sweep":
+        jobs += [Job(rf, head_m) for rf in g["receptive_fields"]]
+    if grid == "headline":
+        jobs += [Job(head_rf, head_m)]
+    if not jobs:
+        raise ValueError(f"unknown grid {grid!r}; choose figure2, figure8, rf_sweep, headline or all")
+    unique = {}
+    for j in jobs:
+        j.attack_n = None if (j.rf, j.margin, j.head, j.seed) == (head_rf, head_m, "heaviside", 0) else attack_n
+        unique.setdefault((j.rf, j.margin, j.head, j.seed), j)
+    return list(unique.values())
+
+
+def _done(run_dir: Path, step: str) -> bool:
+    if step == "train":
+        m = run_dir / "metrics.json"
+        return m.is_file() and json.loads(m.read_text()).get("finished", False)
+    return (run_dir / {"certify": "certification.csv", "attack": "attack.json"}[step]).is_file()
+
+
+def run_job(job: Job, profile: str, results: Path, device: str | None, log=print, **overrides):
+    """Train, certify and attack one configuration through papermill (skipping finished steps)."""
+    import papermill as pm
+
+    run_dir = results / job.name(profile)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    params = {
+        "train": dict(rf=job.rf, margin=job.margin, head=job.head, seed=job.seed, profile=profile,
+                      results=str(results), device=device, **overrides),
+        "certify": dict(run_dir=str(run_dir), device=device),
+        "attack": dict(run_dir=str(run_dir), n=job.attack_n, device=device),
+    }
+    for step in ("train", "certify", "attack"):
+        if _done(run_dir, step):
+            log(f"[skip] {run_dir.name}: {step} done")
+            continue
+        log(f"[run ] {run_dir.name}: {step} on {device or 'default device'}")
+        pm.execute_notebook(str(NOTEBOOKS / f"{step}.ipynb"), str(run_dir / f"{step}.ipynb"),
+                            parameters=params[step], cwd=str(NOTEBOOKS), progress_bar=False)
+    return run_dir
+
+
+def sweep(profile: str = "cpu", grid: str = "all", results=None, devices=None,
+          attack_n: int | None = 1000, dry_run: bool = False, **overrides) -> list[Path]:
+    """Run every job of ``grid``; one worker thread per device (None: the default device)."""
+    profile = resolve_profile(profile)
+    results = Path(results) if results else REPO_ROOT / "results" / "runs"
+    jobs = grid_jobs(grid, attack_n)
+    print(f"sweep: {len(jobs)} configurations, profile {profile}, results in {results}")
+    if dry_run:
+        for j in jobs:
+            print("  ", j.name(profile), "attack n =", j.attack_n or "all")
+        return [results / j.name(profile) for j in jobs]
+    todo: queue.Queue = queue.Queue()
+    for j in jobs:
+        todo.put(j)
+    done, errors, lock = [], [], threading.Lock()
+
+    def worker(device):
+        while True:
+            try:
+                job = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                out = run_job(job, profile, results, device, **overrides)
+                with lock:
+                    done.append(out)
+            except Exception as e:  # keep the other configurations going; report at the end
+                with lock:
+                    errors.append((job, e))
+                print(f"[fail] {job}: {e}")
+
+    threads = [threading.Thread(target=worker, args=(d,)) for d in (devices or [None])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print(f"sweep: {len(done)} done, {len(errors)} failed")
+    if errors:
+        raise RuntimeError(f"{len(errors)} configurations failed, first: {errors[0][0]}: {errors[0][1]}")
+    return done
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m bagcert_lib.sweep", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--profile", default="cpu")
+    p.add_argument("--grid", default="all", help="figure2 | figure8 | rf_sweep | headline | all")
+    p.add_argument("--results", help="parent of run directories (default: results/runs)")
+    p.add_argument("--devices", nargs="+", help="run one configuration per device in parallel")
+    p.add_argument("--attack-n", type=int, default=1000, help="test images attacked per model")
+    p.add_argument("--epochs", type=int, help="override the profile's epochs")
+    p.add_argument("--width", type=int, help="override the profile's width")
+    p.add_argument("--dry-run", action="store_true", help="list the configurations and stop")
+    a = p.parse_args(argv)
+    overrides = {k: v for k, v in (("epochs", a.epochs), ("width", a.width)) if v is not None}
+    sweep(a.profile, a.grid, a.results, a.devices, a.attack_n, a.dry_run, **overrides)
+
+
+if __name__ == "__main__":
+    main()
