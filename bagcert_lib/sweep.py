@@ -42,7 +42,7 @@ def grid_jobs(grid: str = "all", attack_n: int | None = 1000) -> list[Job]:
     (RF 7, M 0.5) is attacked on the whole test set."""
     g = grids()
     head_rf, head_m = g["headline"]["rf"], g["headline"]["margin"]
-    jobs = []
+    jobs = [Job(head_rf, head_m)] if grid in ("headline", "all") else []
     if grid in ("figure2", "all"):
         jobs += [Job(rf, m) for rf in g["receptive_fields"] for m in g["margins"]]
     if grid in ("figure8", "all"):
@@ -50,8 +50,6 @@ def grid_jobs(grid: str = "all", attack_n: int | None = 1000) -> list[Job]:
         jobs += [Job(f8["rf"], f8["margin"], head, seed) for head in f8["heads"] for seed in f8["seeds"]]
     if grid == "rf_sweep":
         jobs += [Job(rf, head_m) for rf in g["receptive_fields"]]
-    if grid == "headline":
-        jobs += [Job(head_rf, head_m)]
     if not jobs:
         raise ValueError(f"unknown grid {grid!r}; choose figure2, figure8, rf_sweep, headline or all")
     unique = {}
