@@ -87,8 +87,12 @@ def load_config(path=None) -> dict:
 
 
 def resolve_profile(name: str) -> str:
-    """``auto`` is ``paper`` with CUDA and ``cpu`` otherwise (printed)."""
-    if name == "auto":
+    """``auto`` is ``$BAGCERT_PROFILE`` if set, else ``paper`` with CUDA and ``cpu`` otherwise
+    (printed). The tests set BAGCERT_PROFILE=smoke to run every notebook at smoke scale."""
+    if name == "auto" and os.environ.get("BAGCERT_PROFILE"):
+        name = os.environ["BAGCERT_PROFILE"]
+        print(f"profile auto -> {name} ($BAGCERT_PROFILE)")
+    elif name == "auto":
         import torch
 
         name = "paper" if torch.cuda.is_available() else "cpu"

@@ -10,6 +10,7 @@ Files each step adds to ``run_dir``:
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import torch
 from . import data as data_mod
 from .attack import patch_attack
 from .certifier import _pair, affected_range, certify
-from .config import REPO_ROOT, grids
+from .config import REPO_ROOT, grids, profile_config
 from .runtime import default_device, device_name, region_scores
 from .train import evaluate, git_commit, load_run
 
@@ -31,17 +32,28 @@ def figure_patches() -> list:
     return [(p, p) for p in g["square_patches"]] + [tuple(p) for p in g["aspect_ratio_patches"]]
 
 
-RUNS = REPO_ROOT / "results" / "runs"
+def results_dir() -> Path:
+    """Parent of all run directories: ``$BAGCERT_RESULTS``, else results/runs in the repository."""
+    return Path(os.environ.get("BAGCERT_RESULTS") or REPO_ROOT / "results" / "runs")
 
 
-def resolve_run_dir(run_dir) -> Path:
-    """A run directory as given if it exists, else relative to the repository root or results/runs
-    (so notebooks behave the same whatever directory papermill is started from)."""
-    for p in (Path(run_dir), REPO_ROOT / run_dir, RUNS / run_dir):
+def headline_run_dir(profile: str = "auto") -> Path:
+    """The run directory of the headline configuration (RF 7, M 0.5) of ``profile``."""
+    h = grids()["headline"]
+    return results_dir() / profile_config(profile, rf=h["rf"], margin=h["margin"]).run_name()
+
+
+def resolve_run_dir(run_dir=None) -> Path:
+    """A run directory as given if it exists, else relative to the repository root or the results
+    folder (so notebooks behave the same whatever directory papermill is started from);
+    None: the headline run of the active profile."""
+    if run_dir is None:
+        run_dir = headline_run_dir()
+    for p in (Path(run_dir), REPO_ROOT / run_dir, results_dir() / run_dir):
         if (p / "checkpoint.pt").is_file():
             return p
-    raise FileNotFoundError(f"no trained run (checkpoint.pt) at {run_dir!r}; looked relative to "
-                            f"the working directory, {REPO_ROOT} and {RUNS}")
+    raise FileNotFoundError(f"no trained run (checkpoint.pt) at {str(run_dir)!r}; looked relative to "
+                            f"the working directory, {REPO_ROOT} and {results_dir()}")
 
 
 def _load(run_dir, device, progress):
@@ -82,6 +94,7 @@ def attack_run(run_dir, n: int | None = 1000, patch=5, steps: int = 100, step_si
     if n:
         ds = data_mod.subset(ds, n_test=min(n, len(ds.y_test)), seed=0)
     gen = torch.Generator().manual_seed(seed)
+    git = git_commit()
     rows, t0, example = [], time.perf_counter(), None
     loader = data_mod.batches(ds.x_test, ds.y_test, batch_size, device=device)
     for x, y in tqdm(loader, total=data_mod.num_batches(len(ds.y_test), batch_size, False),
@@ -105,7 +118,7 @@ def attack_run(run_dir, n: int | None = 1000, patch=5, steps: int = 100, step_si
            "certified_accuracy": df.certified.mean(),
            "certified_global_accuracy": df.certified_global.mean(),
            "certified_broken": int((df.certified & df.flipped).sum()),
-           "seconds": seconds, "device": device_name(device), "git": git_commit(),
+           "seconds": seconds, "device": device_name(device), "git": git,
            "dataset": ds.describe()}
     df.to_csv(run_dir / "attack_samples.csv", index_label="index")
     (run_dir / "attack.json").write_text(json.dumps(out, indent=2, default=float))

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import REPO_ROOT, grids, profile_config, resolve_profile
+from .runs import results_dir
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 
@@ -92,7 +93,7 @@ def sweep(profile: str = "cpu", grid: str = "all", results=None, devices=None,
           attack_n: int | None = 1000, dry_run: bool = False, **overrides) -> list[Path]:
     """Run every job of ``grid``; one worker thread per device (None: the default device)."""
     profile = resolve_profile(profile)
-    results = Path(results) if results else REPO_ROOT / "results" / "runs"
+    results = Path(results) if results else results_dir()
     jobs = grid_jobs(grid, attack_n)
     print(f"sweep: {len(jobs)} configurations, profile {profile}, results in {results}")
     if dry_run:

@@ -97,6 +97,7 @@ def train(cfg: TrainConfig, run_dir, *, resume: bool = True, progress: bool = Tr
     ``stop_after``: return after that many epochs of this call (to test resuming).
     """
     cfg.validate()
+    git = git_commit()      # the code this process runs, recorded once at start
     run_dir = Path(run_dir)
     device = torch.device(cfg.device) if cfg.device else default_device()
     configure_backends()
@@ -181,12 +182,12 @@ def train(cfg: TrainConfig, run_dir, *, resume: bool = True, progress: bool = Tr
                     "history": history, "config": cfg.to_dict(), "wall_s": wall},
                    ckpt_path.with_suffix(".tmp"))
         ckpt_path.with_suffix(".tmp").replace(ckpt_path)     # atomic: a kill never corrupts it
-        _write_records(run_dir, cfg, model, full, train_data, eval_data, history, device, wall)
+        _write_records(run_dir, cfg, model, full, train_data, eval_data, history, device, wall, git)
     return {"model": model, "history": pd.DataFrame(history), "run_dir": run_dir,
             "finished": len(history) == cfg.epochs}
 
 
-def _write_records(run_dir, cfg, model, full, train_data, eval_data, history, device, wall):
+def _write_records(run_dir, cfg, model, full, train_data, eval_data, history, device, wall, git):
     pd.DataFrame(history).to_csv(run_dir / "history.csv", index=False)
     last = history[-1]
     metrics = {k: last[k] for k in ("epoch", "loss", "clean_accuracy", "certified_accuracy",
@@ -196,7 +197,7 @@ def _write_records(run_dir, cfg, model, full, train_data, eval_data, history, de
     with open(run_dir / "metrics.json", "w") as f:
         json.dump(metrics, f, indent=2)
     train_s = [h["train_s"] for h in history]
-    prov = {"git": git_commit(), "torch": torch.__version__, "device": device_name(device),
+    prov = {"git": git, "torch": torch.__version__, "device": device_name(device),
             "amp_bf16": use_amp(device, cfg.amp), "dataset": full.describe(),
             "n_train": len(train_data.y_train), "n_eval": len(eval_data.y_test),
             "parameters": num_parameters(model), "receptive_field": model.receptive_field,

@@ -21,7 +21,7 @@
 # certified accuracy from below (Figure 7); one broken example is kept for Figure 6.
 
 # %% tags=["parameters"]
-run_dir: str = "cpu-rf7-m0.5-heaviside-s0-seed0"  # a run directory made by train.ipynb (a path, or a name under results/runs)
+run_dir: str = None  # a run made by train.ipynb: a path or a name under results/runs (default: the RF 7, M 0.5 run)
 n: int = 1000  # test images to attack (class-balanced, fixed); None means all 10,000
 patch: int = 5  # square patch size
 steps: int = 100  # PGD steps

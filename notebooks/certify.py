@@ -21,7 +21,7 @@
 # from one forward pass per batch over the whole test set. Writes `certification.csv` into the run.
 
 # %% tags=["parameters"]
-run_dir: str = "cpu-rf7-m0.5-heaviside-s0-seed0"  # a run directory made by train.ipynb (a path, or a name under results/runs)
+run_dir: str = None  # a run made by train.ipynb: a path or a name under results/runs (default: the RF 7, M 0.5 run)
 device: str = None  # cuda | cpu | None (cuda if available)
 
 # %%

@@ -31,7 +31,7 @@ epochs: int = None  # override the profile's number of epochs
 width: int = None  # override the profile's width
 train_size: int = None  # override the profile's training-set size
 data: str = None  # data location (else $BAGCERT_DATA, else the default locations)
-results: str = None  # parent folder of run directories (default: results/runs in the repository)
+results: str = None  # parent folder of run directories (default: $BAGCERT_RESULTS, else results/runs)
 name: str = None  # run directory name (default: derived from the configuration)
 device: str = None  # cuda | cuda:1 | cpu (default: cuda if available)
 
@@ -39,12 +39,12 @@ device: str = None  # cuda | cuda:1 | cpu (default: cuda if available)
 from pathlib import Path
 
 from bagcert_lib.config import profile_config
-from bagcert_lib.runs import RUNS, certify_run
+from bagcert_lib.runs import certify_run, results_dir
 from bagcert_lib.train import train
 
 cfg = profile_config(profile, rf=rf, margin=margin, head=head, sigma=sigma, seed=seed,
                      epochs=epochs, width=width, train_size=train_size, data=data, device=device)
-run_dir = Path(results or RUNS) / (name or cfg.run_name())
+run_dir = Path(results or results_dir()) / (name or cfg.run_name())
 out = train(cfg, run_dir)
 out["history"]
 
