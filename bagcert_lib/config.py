@@ -35,6 +35,7 @@ class TrainConfig:
     augment: bool = True             # random crop (pad 4) + horizontal flip
     train_size: int | None = None    # None: the whole training set
     eval_size: int = 1000            # fixed held-out evaluation set (from the test split)
+    test_size: int | None = None     # test images certified/attacked after training (None: all)
     eval_patch: int = 5              # patch size of the per-epoch certified accuracy
     amp: bool | None = None          # bf16 autocast; None: when the device supports it
     channels_last: bool = True
@@ -59,6 +60,8 @@ class TrainConfig:
         for name in ("width", "epochs", "batch_size", "eval_patch"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.test_size is not None and self.test_size < 1:
+            raise ValueError(f"test_size must be positive or None, got {self.test_size}")
         if self.train_size is not None and self.train_size < 1:
             raise ValueError(f"train_size must be positive or None, got {self.train_size}")
         if not self.lr > 0 or self.warmup_epochs < 0:

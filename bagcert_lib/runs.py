@@ -56,11 +56,16 @@ def resolve_run_dir(run_dir=None) -> Path:
                             f"the working directory, {REPO_ROOT} and {results_dir()}")
 
 
-def _load(run_dir, device, progress):
+def _load(run_dir, device, progress, n=None):
+    """Model, config and the test images (the first ``n``, capped by the run's test_size, of a
+    fixed class-balanced subset; all of them when both are None)."""
     device = torch.device(device) if device else default_device()
     model, cfg = load_run(run_dir, device)
     model = model.to(memory_format=torch.channels_last)
     ds = data_mod.load_dataset(cfg.dataset, cfg.data, progress=progress)
+    n = min(x for x in (n, cfg.test_size, len(ds.y_test)) if x)
+    if n < len(ds.y_test):
+        ds = data_mod.subset(ds, n_test=n, seed=0)
     return model, cfg, ds, device
 
 
@@ -90,9 +95,7 @@ def attack_run(run_dir, n: int | None = 1000, patch=5, steps: int = 100, step_si
 
     patch = _pair(patch, "patch")
     run_dir = resolve_run_dir(run_dir)
-    model, cfg, ds, device = _load(run_dir, device, progress)
-    if n:
-        ds = data_mod.subset(ds, n_test=min(n, len(ds.y_test)), seed=0)
+    model, cfg, ds, device = _load(run_dir, device, progress, n)
     gen = torch.Generator().manual_seed(seed)
     git = git_commit()
     rows, t0, example = [], time.perf_counter(), None

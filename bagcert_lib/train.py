@@ -122,7 +122,7 @@ def train(cfg: TrainConfig, run_dir, *, resume: bool = True, progress: bool = Tr
     start_epoch, history, wall_before = 0, [], 0.0
     if resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if ck["config"] != cfg.to_dict():
+        if TrainConfig(**ck["config"]).to_dict() != cfg.to_dict():   # fields added later: defaults
             raise ValueError(f"{ckpt_path} was written by a different configuration; "
                              "use another run directory or resume=False")
         model.load_state_dict(ck["model"])
