@@ -20,8 +20,8 @@ $(BIN)/activate: pyproject.toml
 run: setup      ## main job: train one configuration (resumable), certify it on the test set
 	$(BIN)/python -m bagcert_lib train --profile $(PROFILE) --rf $(RF) --margin $(MARGIN)
 
-test: setup     ## the test suite (CI runs exactly this)
-	$(BIN)/python -m pytest -q
+test: setup     ## the test suite and every notebook at smoke scale (CI runs exactly this)
+	$(BIN)/python -m pytest --nbval -q
 
 clean:
 	rm -rf $(VENV) .pytest_cache

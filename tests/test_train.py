@@ -21,7 +21,8 @@ def test_profiles_and_grids():
     assert len(g["figure8"]["seeds"]) == 5
 
 
-def test_auto_profile_prints_choice(capsys):
+def test_auto_profile_prints_choice(capsys, monkeypatch):
+    monkeypatch.delenv("BAGCERT_PROFILE", raising=False)
     cfg = profile_config("auto")
     expected = "paper" if torch.cuda.is_available() else "cpu"
     assert cfg.profile == expected and expected in capsys.readouterr().out
@@ -34,6 +35,11 @@ def test_auto_profile_prints_choice(capsys):
 def test_bad_parameters_raise(overrides, match):
     with pytest.raises(ValueError, match=match):
         profile_config("smoke", **overrides)
+
+
+def test_auto_profile_honours_environment(monkeypatch):
+    monkeypatch.setenv("BAGCERT_PROFILE", "smoke")
+    assert profile_config("auto").profile == "smoke"
 
 
 def test_unknown_profile():
