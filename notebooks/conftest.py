@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 
-ORDER = ["train.ipynb", "certify.ipynb", "attack.ipynb"]
+ORDER = ["train.ipynb", "certify.ipynb", "attack.ipynb"]  # then the figures, alphabetically
 
 
 def pytest_configure(config):
