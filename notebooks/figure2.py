@@ -1,0 +1,78 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Figure 2: clean versus certified accuracy
+#
+# *Clean versus certified accuracy on CIFAR10 and ImageNet for BagCert with different receptive fields
+# and train margins when certifying via Condition 3.3 (circles) and Condition 3.2 (stars), same
+# setting connected by thin line.* Ours: every heaviside run (seed 0, σ 0) against 5×5 patches on the
+# test set (`certification.csv`). Baselines: the values their papers report, each with its source in
+# `results/baselines/baselines.csv` (values we could not source are left out). ImageNet: the
+# paper's stated numbers only (`results/paper/figure2_imagenet.csv`); we have not run ImageNet.
+
+# %% tags=["parameters"]
+results: str = None  # results folder (default: $BAGCERT_RESULTS, else results/runs)
+patch: str = "5x5"  # patch shape of the CIFAR-10 panel
+
+# %%
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from bagcert_lib.config import REPO_ROOT
+from bagcert_lib.results import load_certification, load_runs, scale_label
+
+runs = load_runs(results).query("head == 'heaviside' and seed == 0 and sigma == 0")
+cert = load_certification(results).query("patch == @patch and run in @runs.run")
+ours = cert.pivot_table(index=["run", "rf", "margin"], columns="condition",
+                        values=["clean_accuracy", "certified_accuracy"]).reset_index()
+baselines = pd.read_csv(REPO_ROOT / "results" / "baselines" / "baselines.csv")
+imagenet_paper = pd.read_csv(REPO_ROOT / "results" / "paper" / "figure2_imagenet.csv", dtype={"condition": str})
+
+fig, (ax, ax_in) = plt.subplots(1, 2, figsize=(14, 4.8))
+cmap = plt.get_cmap("viridis")
+for _, r in ours.iterrows():
+    color = cmap((r.rf.item() - 5) / 8)
+    clean = r[("clean_accuracy", "3.2")] * 100
+    c32, c33 = r[("certified_accuracy", "3.2")] * 100, r[("certified_accuracy", "3.3")] * 100
+    ax.plot([clean, clean], [c33, c32], color=color, lw=0.7)
+    ax.scatter(clean, c33, marker="o", color=color, s=30)
+    ax.scatter(clean, c32, marker="*", color=color, s=80)
+for rf in sorted(ours.rf.unique()):
+    ax.scatter([], [], marker="s", color=cmap((rf - 5) / 8), label=f"BagCert RF {rf}")
+cifar = baselines.query("dataset == 'CIFAR-10' and patch == @patch").drop_duplicates("method")
+for marker, (_, b) in zip("^vDPX", cifar.iterrows()):
+    ax.scatter(b.clean_accuracy * 100, b.certified_accuracy * 100, marker=marker, color="0.3",
+               s=40, label=f"{b.method} (reported)")
+ax.set_xlabel("Clean accuracy (%)")
+ax.set_ylabel(f"Certified accuracy (%), {patch.replace('x', '×')}")
+ax.set_title(f"CIFAR10 — ours: {scale_label(runs)}", fontsize=8)
+ax.grid(alpha=0.3)
+ax.legend(fontsize=7, loc="upper left")
+
+inet = baselines.query("dataset == 'ImageNet'")
+for marker, (method, b) in zip("^vDPX", inet.groupby("method")):
+    ax_in.scatter(b.clean_accuracy * 100, b.certified_accuracy * 100, marker=marker, color="0.3",
+                  s=35, label=f"{method} (reported)")
+for _, p in imagenet_paper.iterrows():
+    ax_in.axhline(p.certified_accuracy * 100, color="tab:purple", ls="--" if p.condition == "3.3" else "-",
+                  lw=1, label=f"BagCert paper RF {p.rf}, M {p.margin}: Condition {p.condition} (clean not stated)")
+ax_in.set_xlabel("Clean accuracy (%)")
+ax_in.set_ylabel("Certified accuracy (%), 2% patch")
+ax_in.set_title("ImageNet — reported values only", fontsize=8)
+ax_in.grid(alpha=0.3)
+ax_in.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
+fig.tight_layout()
+ours.round(3)
