@@ -8,7 +8,7 @@ PROFILE ?= auto
 RF      ?= 7
 MARGIN  ?= 0.5
 
-.PHONY: setup run test clean
+.PHONY: setup run test reproduce clean
 
 setup: $(BIN)/activate
 $(BIN)/activate: pyproject.toml
@@ -22,6 +22,10 @@ run: setup      ## main job: train one configuration (resumable), certify it on 
 
 test: setup     ## the test suite and every notebook at smoke scale (CI runs exactly this)
 	$(BIN)/python -m pytest --nbval -q
+
+reproduce: setup  ## the whole grid (Figures 2 and 8) through the papermill notebooks; resumable
+	$(BIN)/pip install -q -e ".[notebooks]"
+	$(BIN)/python -m bagcert_lib.sweep --profile $(PROFILE)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
