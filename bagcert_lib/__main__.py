@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from .config import REPO_ROOT, TrainConfig, profile_config
-from .runs import attack_run, certify_run
+from .runs import certify_run
 
 
 def parse_patch(text: str):
@@ -30,8 +30,7 @@ def main(argv=None):
     for f in TrainConfig.__dataclass_fields__.values():
         if f.name in ("profile",):
             continue
-        kind = {"bool | None": None, "bool": None}.get(str(f.type), "value")
-        if kind is None:
+        if str(f.type).startswith("bool"):
             t.add_argument(f"--{f.name.replace('_', '-')}", type=lambda s: s.lower() in ("1", "true", "yes"),
                            metavar="BOOL")
         else:

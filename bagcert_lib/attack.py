@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .certifier import ScoreMaps, _pair
+from .certifier import Certificate, ScoreMaps, _pair
 from .heads import get_head
 from .loss import check_margin
 from .runtime import autocast, region_scores
@@ -27,6 +27,7 @@ class AttackResult:
     clean_correct: torch.Tensor  # bool (B,)
     adv_correct: torch.Tensor    # bool (B,): still correct after the attack
     flipped: torch.Tensor        # bool (B,): clean_correct and not adv_correct
+    certificate: Certificate     # §3.1 certificate of the clean images for this patch
 
     def summary(self) -> dict:
         return {"n": len(self.flipped),
@@ -59,8 +60,8 @@ def patch_attack(model, x: torch.Tensor, y: torch.Tensor, patch=5, *, steps: int
     x, y = x.detach(), y.to(x.device).long()
     s = region_scores(model, x, head=head, amp=amp)
     maps = ScoreMaps(s, y)
-    _, target, row, col, _ = maps.worst_case(patch, model.receptive_field, model.stride,
-                                             image_size=tuple(x.shape[-2:]))
+    cert = maps.certify(patch, model.receptive_field, model.stride, image_size=tuple(x.shape[-2:]))
+    target, row, col = cert.target, cert.row, cert.col
     mask = patch_mask(x.shape, row, col, patch, x.device)
     p = torch.rand(x.shape, generator=generator, device="cpu").to(x.device)
     adv = x * (1 - mask) + p * mask
@@ -94,4 +95,4 @@ def patch_attack(model, x: torch.Tensor, y: torch.Tensor, patch=5, *, steps: int
     best[~broken] = adv.detach()[~broken]
     return AttackResult(images=best, row=row, col=col, target=target,
                         clean_correct=maps.correct, adv_correct=maps.correct & ~broken,
-                        flipped=maps.correct & broken)
+                        flipped=maps.correct & broken, certificate=cert)

@@ -65,6 +65,9 @@ class Certificate:
     certified_global: torch.Tensor   # Condition 3.3 (implies correct)
     margin: torch.Tensor             # min over l, c != c_t of Σ_{∉R(l)} Δ_c - |R(l)| (float64)
     r_max: int                       # R_max(L) = max_l |R(l)|
+    target: torch.Tensor             # c*: the class of that minimum (App. A.2's target), (B,)
+    row: torch.Tensor                # l*: top-left patch pixel of that minimum, (B,)
+    col: torch.Tensor
 
     def summary(self) -> dict:
         n = len(self.correct)
@@ -156,13 +159,13 @@ class ScoreMaps:
         return best, cls, pos // area.shape[1], pos % area.shape[1], area
 
     def certify(self, patch, rf, stride=1, image_size=None) -> Certificate:
-        margin, *_, area = self.worst_case(patch, rf, stride, image_size)
+        margin, target, row, col, area = self.worst_case(patch, rf, stride, image_size)
         r_max = int(area.max().item())
         return Certificate(
             correct=self.correct,
             certified=self.correct & (margin > self.tol),
             certified_global=self.correct & (self.min_total > 2 * r_max + self.tol),
-            margin=margin, r_max=r_max)
+            margin=margin, r_max=r_max, target=target, row=row, col=col)
 
 
 def certify(scores: torch.Tensor, labels: torch.Tensor, patch, rf, stride=1,

@@ -20,7 +20,7 @@ import torch
 
 from . import data as data_mod
 from .attack import patch_attack
-from .certifier import _pair, affected_range, certify
+from .certifier import _pair, affected_range
 from .config import REPO_ROOT, grids, profile_config
 from .runtime import default_device, device_name, region_scores
 from .train import evaluate, git_commit, load_run
@@ -102,10 +102,9 @@ def attack_run(run_dir, n: int | None = 1000, patch=5, steps: int = 100, step_si
     loader = data_mod.batches(ds.x_test, ds.y_test, batch_size, device=device)
     for x, y in tqdm(loader, total=data_mod.num_batches(len(ds.y_test), batch_size, False),
                      desc="attack", disable=not progress):
-        cert = certify(region_scores(model, x, cfg.head, cfg.amp), y, patch,
-                       model.receptive_field, model.stride)
         res = patch_attack(model, x, y, patch, steps=steps, step_size=step_size, head=cfg.head,
                            amp=cfg.amp, generator=gen)
+        cert = res.certificate
         rows.append(pd.DataFrame({
             "label": y.cpu(), "clean_correct": res.clean_correct.cpu(),
             "certified": cert.certified.cpu(), "certified_global": cert.certified_global.cpu(),
@@ -125,7 +124,7 @@ def attack_run(run_dir, n: int | None = 1000, patch=5, steps: int = 100, step_si
            "dataset": ds.describe()}
     df.to_csv(run_dir / "attack_samples.csv", index_label="index")
     (run_dir / "attack.json").write_text(json.dumps(out, indent=2, default=float))
-    np.savez_compressed(run_dir / "attack_example.npz", **{k: v for k, v in example.items()})
+    np.savez_compressed(run_dir / "attack_example.npz", **example)
     return out
 
 

@@ -26,7 +26,6 @@
 results: str = None  # results folder (default: $BAGCERT_RESULTS, else results/runs)
 
 # %%
-from pathlib import Path
 
 import pandas as pd
 

@@ -90,6 +90,13 @@ def test_condition_3_2_equals_brute_force(case, kind):
     assert certified.sum() > 0 or patch == (6, 6)
     assert (correct & ~certified).sum() > 0
     assert (cert.certified_global <= cert.certified).all() and (cert.certified <= cert.correct).all()
+    # the reported weakest point (c*, l*) attains the reported minimum margin (R(l) from its definition)
+    for b in range(0, B, 37):
+        mask = region_mask(H, W, cert.row[b].item(), cert.col[b].item(), patch, rf, stride)
+        delta = scores[b, labels[b]].double() - scores[b, cert.target[b]].double()
+        assert cert.target[b] != labels[b]
+        m = delta[~mask].sum() - mask.sum()
+        assert torch.isclose(m, cert.margin[b], atol=1e-9)
 
 
 def test_ties_are_neither_correct_nor_certified():
