@@ -8,13 +8,13 @@ PROFILE ?= auto
 RF      ?= 7
 MARGIN  ?= 0.5
 
-.PHONY: setup run test reproduce clean
+.PHONY: setup run test reproduce book screenshots clean
 
 setup: $(BIN)/activate
 $(BIN)/activate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[test,book]"
 	touch $@
 
 run: setup      ## main job: train one configuration (resumable), certify it on the test set
@@ -26,6 +26,12 @@ test: setup     ## the test suite and every notebook at smoke scale (CI runs exa
 reproduce: setup  ## the whole grid (Figures 2 and 8) through the papermill notebooks; resumable
 	$(BIN)/pip install -q -e ".[notebooks]"
 	$(BIN)/python -m bagcert_lib.sweep --profile $(PROFILE)
+
+book: setup     ## re-plot every figure and table from results/, build the site (warnings are errors)
+	$(BIN)/jupyter-book build book/ -W
+
+screenshots:    ## open the built site in headless Chromium (Debian: apt install chromium); PNGs in book/_build/screenshots
+	$(BIN)/python book/screenshots.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,9 +1,10 @@
 """Heuristic adversarial patch attack (App. A.2): an upper bound on robust accuracy.
 
 1. Choose the region and target class that Condition 3.2 finds weakest:
-   l*, c* = argmin_{l, c != c_t} Σ_{(i,j) ∉ R(l)} Δ_{i,j,c} - |R(l)|.
+   l*, c* = argmin_{l, c != c_t} Σ_{(i,j) ∉ R(l)} Δ_{i,j,c} - #R(l).
 2. Keep them fixed and run PGD on the patch pixels p ∈ [0, 1] (100 steps of size 0.025 by
    default), maximising L_R of §3.3 (margin M = 1) restricted to the target c*.
+
 A sample counts as broken as soon as any PGD iterate flips g_Σ's prediction; that iterate is kept.
 """
 from __future__ import annotations

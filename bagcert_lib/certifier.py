@@ -4,7 +4,7 @@ For an input with label c_t and region scores s in [0, 1]^(C x H x W), let
 Δ_{i,j,c} = s_{i,j,c_t} - s_{i,j,c}. A patch at region l can only change the scores in R(l),
 the outputs whose receptive fields overlap l. Then
 
-* Condition 3.2 (per region):  min_{c != c_t} Σ_{(i,j) ∉ R(l)} Δ_{i,j,c} > |R(l)|  for all l ∈ L,
+* Condition 3.2 (per region):  min_{c != c_t} Σ_{(i,j) ∉ R(l)} Δ_{i,j,c} > #R(l)  for all l ∈ L,
 * Condition 3.3 (global):      min_{c != c_t} Σ_{i,j} Δ_{i,j,c} > 2 R_max(L),
 
 each of which implies Condition 3.1 (robustness of g_Σ's prediction). The sums over R(l) are
@@ -133,9 +133,9 @@ class ScoreMaps:
         self.correct = self.min_total > self.tol
 
     def worst_case(self, patch, rf, stride=1, image_size=None, chunk_elems: int = 1 << 25):
-        """Condition 3.2's quantity m(l, c) = Σ_{∉R(l)} Δ_c - |R(l)|, minimised over c != c_t and l.
+        """Condition 3.2's quantity m(l, c) = Σ_{∉R(l)} Δ_c - #R(l), minimised over c != c_t and l.
 
-        Returns (margin (B,) float64, c* (B,), row* (B,), col* (B,), |R(l)| table (L_r, L_c)),
+        Returns (margin (B,) float64, c* (B,), row* (B,), col* (B,), #R(l) table (L_r, L_c)),
         where (row*, col*) is the top-left input pixel of the arg-min patch position l*.
         Classes are processed in chunks so that memory stays bounded for 1000 classes.
         """
@@ -198,7 +198,7 @@ def certify_model(model, batches: Iterable, patches: Sequence, *, head: str = "h
     n, clean_accuracy, certified_accuracy, and timings: ``forward_s`` (the whole forward pass
     incl. head, shared by all rows) and ``certify_s`` (the certification of that patch shape).
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from .runtime import region_scores
 

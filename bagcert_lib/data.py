@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 __all__ = [
     "CIFAR10_CLASSES",

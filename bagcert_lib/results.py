@@ -19,6 +19,10 @@ import yaml
 
 from .runs import results_dir
 
+#: Which profile a figure shows when none is asked for: the first with finished runs, so a figure
+#: never mixes scales. ``cpu_long`` (one headline run) and ``gpu`` are shown beside, not instead.
+PROFILE_ORDER = ("paper", "cpu", "gpu", "smoke")
+
 CONFIG_COLUMNS = ["rf", "margin", "head", "sigma", "seed", "profile", "width", "epochs", "train_size"]
 
 
@@ -35,6 +39,13 @@ def _config(run: Path) -> dict:
 
 def _json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+RUN_COLUMNS = ["run", "path", *CONFIG_COLUMNS, "finished", "epochs_done", "eval_clean_accuracy",
+               "eval_certified_accuracy", "parameters", "n_train", "device", "dataset",
+               "dataset_sha256", "commit", "wall_s", "seconds_per_epoch", "attack_n",
+               "adversarial_accuracy", "attack_clean_accuracy", "attack_certified_accuracy",
+               "certified_broken"]
 
 
 def load_runs(results=None) -> pd.DataFrame:
@@ -62,7 +73,74 @@ def load_runs(results=None) -> pd.DataFrame:
             "attack_certified_accuracy": attack.get("certified_accuracy"),
             "certified_broken": attack.get("certified_broken"),
         })
-    return pd.DataFrame(rows, columns=None if rows else ["run", "path", *CONFIG_COLUMNS])
+    return pd.DataFrame(rows, columns=None if rows else RUN_COLUMNS)
+
+
+def select_runs(runs: pd.DataFrame, profile: str | None = None) -> pd.DataFrame:
+    """The finished runs of one profile: ``profile``, or (None) the first of :data:`PROFILE_ORDER`
+    that has finished runs. Figures and tables call this so a plot never mixes scales."""
+    done = runs[runs["finished"].fillna(False).astype(bool)] if "finished" in runs else runs.iloc[:0]
+    if profile is None:
+        have = set(done["profile"])
+        profile = next((p for p in PROFILE_ORDER if p in have), None)
+    return done[done["profile"] == profile] if profile else done
+
+
+def headline_run(results=None, profile: str | None = None, run_dir=None, needs: str = "metrics.json") -> Path:
+    """``run_dir`` if given (as a path, or a name under the results folder); else the headline
+    configuration's run (RF 7, M 0.5, heaviside, seed 0) among :func:`select_runs`. It must hold
+    ``needs``; the error says what is missing."""
+    from .config import REPO_ROOT, grids
+
+    root = Path(results) if results else results_dir()
+    if run_dir is not None:
+        found = [p for p in (Path(run_dir), REPO_ROOT / run_dir, root / run_dir) if (p / needs).is_file()]
+        if not found:
+            raise FileNotFoundError(f"no {needs} in run directory {str(run_dir)!r} (looked relative to "
+                                    f"the working directory, {REPO_ROOT} and {root})")
+        return found[0]
+    h = grids()["headline"]
+    runs = select_runs(load_runs(root), profile).query(
+        "rf == @h['rf'] and margin == @h['margin'] and head == 'heaviside' and seed == 0 and sigma == 0")
+    for path in runs["path"]:
+        if (Path(path) / needs).is_file():
+            return Path(path)
+    raise FileNotFoundError(f"no finished headline run (RF {h['rf']}, M {h['margin']}) with {needs} "
+                            f"under {root} for profile {profile or 'auto'}; run notebooks/train.ipynb "
+                            "and notebooks/attack.ipynb for it first")
+
+
+def run_links(runs: pd.DataFrame, notebook: str):
+    """HTML naming the notebook and linking every run directory a figure was made from. Links
+    are relative to ``notebooks/``, so they work in Jupyter and on the book site (which carries a
+    copy of results/); runs outside the repository are named by path."""
+    from html import escape
+
+    from IPython.display import HTML
+
+    from .config import REPO_ROOT
+
+    items = []
+    for run, path in zip(runs["run"], runs["path"]):
+        p = Path(path).resolve()
+        try:
+            href = "../" + p.relative_to(REPO_ROOT.resolve()).as_posix() + "/"
+            items.append(f'<a href="{escape(href)}"><code>{escape(run)}</code></a>')
+        except ValueError:
+            items.append(f"<code>{escape(str(p))}</code>")
+    body = ", ".join(items) or "none yet"
+    return HTML(f"<p>Made by <code>notebooks/{escape(notebook)}</code> from {len(items)} run "
+                f"director{'y' if len(items) == 1 else 'ies'}: {body}.</p>")
+
+
+#: Columns of each run's CSV files, so a figure over an empty results folder gets empty frames
+#: with the right columns instead of failing.
+CSV_COLUMNS = {
+    "certification.csv": ["patch", "patch_h", "patch_w", "condition", "n", "clean_accuracy",
+                          "certified_accuracy", "forward_s", "certify_s", "wall_s", "device"],
+    "history.csv": ["epoch", "loss", "lr", "clean_accuracy", "certified_accuracy",
+                    "certified_global_accuracy", "train_s", "epoch_s", "images_per_s"],
+}
 
 
 def _per_run_csv(results, filename) -> pd.DataFrame:
@@ -74,7 +152,7 @@ def _per_run_csv(results, filename) -> pd.DataFrame:
                 df.insert(0, k, v)
             frames.append(df)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["run", "path", *CONFIG_COLUMNS])
+        columns=["run", "path", *CONFIG_COLUMNS, *CSV_COLUMNS[filename]])
 
 
 def load_certification(results=None) -> pd.DataFrame:

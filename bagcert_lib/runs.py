@@ -91,7 +91,7 @@ def attack_run(run_dir, n: int | None = 1000, patch=5, steps: int = 100, step_si
     Writes attack.json (accuracies, and ``certified_broken``, which must be 0), attack_samples.csv
     and attack_example.npz (the first broken sample, else the first one) for Figure 6.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     patch = _pair(patch, "patch")
     run_dir = resolve_run_dir(run_dir)

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import data as data_mod
 from .certifier import certify_model

@@ -23,18 +23,22 @@
 
 # %% tags=["parameters"]
 results: str = None  # results folder (default: $BAGCERT_RESULTS, else results/runs)
+profile: str = None  # runs to show; None: the first of paper, cpu, gpu, smoke with finished runs
 tolerance: float = 0.03  # accuracy difference still counted as a match
 
 # %%
 import numpy as np
 import pandas as pd
+from myst_nb import glue
 
 from bagcert_lib.config import REPO_ROOT, grids
 from bagcert_lib.model import cifar_scorer, num_parameters
-from bagcert_lib.results import load_certification, load_history, load_runs, scale_label
+from bagcert_lib.results import load_certification, load_history, load_runs, run_links, scale_label, select_runs
 
 claims = pd.read_csv(REPO_ROOT / "results" / "paper" / "claims.csv")
-runs, cert, hist = load_runs(results), load_certification(results), load_history(results)
+runs = select_runs(load_runs(results), profile)
+cert = load_certification(results).query("run in @runs.run")
+hist = load_history(results).query("run in @runs.run")
 base = runs.query("head == 'heaviside' and seed == 0 and sigma == 0")
 c = cert.query("run in @base.run")
 h = grids()["headline"]
@@ -107,3 +111,24 @@ table = claims.assign(ours=[ours(r.id) for r in claims.itertuples()])
 table["verdict"] = [verdict(r, v) for r, v in zip(claims.itertuples(), table.ours)]
 table["scale"] = scale_label(base)
 table[["claim", "paper_value", "ours", "verdict", "scale", "locator"]]
+
+# %% [markdown]
+# The headline configuration (RF 7, M 0.5, 5×5 patches), glued for the book's prose:
+
+# %%
+def pct(v):
+    return "not run yet" if v is None else f"{v * 100:.1f}%"
+
+
+headline = {"clean": at("5x5", "3.2", col="clean_accuracy"), "certified_3_2": at("5x5", "3.2"),
+            "certified_3_3": at("5x5", "3.3")}
+for key, value in headline.items():
+    glue(f"headline_{key}", pct(value), display=False)
+for r in claims.itertuples():   # the paper's own values, for the prose
+    glue(f"paper_{r.id}", pct(float(r.paper_value)) if r.unit == "accuracy" else str(r.paper_value), display=False)
+glue("headline_scale", scale_label(base), display=False)
+glue("claims_matching", f"{table.verdict.isin(['matches', 'holds']).sum()} of {len(table)}", display=False)
+{k: pct(v) for k, v in headline.items()}
+
+# %%
+run_links(base, "claims.ipynb")

@@ -25,16 +25,18 @@
 
 # %% tags=["parameters"]
 results: str = None  # results folder (default: $BAGCERT_RESULTS, else results/runs)
+profile: str = None  # runs to show; None: the first of paper, cpu, gpu, smoke with finished runs
 patch: str = "5x5"  # patch shape of the CIFAR-10 panel
 
 # %%
 import matplotlib.pyplot as plt
 import pandas as pd
+from myst_nb import glue
 
 from bagcert_lib.config import REPO_ROOT
-from bagcert_lib.results import load_certification, load_runs, scale_label
+from bagcert_lib.results import load_certification, load_runs, run_links, scale_label, select_runs
 
-runs = load_runs(results).query("head == 'heaviside' and seed == 0 and sigma == 0")
+runs = select_runs(load_runs(results), profile).query("head == 'heaviside' and seed == 0 and sigma == 0")
 cert = load_certification(results).query("patch == @patch and run in @runs.run")
 ours = cert.pivot_table(index=["run", "rf", "margin"], columns="condition",
                         values=["clean_accuracy", "certified_accuracy"]).reset_index()
@@ -75,4 +77,9 @@ ax_in.set_title("ImageNet — reported values only", fontsize=8)
 ax_in.grid(alpha=0.3)
 ax_in.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
 fig.tight_layout()
-ours.round(3)
+glue("figure2_scale", scale_label(runs), display=False)
+plt.show()
+ours.drop(columns="run").round(3)
+
+# %%
+run_links(runs, "figure2.ipynb")

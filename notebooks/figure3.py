@@ -2,6 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -17,15 +22,30 @@
 
 # %% tags=["parameters"]
 results: str = None  # results folder (default: $BAGCERT_RESULTS, else results/runs)
+profile: str = None  # runs to show; None: the first of paper, cpu, gpu, smoke with finished runs
 condition: str = "3.2"  # certification condition: 3.2 or 3.3
 
 # %%
+import matplotlib.pyplot as plt
+from myst_nb import glue
+
 from bagcert_lib.config import grids
 from bagcert_lib.figures import sweep_panels
-from bagcert_lib.results import load_certification, load_runs, scale_label
+from bagcert_lib.results import load_certification, load_runs, run_links, scale_label, select_runs
 
-runs, cert = load_runs(results), load_certification(results)
+runs = select_runs(load_runs(results), profile).query("head == 'heaviside' and seed == 0 and sigma == 0")
+cert = load_certification(results).query("run in @runs.run")
 patches = [(p, p) for p in grids()["square_patches"]]
 fig = sweep_panels(cert, patches, condition, title=scale_label(runs))
+glue("figure3_scale", scale_label(runs), display=False)
+plt.show()
+
+# % [markdown]
+# Certified accuracy per model and patch shape (Condition 3.2 unless `condition` says otherwise):
+
+# %
 cert.query("condition == @condition").pivot_table(
-    index="run", columns="patch", values="certified_accuracy", sort=False)[[f"{h}x{w}" for h, w in patches]].round(3)
+    index=["rf", "margin"], columns="patch", values="certified_accuracy")[[f"{h}x{w}" for h, w in patches]].round(3)
+
+# %%
+run_links(runs, "figure3.ipynb")

@@ -2,6 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -17,7 +22,9 @@
 # on the run (or its first sample if none broke), saved by `attack.ipynb` as `attack_example.npz`.
 
 # %% tags=["parameters"]
-run_dir: str = None  # a run with attack_example.npz (default: the RF 7, M 0.5 run)
+run_dir: str = None  # a run directory with attack_example.npz (default: the headline RF 7, M 0.5 run)
+results: str = None  # results folder (default: $BAGCERT_RESULTS, else results/runs)
+profile: str = None  # runs to choose from; None: the first of paper, cpu, gpu, smoke with finished runs
 
 # %%
 import matplotlib.pyplot as plt
@@ -25,9 +32,9 @@ import numpy as np
 from matplotlib.patches import Rectangle
 
 from bagcert_lib.data import CIFAR10_CLASSES
-from bagcert_lib.runs import resolve_run_dir
+from bagcert_lib.results import headline_run
 
-run = resolve_run_dir(run_dir)
+run = headline_run(results, profile, run_dir, needs="attack_example.npz")
 e = np.load(run / "attack_example.npz")
 label, target = int(e["label"]), int(e["target"])
 (ph, pw), (row, col) = e["patch"], (int(e["row"]), int(e["col"]))
@@ -49,5 +56,6 @@ for ax in axes.flat:
     ax.set_xticks([])
     ax.set_yticks([])
 fig.tight_layout()
+plt.show()
 {"run": run.name, "label": names[label], "target": names[target], "patch at (row, col)": (row, col),
  "flipped": bool(e["flipped"]), "R(l) rows": (int(r0), int(r1)), "R(l) cols": (int(c0), int(c1))}

@@ -2,6 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -18,13 +23,15 @@
 
 # %% tags=["parameters"]
 results: str = None  # results folder (default: $BAGCERT_RESULTS, else results/runs)
+profile: str = None  # runs to show; None: the first of paper, cpu, gpu, smoke with finished runs
 
 # %%
 import matplotlib.pyplot as plt
+from myst_nb import glue
 
-from bagcert_lib.results import load_runs, scale_label
+from bagcert_lib.results import load_runs, run_links, scale_label, select_runs
 
-runs = load_runs(results).query("head == 'heaviside' and seed == 0 and sigma == 0").dropna(
+runs = select_runs(load_runs(results), profile).query("head == 'heaviside' and seed == 0 and sigma == 0").dropna(
     subset=["adversarial_accuracy"])
 fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
 for ax, x, label in ((axes[0], "attack_clean_accuracy", "Clean accuracy (%)"),
@@ -36,6 +43,7 @@ for ax, x, label in ((axes[0], "attack_clean_accuracy", "Clean accuracy (%)"),
 axes[0].set_ylabel("Adversarial accuracy (%)")
 fig.colorbar(sc, ax=axes, label="RF")
 fig.suptitle(scale_label(runs), fontsize=9)
+plt.show()
 runs[["run", "rf", "margin", "attack_n", "attack_clean_accuracy", "adversarial_accuracy",
       "attack_certified_accuracy", "certified_broken"]].round(3)
 
@@ -47,3 +55,8 @@ ordered = ((runs.attack_certified_accuracy <= runs.adversarial_accuracy)
            & (runs.adversarial_accuracy <= runs.attack_clean_accuracy))
 assert (runs.certified_broken == 0).all(), "a certified sample was broken: the certificate is unsound"
 {"models": len(runs), "ordered": int(ordered.sum()), "certified_broken": int(runs.certified_broken.sum())}
+glue("figure7_ordered", f"{int(ordered.sum())} of {len(runs)}", display=False)
+glue("figure7_scale", scale_label(runs), display=False)
+
+# %%
+run_links(runs, "figure7.ipynb")

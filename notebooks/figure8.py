@@ -2,6 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -18,16 +23,18 @@
 
 # %% tags=["parameters"]
 results: str = None  # results folder (default: $BAGCERT_RESULTS, else results/runs)
+profile: str = None  # runs to show; None: the first of paper, cpu, gpu, smoke with finished runs
 
 # %%
 import matplotlib.pyplot as plt
+from myst_nb import glue
 
 from bagcert_lib.config import grids
-from bagcert_lib.results import load_history, load_runs, scale_label
+from bagcert_lib.results import load_history, load_runs, run_links, scale_label, select_runs
 
 f8 = grids()["figure8"]
-hist = load_history(results).query("rf == @f8['rf'] and margin == @f8['margin'] and sigma == 0")
-runs = load_runs(results).query("run in @hist.run")
+runs = select_runs(load_runs(results), profile).query("rf == @f8['rf'] and margin == @f8['margin'] and sigma == 0")
+hist = load_history(results).query("run in @runs.run")
 colors = {"heaviside": "tab:blue", "sigmoid": "tab:orange", "softmax": "tab:green"}
 fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
 for (head, seed), h in hist.groupby(["head", "seed"]):
@@ -41,4 +48,9 @@ for ax, name in ((axes[0], "Top-1 accuracy (%)"), (axes[1], "Certified accuracy 
     ax.grid(alpha=0.3)
 axes[0].legend()
 fig.suptitle(scale_label(runs), fontsize=9)
+glue("figure8_scale", scale_label(runs), display=False)
+plt.show()
 hist.groupby(["head", "seed"])[["clean_accuracy", "certified_accuracy"]].last().round(3)
+
+# %%
+run_links(runs, "figure8.ipynb")

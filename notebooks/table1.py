@@ -24,17 +24,19 @@
 
 # %% tags=["parameters"]
 results: str = None  # results folder (default: $BAGCERT_RESULTS, else results/runs)
+profile: str = None  # runs to show; None: the first of paper, cpu, gpu, smoke with finished runs
 
 # %%
 
 import pandas as pd
+from myst_nb import glue
 
 from bagcert_lib.config import REPO_ROOT, grids
 from bagcert_lib.model import cifar_scorer, num_parameters
-from bagcert_lib.results import load_certification, load_runs
+from bagcert_lib.results import load_certification, load_runs, run_links, select_runs
 
 paper = pd.read_csv(REPO_ROOT / "results" / "paper" / "table1.csv")
-runs = load_runs(results).query("head == 'heaviside' and seed == 0 and sigma == 0")
+runs = select_runs(load_runs(results), profile).query("head == 'heaviside' and seed == 0 and sigma == 0")
 cert = load_certification(results).query("patch == '5x5' and condition == '3.2' and run in @runs.run")
 cert = cert.assign(seconds=cert.forward_s + cert.certify_s)
 ours = (cert.drop(columns=["device"], errors="ignore").merge(runs[["run", "parameters", "device"]], on="run")
@@ -47,11 +49,40 @@ table["paper: seconds (V100, 10,000 images)"] = paper.dropna(subset=["rf"]).set_
 table["paper: parameters (M)"] = paper.dropna(subset=["rf"]).set_index("rf").parameters_millions
 table["ours: parameters at width 768 (M)"] = [round(num_parameters(cifar_scorer(rf, 768)) / 1e6, 1)
                                               for rf in table.index]
-table = table.join(ours.rename(columns=lambda c: f"ours: {c}"))
+
+# %% [markdown]
+# Parameter counts, the paper's and those of the paper's width-768 models as we build them
+# (deterministic: `pytest --nbval` compares this output with the one stored in the notebook):
+
+# %%
+# NBVAL_CHECK_OUTPUT
 table
+
+# %% [markdown]
+# Our runs beside them: certification time for the test images (forward pass + 5×5 certificate,
+# median over the runs of each RF) on the machine named, and our models' parameter counts:
+
+# %%
+table.join(ours.rename(columns=lambda c: f"ours: {c}"))
 
 # %% [markdown]
 # Derandomized smoothing as reported by the paper (block and column smoothing):
 
 # %%
 paper[paper.method != "BagCert"][["method", "certification_seconds", "parameters_millions", "hardware"]]
+
+# %%
+run_links(runs, "table1.ipynb")
+
+# %% [markdown]
+# Compute behind every finished run in the results folder, per profile and machine (training wall
+# time from each run's `provenance.json`; certification and attacks not included):
+
+# %%
+every = load_runs(results)
+every = every[every.finished.fillna(False).astype(bool)]
+compute = every.groupby(["profile", "device"]).agg(
+    runs=("run", "count"), width=("width", "first"), epochs=("epochs", "first"),
+    seconds_per_epoch=("seconds_per_epoch", "median"),
+    training_hours=("wall_s", lambda s: s.sum() / 3600)).round(2)
+glue("compute", compute)
