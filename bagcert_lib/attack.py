@@ -73,23 +73,27 @@ def patch_attack(model, x: torch.Tensor, y: torch.Tensor, patch=5, *, steps: int
         q.requires_grad_(False)
     try:
         for step in range(steps + 1):
-            adv.requires_grad_(True)
+            live = (~broken).nonzero().squeeze(1)        # only unbroken images cost compute
+            if len(live) == 0:
+                break
+            adv_live = adv[live].requires_grad_(True)
             with autocast(x.device, amp):
-                logits = model(adv)
+                logits = model(adv_live)
             scores = head_fn(logits.float())
-            now_wrong = ~ScoreMaps(scores.detach(), y).correct
-            newly = now_wrong & ~broken
-            best[newly] = adv.detach()[newly]
-            broken |= now_wrong
-            if step == steps or bool(broken.all()):
+            wrong = ~ScoreMaps(scores.detach(), y[live]).correct
+            best[live[wrong]] = adv_live.detach()[wrong]   # the first iterate that flips is kept
+            broken[live[wrong]] = True
+            if step == steps or bool(wrong.all()):
                 break
             S = scores.mean((2, 3))
-            d = S.gather(1, y[:, None]) - S.gather(1, target[:, None])   # Δ_{c*} / (w h)
-            loss = -torch.clamp(d.squeeze(1), max=margin)               # L_R for c*, maximised
-            (grad,) = torch.autograd.grad(loss.sum(), adv)
+            t, c = y[live], target[live]
+            d = S.gather(1, t[:, None]) - S.gather(1, c[:, None])          # Δ_{c*} / (w h)
+            loss = -torch.clamp(d.squeeze(1), max=margin)[~wrong]         # L_R for c*, maximised
+            (grad,) = torch.autograd.grad(loss.sum(), adv_live)
             with torch.no_grad():
-                adv = (adv + step_size * grad.sign() * mask).clamp(0, 1)
-                adv = x * (1 - mask) + adv * mask
+                m = mask[live]
+                stepped = (adv_live + step_size * grad.sign() * m).clamp(0, 1)
+                adv[live] = x[live] * (1 - m) + stepped * m
     finally:
         for q, flag in flags:
             q.requires_grad_(flag)

@@ -41,7 +41,7 @@ def _json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-RUN_COLUMNS = ["run", "path", *CONFIG_COLUMNS, "finished", "epochs_done", "eval_clean_accuracy",
+RUN_COLUMNS = ["run", "path", *CONFIG_COLUMNS, "finished", "certified", "epochs_done", "eval_clean_accuracy",
                "eval_certified_accuracy", "parameters", "n_train", "device", "dataset",
                "dataset_sha256", "commit", "wall_s", "seconds_per_epoch", "attack_n",
                "adversarial_accuracy", "attack_clean_accuracy", "attack_certified_accuracy",
@@ -56,6 +56,7 @@ def load_runs(results=None) -> pd.DataFrame:
         rows.append({
             **_config(run),
             "finished": metrics.get("finished", False),
+            "certified": (run / "certification.csv").is_file(),
             "epochs_done": prov.get("epochs_done"),
             "eval_clean_accuracy": metrics.get("clean_accuracy"),
             "eval_certified_accuracy": metrics.get("certified_accuracy"),
@@ -78,8 +79,9 @@ def load_runs(results=None) -> pd.DataFrame:
 
 def select_runs(runs: pd.DataFrame, profile: str | None = None) -> pd.DataFrame:
     """The finished runs of one profile: ``profile``, or (None) the first of :data:`PROFILE_ORDER`
-    that has finished runs. Figures and tables call this so a plot never mixes scales."""
-    done = runs[runs["finished"].fillna(False).astype(bool)] if "finished" in runs else runs.iloc[:0]
+    that has finished runs. Figures and tables call this so a plot never mixes scales. Finished
+    means trained and certified (a run still in the middle of its sweep is left out)."""
+    done = runs[runs["finished"].fillna(False).astype(bool) & runs["certified"].fillna(False).astype(bool)]
     if profile is None:
         have = set(done["profile"])
         profile = next((p for p in PROFILE_ORDER if p in have), None)
@@ -100,11 +102,15 @@ def headline_run(results=None, profile: str | None = None, run_dir=None, needs: 
                                     f"the working directory, {REPO_ROOT} and {root})")
         return found[0]
     h = grids()["headline"]
-    runs = select_runs(load_runs(root), profile).query(
-        "rf == @h['rf'] and margin == @h['margin'] and head == 'heaviside' and seed == 0 and sigma == 0")
-    for path in runs["path"]:
-        if (Path(path) / needs).is_file():
-            return Path(path)
+    every = load_runs(root)
+    # auto: the largest-scale profile whose headline run already has `needs` (a run still in the
+    # middle of its sweep falls back to the next profile, and the figure names the scale it shows)
+    for p in [profile] if profile else [p for p in PROFILE_ORDER if p in set(every["profile"])]:
+        runs = select_runs(every, p).query(
+            "rf == @h['rf'] and margin == @h['margin'] and head == 'heaviside' and seed == 0 and sigma == 0")
+        for path in runs["path"]:
+            if (Path(path) / needs).is_file():
+                return Path(path)
     raise FileNotFoundError(f"no finished headline run (RF {h['rf']}, M {h['margin']}) with {needs} "
                             f"under {root} for profile {profile or 'auto'}; run notebooks/train.ipynb "
                             "and notebooks/attack.ipynb for it first")

@@ -26,7 +26,7 @@ results: str = None  # results folder (default: $BAGCERT_RESULTS, else results/r
 profile: str = None  # runs to show; None: the first of paper, cpu, gpu, smoke with finished runs
 tolerance: float = 0.03  # accuracy difference still counted as a match
 
-# %%
+# %% tags=["hide-input"]
 import numpy as np
 import pandas as pd
 from myst_nb import glue
@@ -115,7 +115,7 @@ table[["claim", "paper_value", "ours", "verdict", "scale", "locator"]]
 # %% [markdown]
 # The headline configuration (RF 7, M 0.5, 5×5 patches), glued for the book's prose:
 
-# %%
+# %% tags=["hide-input"]
 def pct(v):
     return "not run yet" if v is None else f"{v * 100:.1f}%"
 
@@ -130,5 +130,5 @@ glue("headline_scale", scale_label(base), display=False)
 glue("claims_matching", f"{table.verdict.isin(['matches', 'holds']).sum()} of {len(table)}", display=False)
 {k: pct(v) for k, v in headline.items()}
 
-# %%
+# %% tags=["hide-input"]
 run_links(base, "claims.ipynb")

@@ -28,7 +28,7 @@ results: str = None  # results folder (default: $BAGCERT_RESULTS, else results/r
 profile: str = None  # runs to show; None: the first of paper, cpu, gpu, smoke with finished runs
 patch: str = "5x5"  # patch shape of the CIFAR-10 panel
 
-# %%
+# %% tags=["hide-input"]
 import matplotlib.pyplot as plt
 import pandas as pd
 from myst_nb import glue
@@ -81,5 +81,5 @@ glue("figure2_scale", scale_label(runs), display=False)
 plt.show()
 ours.drop(columns="run").round(3)
 
-# %%
+# %% tags=["hide-input"]
 run_links(runs, "figure2.ipynb")

@@ -25,7 +25,7 @@ results: str = None  # results folder (default: $BAGCERT_RESULTS, else results/r
 profile: str = None  # runs to show; None: the first of paper, cpu, gpu, smoke with finished runs
 condition: str = "3.2"  # certification condition: 3.2 or 3.3
 
-# %%
+# %% tags=["hide-input"]
 import matplotlib.pyplot as plt
 from myst_nb import glue
 
@@ -40,12 +40,12 @@ fig = sweep_panels(cert, patches, condition, title=scale_label(runs))
 glue("figure4_scale", scale_label(runs), display=False)
 plt.show()
 
-# % [markdown]
+# %% [markdown]
 # Certified accuracy per model and patch shape (Condition 3.2 unless `condition` says otherwise):
 
-# %
+# %% tags=["hide-input"]
 cert.query("condition == @condition").pivot_table(
-    index=["rf", "margin"], columns="patch", values="certified_accuracy")[[f"{h}x{w}" for h, w in patches]].round(3)
+    index=["rf", "margin"], columns="patch", values="certified_accuracy").reindex(columns=[f"{h}x{w}" for h, w in patches]).round(3)
 
-# %%
+# %% tags=["hide-input"]
 run_links(runs, "figure4.ipynb")

@@ -26,13 +26,13 @@ run_dir: str = None  # a run directory with attack_example.npz (default: the hea
 results: str = None  # results folder (default: $BAGCERT_RESULTS, else results/runs)
 profile: str = None  # runs to choose from; None: the first of paper, cpu, gpu, smoke with finished runs
 
-# %%
+# %% tags=["hide-input"]
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Rectangle
 
 from bagcert_lib.data import CIFAR10_CLASSES
-from bagcert_lib.results import headline_run
+from bagcert_lib.results import headline_run, load_runs, run_links, scale_label
 
 run = headline_run(results, profile, run_dir, needs="attack_example.npz")
 e = np.load(run / "attack_example.npz")
@@ -59,3 +59,8 @@ fig.tight_layout()
 plt.show()
 {"run": run.name, "label": names[label], "target": names[target], "patch at (row, col)": (row, col),
  "flipped": bool(e["flipped"]), "R(l) rows": (int(r0), int(r1)), "R(l) cols": (int(c0), int(c1))}
+
+# %% tags=["hide-input"]
+shown = load_runs(run.parent).query("run == @run.name")
+print(scale_label(shown))
+run_links(shown, "figure6.ipynb")

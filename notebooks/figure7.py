@@ -25,7 +25,7 @@
 results: str = None  # results folder (default: $BAGCERT_RESULTS, else results/runs)
 profile: str = None  # runs to show; None: the first of paper, cpu, gpu, smoke with finished runs
 
-# %%
+# %% tags=["hide-input"]
 import matplotlib.pyplot as plt
 from myst_nb import glue
 
@@ -50,7 +50,7 @@ runs[["run", "rf", "margin", "attack_n", "attack_clean_accuracy", "adversarial_a
 # %% [markdown]
 # The order certified ≤ adversarial ≤ clean, and no certified sample broken, checked by code:
 
-# %%
+# %% tags=["hide-input"]
 ordered = ((runs.attack_certified_accuracy <= runs.adversarial_accuracy)
            & (runs.adversarial_accuracy <= runs.attack_clean_accuracy))
 assert (runs.certified_broken == 0).all(), "a certified sample was broken: the certificate is unsound"
@@ -58,5 +58,5 @@ assert (runs.certified_broken == 0).all(), "a certified sample was broken: the c
 glue("figure7_ordered", f"{int(ordered.sum())} of {len(runs)}", display=False)
 glue("figure7_scale", scale_label(runs), display=False)
 
-# %%
+# %% tags=["hide-input"]
 run_links(runs, "figure7.ipynb")

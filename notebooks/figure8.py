@@ -25,7 +25,7 @@
 results: str = None  # results folder (default: $BAGCERT_RESULTS, else results/runs)
 profile: str = None  # runs to show; None: the first of paper, cpu, gpu, smoke with finished runs
 
-# %%
+# %% tags=["hide-input"]
 import matplotlib.pyplot as plt
 from myst_nb import glue
 
@@ -52,5 +52,5 @@ glue("figure8_scale", scale_label(runs), display=False)
 plt.show()
 hist.groupby(["head", "seed"])[["clean_accuracy", "certified_accuracy"]].last().round(3)
 
-# %%
+# %% tags=["hide-input"]
 run_links(runs, "figure8.ipynb")

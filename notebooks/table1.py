@@ -26,7 +26,7 @@
 results: str = None  # results folder (default: $BAGCERT_RESULTS, else results/runs)
 profile: str = None  # runs to show; None: the first of paper, cpu, gpu, smoke with finished runs
 
-# %%
+# %% tags=["hide-input"]
 
 import pandas as pd
 from myst_nb import glue
@@ -54,7 +54,7 @@ table["ours: parameters at width 768 (M)"] = [round(num_parameters(cifar_scorer(
 # Parameter counts, the paper's and those of the paper's width-768 models as we build them
 # (deterministic: `pytest --nbval` compares this output with the one stored in the notebook):
 
-# %%
+# %% tags=["hide-input"]
 # NBVAL_CHECK_OUTPUT
 table
 
@@ -62,23 +62,23 @@ table
 # Our runs beside them: certification time for the test images (forward pass + 5×5 certificate,
 # median over the runs of each RF) on the machine named, and our models' parameter counts:
 
-# %%
+# %% tags=["hide-input"]
 table.join(ours.rename(columns=lambda c: f"ours: {c}"))
 
 # %% [markdown]
 # Derandomized smoothing as reported by the paper (block and column smoothing):
 
-# %%
+# %% tags=["hide-input"]
 paper[paper.method != "BagCert"][["method", "certification_seconds", "parameters_millions", "hardware"]]
 
-# %%
+# %% tags=["hide-input"]
 run_links(runs, "table1.ipynb")
 
 # %% [markdown]
 # Compute behind every finished run in the results folder, per profile and machine (training wall
 # time from each run's `provenance.json`; certification and attacks not included):
 
-# %%
+# %% tags=["hide-input"]
 every = load_runs(results)
 every = every[every.finished.fillna(False).astype(bool)]
 compute = every.groupby(["profile", "device"]).agg(
