@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import queue
 import threading
 from dataclasses import dataclass
@@ -76,6 +77,10 @@ def _done(run_dir: Path, step: str) -> bool:
 def run_job(job: Job, profile: str, results: Path, device: str | None, log=print, **overrides):
     """Train, certify and attack one configuration through papermill (skipping finished steps)."""
     import papermill as pm
+
+    # progress bars redraw every 30 s, not 10 times a second: the executed notebooks kept beside
+    # each run stay small (tqdm reads TQDM_* from the environment the kernels inherit)
+    os.environ.setdefault("TQDM_MININTERVAL", "30")
 
     run_dir = results / job.name(profile)
     run_dir.mkdir(parents=True, exist_ok=True)

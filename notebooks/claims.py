@@ -110,7 +110,22 @@ def verdict(row, value):
 table = claims.assign(ours=[ours(r.id) for r in claims.itertuples()])
 table["verdict"] = [verdict(r, v) for r, v in zip(claims.itertuples(), table.ours)]
 table["scale"] = scale_label(base)
-table[["claim", "paper_value", "ours", "verdict", "scale", "locator"]]
+
+
+def why(verdict):
+    """Where we differ: how our scale differs from App. A.1's (width 768, 350 epochs, official
+    CIFAR-10 files), from the runs themselves."""
+    if not verdict.startswith(("differs", "does not hold")) or base.empty:
+        return ""
+    width, epochs = int(base.width.median()), int(base.epochs.median())
+    data = ", JPEG (q75) copy of CIFAR-10" if (base.dataset == "cifar10-jpeg").any() else ""
+    ratio = num_parameters(cifar_scorer(h["rf"], 768)) / base.parameters.median()
+    return (f"width {width} vs 768 ({ratio:.0f}× fewer parameters at RF {h['rf']}), "
+            f"{epochs} vs 350 epochs{data}")
+
+
+table["why"] = table.verdict.map(why)
+table[["claim", "paper_value", "ours", "verdict", "why", "scale", "locator"]]
 
 # %% [markdown]
 # The headline configuration (RF 7, M 0.5, 5×5 patches), glued for the book's prose:

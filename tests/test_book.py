@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 BOOK = ROOT / "book"
 sys.path.insert(0, str(BOOK))
-FIGURES = ["figure2", "figure3", "figure4", "figure5", "figure6", "figure7", "figure8"]
+FIGURES = ["figure2", "figure3", "figure4", "figure5", "figure6", "figure7", "figure8", "headline"]
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("jupyter_book") is None,
                                 reason="jupyter-book not installed (pip install -e '.[book]')")
@@ -32,7 +32,7 @@ def site(tmp_path_factory):
 
 def test_every_page_is_built(site):
     pages = ["index", "intro", "method", "reproduce", "api", "bibliography",
-             *[f"notebooks/{n}" for n in FIGURES + ["table1", "claims"]]]
+             *[f"notebooks/{n}" for n in FIGURES + ["table1", "claims", "headline"]]]
     missing = [p for p in pages if not (site / f"{p}.html").is_file()]
     assert not missing, f"pages not built: {missing}"
 

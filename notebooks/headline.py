@@ -1,0 +1,74 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # The headline configuration: accuracy against training time
+#
+# The paper's strongest CIFAR-10 setting, RF 7 and M 0.5, at every scale we trained it: clean and
+# certified (Condition 3.2, 5×5) accuracy on the held-out evaluation images after every epoch
+# (`history.csv`), against the cumulative training time on the run's machine. The longest CPU run
+# is the `cpu_long` profile (about two hours on 2 cores); the test-set numbers of each run's last
+# epoch are in the table below the plot.
+
+# %% tags=["parameters"]
+results: str = None  # results folder (default: $BAGCERT_RESULTS, else results/runs)
+
+# %% tags=["hide-input"]
+import matplotlib.pyplot as plt
+from myst_nb import glue
+
+from bagcert_lib.config import grids
+from bagcert_lib.results import load_certification, load_history, load_runs, run_links
+
+h = grids()["headline"]
+runs = load_runs(results)
+runs = runs[runs.finished.fillna(False).astype(bool)].query(
+    "rf == @h['rf'] and margin == @h['margin'] and head == 'heaviside' and seed == 0 and sigma == 0")
+hist = load_history(results).query("run in @runs.run").copy()
+hist["hours"] = hist.groupby("run").epoch_s.cumsum() / 3600
+fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
+for run, g in hist.groupby("run", sort=False):
+    r = runs.set_index("run").loc[run]
+    label = f"{r.profile}: width {r.width}, {r.epochs} epochs ({r.device})"
+    for ax, col in ((axes[0], "clean_accuracy"), (axes[1], "certified_accuracy")):
+        ax.plot(g.hours, g[col] * 100, marker="o", ms=3, label=label)
+for ax, name in ((axes[0], "Clean accuracy (%)"), (axes[1], "Certified accuracy (%), 5×5, Condition 3.2")):
+    ax.set_xlabel("Training time (hours)")
+    ax.set_ylabel(name)
+    ax.grid(alpha=0.3)
+axes[0].legend(fontsize=8)
+fig.suptitle(f"RF {h['rf']}, M {h['margin']}: held-out evaluation after every epoch", fontsize=10)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# Test-set accuracy of each run at its last epoch (5×5 patches), with its training time:
+
+# %% tags=["hide-input"]
+cert = load_certification(results).query("run in @runs.run and patch == '5x5'")
+table = cert.pivot_table(index="run", columns="condition", values=["clean_accuracy", "certified_accuracy"])
+table.columns = [f"{v} ({c})" if v == "certified_accuracy" else v for v, c in table.columns]
+table = table.loc[:, ~table.columns.duplicated()].join(
+    runs.set_index("run")[["profile", "width", "epochs", "n_train", "wall_s", "device"]])
+table = table.assign(hours=table.wall_s / 3600).drop(columns="wall_s")
+if len(table):
+    best = table.sort_values("hours").iloc[-1]
+    glue("longest_run", f"{best.name}: {best.clean_accuracy * 100:.1f}% clean, "
+         f"{best['certified_accuracy (3.2)'] * 100:.1f}% certified (Condition 3.2) after "
+         f"{best.hours:.1f} h", display=False)
+table.round(3)
+
+# %% tags=["hide-input"]
+run_links(runs, "headline.ipynb")
