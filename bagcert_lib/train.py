@@ -90,6 +90,11 @@ def evaluate(model, x, y, cfg: TrainConfig, device, patches=None, progress=False
                          progress=progress)
 
 
+#: Config fields a run may change when it resumes: the device and the data's location (the
+#: dataset itself is pinned by its sha256 in provenance.json).
+RESUME_MAY_CHANGE = ("device", "data")
+
+
 def train(cfg: TrainConfig, run_dir, *, resume: bool = True, progress: bool = True,
           stop_after: int | None = None) -> dict:
     """Train one configuration into ``run_dir`` (resuming if a checkpoint is there).
@@ -122,9 +127,13 @@ def train(cfg: TrainConfig, run_dir, *, resume: bool = True, progress: bool = Tr
     start_epoch, history, wall_before = 0, [], 0.0
     if resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if TrainConfig(**ck["config"]).to_dict() != cfg.to_dict():   # fields added later: defaults
-            raise ValueError(f"{ckpt_path} was written by a different configuration; "
-                             "use another run directory or resume=False")
+        old, new = TrainConfig(**ck["config"]).to_dict(), cfg.to_dict()   # fields added later: defaults
+        for where in RESUME_MAY_CHANGE:      # where a run continues is not what it is
+            old.pop(where, None), new.pop(where, None)
+        if old != new:
+            changed = sorted(k for k in new if old.get(k) != new.get(k))
+            raise ValueError(f"{ckpt_path} was written by a different configuration ({', '.join(changed)} "
+                             "differ); use another run directory or resume=False")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])

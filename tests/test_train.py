@@ -97,8 +97,18 @@ def test_resume_refuses_a_different_config(tmp_path, colour_folder):
                          train_size=None, eval_size=30)
     train(cfg, tmp_path / "run", progress=False)
     cfg.margin = 0.25
-    with pytest.raises(ValueError, match="different configuration"):
+    with pytest.raises(ValueError, match=r"different configuration \(margin differ\)"):
         train(cfg, tmp_path / "run", progress=False)
+
+
+def test_resume_may_move_device(tmp_path, colour_folder):
+    """Where a run continues (device) is not part of what it is: resuming on another device works."""
+    cfg = profile_config("smoke", dataset="imagefolder", data=str(colour_folder), rf=5, epochs=2,
+                         train_size=None, eval_size=30)
+    train(cfg, tmp_path / "run", progress=False, stop_after=1)
+    cfg.device = "cpu"
+    out = train(cfg, tmp_path / "run", progress=False)
+    assert out["finished"] and len(out["history"]) == 2
 
 
 def test_smoke_profile_on_cifar(tmp_path):
