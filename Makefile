@@ -7,6 +7,8 @@ TORCH   ?= torch==2.13.0
 PROFILE ?= auto
 RF      ?= 7
 MARGIN  ?= 0.5
+# make reproduce DEVICES="cpu cpu": two configurations at once, one core each
+DEVICES ?=
 
 .PHONY: setup run test reproduce book screenshots clean
 
@@ -25,7 +27,7 @@ test: setup     ## the test suite and every notebook at smoke scale (CI runs exa
 
 reproduce: setup  ## the whole grid (Figures 2 and 8) through the papermill notebooks; resumable
 	$(BIN)/pip install -q -e ".[notebooks]"
-	$(BIN)/python -m bagcert_lib.sweep --profile $(PROFILE)
+	$(BIN)/python -m bagcert_lib.sweep --profile $(PROFILE) $(if $(DEVICES),--devices $(DEVICES))
 
 book: setup     ## re-plot every figure and table from results/, build the site (warnings are errors)
 	$(BIN)/jupyter-book build book/ -W

@@ -2,6 +2,7 @@
 
     python -m bagcert_lib.sweep --profile cpu                  # Figure 2 + Figure 8 grids
     python -m bagcert_lib.sweep --profile gpu --grid rf_sweep --devices cuda:0 cuda:1
+    python -m bagcert_lib.sweep --profile cpu --devices cpu cpu   # two configurations at once, a core each
     python -m bagcert_lib.sweep --profile smoke --results /tmp/runs --dry-run
 
 Each configuration gets one run directory; the executed notebooks are kept beside its results.
@@ -112,6 +113,12 @@ def sweep(profile: str = "cpu", grid: str = "all", results=None, devices=None,
         for j in jobs:
             print("  ", j.name(profile), "attack n =", j.attack_n or "all")
         return [results / j.name(profile) for j in jobs]
+    cpu_workers = sum(1 for d in (devices or [None]) if str(d).startswith("cpu"))
+    if cpu_workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        # several configurations on one CPU: split the cores (oversubscribed OpenMP threads are
+        # many times slower than the sum of their parts)
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // cpu_workers))
+        print(f"sweep: {cpu_workers} CPU workers, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} each")
     todo: queue.Queue = queue.Queue()
     for j in jobs:
         todo.put(j)
@@ -149,7 +156,8 @@ def main(argv=None):
     p.add_argument("--profile", default="cpu")
     p.add_argument("--grid", default="all", help="figure2 | figure8 | rf_sweep | headline | all")
     p.add_argument("--results", help="parent of run directories (default: results/runs)")
-    p.add_argument("--devices", nargs="+", help="run one configuration per device in parallel")
+    p.add_argument("--devices", nargs="+", help="run one configuration per device in parallel; "
+                   "'cpu cpu' runs two at once on the CPU, splitting its cores between them")
     p.add_argument("--attack-n", type=int, default=1000, help="test images attacked per model")
     p.add_argument("--epochs", type=int, help="override the profile's epochs")
     p.add_argument("--width", type=int, help="override the profile's width")

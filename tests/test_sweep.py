@@ -1,0 +1,22 @@
+"""The sweep's grids come from _config.yml: Figure 2's RF x M, Figure 8's heads x seeds, the
+headline first (attacked on every test image), and, under `cpu`, the longer headline run last."""
+from bagcert_lib.config import grids
+from bagcert_lib.sweep import grid_jobs, sweep
+
+
+def test_grids_match_the_paper():
+    g = grids()
+    fig2, fig8 = grid_jobs("figure2"), grid_jobs("figure8")
+    assert len(fig2) == len(g["receptive_fields"]) * len(g["margins"]) == 20
+    assert len(fig8) == len(g["figure8"]["heads"]) * len(g["figure8"]["seeds"]) == 15
+    jobs = grid_jobs("all", profile="cpu")
+    assert (jobs[0].rf, jobs[0].margin, jobs[0].attack_n) == (7, 0.5, None)   # headline: all images
+    assert len(jobs) == 20 + 15 - 1 + 1   # the headline is in both grids once; cpu_long at the end
+    assert jobs[-1].profile == "cpu_long" and jobs[-1].attack_n == 1000
+    assert all(j.profile is None for j in grid_jobs("all", profile="smoke"))
+
+
+def test_dry_run_names_every_run_directory(tmp_path):
+    dirs = sweep("smoke", "figure2", results=tmp_path, dry_run=True)
+    assert len({d.name for d in dirs}) == 20 and all(d.parent == tmp_path for d in dirs)
+    assert not any(tmp_path.iterdir())   # a dry run writes nothing
