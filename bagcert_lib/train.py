@@ -5,7 +5,8 @@
     config.yaml       the TrainConfig
     history.csv       per epoch: loss, lr, clean and certified accuracy on the held-out set, seconds
     metrics.json      the last epoch's numbers
-    provenance.json   git commit, torch version, device, dataset name + sha256, wall time, s/epoch
+    provenance.json   git commit, torch version, device, dataset name + sha256, wall time, s/epoch;
+                      ``segments``: the commit and machine of every (re)start and its first epoch
     checkpoint.pt     model, optimizer, scheduler, RNG states, epoch, history (every epoch)
 
 Rerunning with the same run directory resumes from checkpoint.pt and ends at the same result as an
@@ -124,7 +125,7 @@ def train(cfg: TrainConfig, run_dir, *, resume: bool = True, progress: bool = Tr
 
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / CHECKPOINT
-    start_epoch, history, wall_before = 0, [], 0.0
+    start_epoch, history, wall_before, segments = 0, [], 0.0, []
     if resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
         old, new = TrainConfig(**ck["config"]).to_dict(), cfg.to_dict()   # fields added later: defaults
@@ -138,11 +139,15 @@ def train(cfg: TrainConfig, run_dir, *, resume: bool = True, progress: bool = Tr
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         start_epoch, history, wall_before = ck["epoch"] + 1, ck["history"], ck["wall_s"]
+        segments = ck.get("segments", [])
         if progress:
             print(f"resuming {run_dir} at epoch {start_epoch}/{cfg.epochs}")
     with open(run_dir / "config.yaml", "w") as f:
         yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
 
+    if start_epoch < cfg.epochs:   # which code and machine trained which epochs
+        segments.append({"from_epoch": start_epoch + 1, "git": git, "device": device_name(device),
+                         "torch": torch.__version__})
     x_train = train_data.x_train.to(device)
     y_train = train_data.y_train.to(device)
     t_start = time.perf_counter()
@@ -188,15 +193,18 @@ def train(cfg: TrainConfig, run_dir, *, resume: bool = True, progress: bool = Tr
         wall = wall_before + time.perf_counter() - t_start
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict(), "rng": _rng_state(), "epoch": epoch,
-                    "history": history, "config": cfg.to_dict(), "wall_s": wall},
+                    "history": history, "config": cfg.to_dict(), "wall_s": wall,
+                    "segments": segments},
                    ckpt_path.with_suffix(".tmp"))
         ckpt_path.with_suffix(".tmp").replace(ckpt_path)     # atomic: a kill never corrupts it
-        _write_records(run_dir, cfg, model, full, train_data, eval_data, history, device, wall, git)
+        _write_records(run_dir, cfg, model, full, train_data, eval_data, history, device, wall, git,
+                       segments)
     return {"model": model, "history": pd.DataFrame(history), "run_dir": run_dir,
             "finished": len(history) == cfg.epochs}
 
 
-def _write_records(run_dir, cfg, model, full, train_data, eval_data, history, device, wall, git):
+def _write_records(run_dir, cfg, model, full, train_data, eval_data, history, device, wall, git,
+                   segments):
     pd.DataFrame(history).to_csv(run_dir / "history.csv", index=False)
     last = history[-1]
     metrics = {k: last[k] for k in ("epoch", "loss", "clean_accuracy", "certified_accuracy",
@@ -212,7 +220,8 @@ def _write_records(run_dir, cfg, model, full, train_data, eval_data, history, de
             "parameters": num_parameters(model), "receptive_field": model.receptive_field,
             "stride": model.stride, "wall_s": wall, "epochs_done": len(history),
             "seconds_per_epoch": float(np.median(train_s)),
-            "images_per_s": float(np.median([h["images_per_s"] for h in history]))}
+            "images_per_s": float(np.median([h["images_per_s"] for h in history])),
+            "segments": segments}
     with open(run_dir / "provenance.json", "w") as f:
         json.dump(prov, f, indent=2, default=str)
 

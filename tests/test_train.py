@@ -84,6 +84,9 @@ def test_resume_equals_uninterrupted_run(tmp_path, colour_folder):
     a, b = full["model"].state_dict(), rest["model"].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     pd.testing.assert_frame_equal(_history(tmp_path / "full"), _history(tmp_path / "part"))
+    segments = json.loads((tmp_path / "part" / "provenance.json").read_text())["segments"]
+    assert [s["from_epoch"] for s in segments] == [1, 2]   # who trained which epochs
+    assert all(s["git"] and s["device"] for s in segments)
     prov = json.loads((tmp_path / "part" / "provenance.json").read_text())
     for key in ("git", "torch", "device", "dataset", "wall_s", "seconds_per_epoch"):
         assert key in prov
