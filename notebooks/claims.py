@@ -78,6 +78,15 @@ def ours(cid):
     if cid == "certified_never_broken":
         a = base.dropna(subset=["certified_broken"])
         return None if a.empty else bool((a.certified_broken == 0).all())
+    if cid == "clean_adv_correlated":
+        a = base.dropna(subset=["adversarial_accuracy"])
+        return None if len(a) < 3 else bool(a.attack_clean_accuracy.corr(a.adversarial_accuracy) >= 0.8)
+    if cid == "adv_prefers_larger_rf":
+        a = base.dropna(subset=["adversarial_accuracy"]).query("margin == @h['margin']")
+        if a.rf.nunique() < 2:
+            return None
+        best = lambda col: int(a.loc[a[col].idxmax(), "rf"])   # noqa: E731
+        return best("adversarial_accuracy") >= best("attack_certified_accuracy")
     if cid == "attack_between":
         a = base.dropna(subset=["adversarial_accuracy"])
         return None if a.empty else bool(((a.attack_certified_accuracy <= a.adversarial_accuracy)
@@ -120,6 +129,14 @@ def evidence(cid):
     if cid == "certified_never_broken" and len(a):
         n_cert = int((a.attack_certified_accuracy * a.attack_n).round().sum())
         return f"{int(a.certified_broken.sum())} broken of {n_cert} certified images, {len(a)} models, {int(a.attack_n.sum()):,} attacked"
+    if cid == "clean_adv_correlated" and len(a) > 2:
+        return (f"Pearson r(clean, adversarial) = {a.attack_clean_accuracy.corr(a.adversarial_accuracy):.2f}, "
+                f"r(certified, adversarial) = {a.attack_certified_accuracy.corr(a.adversarial_accuracy):.2f}, "
+                f"{len(a)} models")
+    if cid == "adv_prefers_larger_rf":
+        m = a.query("margin == @h['margin']").set_index("rf").sort_index()
+        return "; ".join(f"RF {rf}: adversarial {r.adversarial_accuracy * 100:.1f}%, certified "
+                         f"{r.attack_certified_accuracy * 100:.1f}%" for rf, r in m.iterrows())
     if cid == "attack_between" and len(a):
         return "; ".join(f"RF {r.rf} M {r.margin:g}: {r.attack_certified_accuracy * 100:.1f} ≤ "
                          f"{r.adversarial_accuracy * 100:.1f} ≤ {r.attack_clean_accuracy * 100:.1f}"
