@@ -1,12 +1,12 @@
 """The training loop (§3.3, App. A.1): Adam, per-step cosine decay with linear warmup, margin loss.
 
-``train(cfg, run_dir)`` writes one run directory:
+``train(cfg, run_dir)`` writes one run directory::
 
     config.yaml       the TrainConfig
     history.csv       per epoch: loss, lr, clean and certified accuracy on the held-out set, seconds
     metrics.json      the last epoch's numbers
     provenance.json   git commit, torch version, device, dataset name + sha256, wall time, s/epoch;
-                      ``segments``: the commit and machine of every (re)start and its first epoch
+                      segments: the commit and machine of every (re)start and its first epoch
     checkpoint.pt     model, optimizer, scheduler, RNG states, epoch, history (every epoch)
 
 Rerunning with the same run directory resumes from checkpoint.pt and ends at the same result as an

@@ -161,7 +161,7 @@ def verdict(row, value):
     if row.unit == "seconds":
         return f"{value:.1f} s here vs {float(row.paper_value):.1f} s (different hardware and width)"
     if row.id == "aspect_ratios" or row.id == "nontrivial_10x10":
-        return "holds" if value >= float(row.paper_value) else f"does not hold ({value:.3f})"
+        return "holds" if value >= float(row.paper_value) else f"does not hold ({value * 100:.1f}%)"
     diff = value - float(row.paper_value)
     tol = tolerance / 2 if row.id == "cond32_gain" else tolerance   # a 3-point gain: judge to 1.5
     return "matches" if abs(diff) <= tol else f"differs by {diff * 100:+.1f} points"
@@ -179,14 +179,33 @@ def why(verdict):
         return ""
     width, epochs = int(base.width.median()), int(base.epochs.median())
     data = ", JPEG (q75) copy of CIFAR-10" if (base.dataset == "cifar10-jpeg").any() else ""
-    ratio = num_parameters(cifar_scorer(h["rf"], 768)) / base.parameters.median()
+    ratio = num_parameters(cifar_scorer(h["rf"], 768)) / base.query("rf == @h['rf']").parameters.median()
     return (f"width {width} vs 768 ({ratio:.0f}× fewer parameters at RF {h['rf']}), "
             f"{epochs} vs 350 epochs{data}")
 
 
 table["why"] = table.verdict.map(why)
 table["evidence"] = [evidence(r.id) for r in claims.itertuples()]
-table[["claim", "paper_value", "ours", "verdict", "evidence", "why", "scale", "locator"]]
+
+
+def shown(value, unit):
+    if value is None:
+        return "—"
+    if unit == "accuracy":
+        return f"{value * 100:.1f}%"
+    if unit == "seconds":
+        return f"{value:.1f} s"
+    if unit == "trend":
+        return "holds" if value else "does not hold"
+    return str(value)
+
+
+print(f"Our runs: {scale_label(base)}.")
+view = table.assign(paper=[shown(float(v), u) if u in ("accuracy", "seconds") else v
+                           for v, u in zip(table.paper_value, table.unit)],
+                    ours=[shown(v, u) for v, u in zip(table.ours, table.unit)])
+view = view[["claim", "paper", "ours", "verdict", "evidence", "why", "locator"]]
+view.style.hide(axis="index").set_properties(**{"text-align": "left", "vertical-align": "top"})
 
 # %% [markdown]
 # The headline configuration (RF 7, M 0.5, 5×5 patches), glued for the book's prose:

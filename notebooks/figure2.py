@@ -79,7 +79,7 @@ ax_in.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
 fig.tight_layout()
 glue("figure2_scale", scale_label(runs), display=False)
 plt.show()
-ours.drop(columns="run").round(3)
+ours.loc[:, ours.columns.get_level_values(0) != "run"].round(3)
 
 # %% tags=["hide-input"]
 run_links(runs, "figure2.ipynb")

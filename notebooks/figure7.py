@@ -44,8 +44,8 @@ axes[0].set_ylabel("Adversarial accuracy (%)")
 fig.colorbar(sc, ax=axes, label="RF")
 fig.suptitle(scale_label(runs), fontsize=9)
 plt.show()
-runs[["run", "rf", "margin", "attack_n", "attack_clean_accuracy", "adversarial_accuracy",
-      "attack_certified_accuracy", "certified_broken"]].round(3)
+runs.set_index(["rf", "margin"])[["attack_n", "attack_clean_accuracy", "adversarial_accuracy",
+                                  "attack_certified_accuracy", "certified_broken"]].sort_index().round(3)
 
 # %% [markdown]
 # The order certified ≤ adversarial ≤ clean, and no certified sample broken, checked by code:
@@ -54,9 +54,9 @@ runs[["run", "rf", "margin", "attack_n", "attack_clean_accuracy", "adversarial_a
 ordered = ((runs.attack_certified_accuracy <= runs.adversarial_accuracy)
            & (runs.adversarial_accuracy <= runs.attack_clean_accuracy))
 assert (runs.certified_broken == 0).all(), "a certified sample was broken: the certificate is unsound"
-{"models": len(runs), "ordered": int(ordered.sum()), "certified_broken": int(runs.certified_broken.sum())}
 glue("figure7_ordered", f"{int(ordered.sum())} of {len(runs)}", display=False)
 glue("figure7_scale", scale_label(runs), display=False)
+{"models": len(runs), "ordered": int(ordered.sum()), "certified_broken": int(runs.certified_broken.sum())}
 
 # %% tags=["hide-input"]
 run_links(runs, "figure7.ipynb")
