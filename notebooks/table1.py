@@ -63,7 +63,7 @@ table
 # median over the runs of each RF) on the machine named, and our models' parameter counts:
 
 # %% tags=["hide-input"]
-table.join(ours.rename(columns=lambda c: f"ours: {c}"))
+table.join(ours.rename(columns=lambda c: f"ours: {c}")).round(2)
 
 # %% [markdown]
 # Derandomized smoothing as reported by the paper (block and column smoothing):
