@@ -4,7 +4,9 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from .certifier import _pair
 from .config import grids
+from .results import GRID_RUNS, grid_runs, load_certification, scale_label
 
 
 def sweep_panels(cert: pd.DataFrame, patches: list, condition: str = "3.2", title: str = ""):
@@ -13,7 +15,7 @@ def sweep_panels(cert: pd.DataFrame, patches: list, condition: str = "3.2", titl
     g = grids()
     rf0, m0 = g["headline"]["rf"], g["headline"]["margin"]
     labels = [f"{h}x{w}" for h, w in patches]
-    base = cert.query("head == 'heaviside' and seed == 0 and sigma == 0 and condition == @condition")
+    base = cert.query(f"{GRID_RUNS} and condition == @condition")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     panels = ((axes[0], base.query("margin == @m0"), "rf", f"Margin M={m0}", "RF"),
               (axes[1], base.query("rf == @rf0"), "margin", f"RF={rf0}", "M"))
@@ -34,3 +36,15 @@ def sweep_panels(cert: pd.DataFrame, patches: list, condition: str = "3.2", titl
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def sweep_figure(patches: list, condition: str = "3.2", results=None, profile=None):
+    """Figures 3 and 4 from the results folder: (runs shown, figure, certified accuracy per
+    (RF, M) and patch shape)."""
+    patches = [_pair(p, "patch") for p in patches]
+    runs = grid_runs(results, profile)
+    cert = load_certification(results).query("run in @runs.run")
+    fig = sweep_panels(cert, patches, condition, title=scale_label(runs))
+    table = cert.query("condition == @condition").pivot_table(
+        index=["rf", "margin"], columns="patch", values="certified_accuracy")
+    return runs, fig, table.reindex(columns=[f"{h}x{w}" for h, w in patches]).round(3)

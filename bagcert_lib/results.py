@@ -17,11 +17,14 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from .runs import results_dir
+from .runs import resolve_run_dir, results_dir
 
 #: Which profile a figure shows when none is asked for: the first with finished runs, so a figure
 #: never mixes scales. ``cpu_long`` (one headline run) and ``gpu`` are shown beside, not instead.
 PROFILE_ORDER = ("paper", "cpu", "gpu", "smoke")
+
+#: The runs of Figures 2-4, 7 and Table 1 (Figure 8 varies the head and the seed).
+GRID_RUNS = "head == 'heaviside' and seed == 0 and sigma == 0"
 
 CONFIG_COLUMNS = ["rf", "margin", "head", "sigma", "seed", "profile", "width", "epochs", "train_size"]
 
@@ -88,30 +91,34 @@ def select_runs(runs: pd.DataFrame, profile: str | None = None) -> pd.DataFrame:
     return done[done["profile"] == profile] if profile else done
 
 
+def grid_runs(results=None, profile: str | None = None) -> pd.DataFrame:
+    """The finished :data:`GRID_RUNS` of one profile (see :func:`select_runs`)."""
+    return select_runs(load_runs(results), profile).query(GRID_RUNS)
+
+
+def headline_query() -> str:
+    """A pandas query selecting the headline configuration's runs (RF 7, M 0.5 in _config.yml)."""
+    from .config import grids
+
+    h = grids()["headline"]
+    return f"rf == {h['rf']} and margin == {h['margin']} and {GRID_RUNS}"
+
+
 def headline_run(results=None, profile: str | None = None, run_dir=None, needs: str = "metrics.json") -> Path:
     """``run_dir`` if given (as a path, or a name under the results folder); else the headline
-    configuration's run (RF 7, M 0.5, heaviside, seed 0) among :func:`select_runs`. It must hold
-    ``needs``; the error says what is missing."""
-    from .config import REPO_ROOT, grids
-
+    configuration's run among :func:`select_runs`. It must hold ``needs``; the error says what is
+    missing."""
     root = Path(results) if results else results_dir()
     if run_dir is not None:
-        found = [p for p in (Path(run_dir), REPO_ROOT / run_dir, root / run_dir) if (p / needs).is_file()]
-        if not found:
-            raise FileNotFoundError(f"no {needs} in run directory {str(run_dir)!r} (looked relative to "
-                                    f"the working directory, {REPO_ROOT} and {root})")
-        return found[0]
-    h = grids()["headline"]
+        return resolve_run_dir(run_dir, needs, root)
     every = load_runs(root)
     # auto: the largest-scale profile whose headline run already has `needs` (a run still in the
     # middle of its sweep falls back to the next profile, and the figure names the scale it shows)
     for p in [profile] if profile else [p for p in PROFILE_ORDER if p in set(every["profile"])]:
-        runs = select_runs(every, p).query(
-            "rf == @h['rf'] and margin == @h['margin'] and head == 'heaviside' and seed == 0 and sigma == 0")
-        for path in runs["path"]:
+        for path in select_runs(every, p).query(headline_query())["path"]:
             if (Path(path) / needs).is_file():
                 return Path(path)
-    raise FileNotFoundError(f"no finished headline run (RF {h['rf']}, M {h['margin']}) with {needs} "
+    raise FileNotFoundError(f"no finished headline run ({headline_query()}) with {needs} "
                             f"under {root} for profile {profile or 'auto'}; run notebooks/train.ipynb "
                             "and notebooks/attack.ipynb for it first")
 

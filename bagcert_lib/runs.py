@@ -29,7 +29,7 @@ from .train import evaluate, git_commit, load_run
 def figure_patches() -> list:
     """Every patch shape of Figures 3 and 4: squares 1..16 and the 24-pixel aspect ratios."""
     g = grids()
-    return [(p, p) for p in g["square_patches"]] + [tuple(p) for p in g["aspect_ratio_patches"]]
+    return [_pair(p, "patch") for p in g["square_patches"] + g["aspect_ratio_patches"]]
 
 
 def results_dir() -> Path:
@@ -43,17 +43,18 @@ def headline_run_dir(profile: str = "auto") -> Path:
     return results_dir() / profile_config(profile, rf=h["rf"], margin=h["margin"]).run_name()
 
 
-def resolve_run_dir(run_dir=None) -> Path:
-    """A run directory as given if it exists, else relative to the repository root or the results
-    folder (so notebooks behave the same whatever directory papermill is started from);
+def resolve_run_dir(run_dir=None, needs: str = "checkpoint.pt", results=None) -> Path:
+    """A run directory holding ``needs``: as given, else relative to the repository root or the
+    results folder (so notebooks behave the same whatever directory papermill is started from);
     None: the headline run of the active profile."""
+    root = Path(results) if results else results_dir()
     if run_dir is None:
         run_dir = headline_run_dir()
-    for p in (Path(run_dir), REPO_ROOT / run_dir, results_dir() / run_dir):
-        if (p / "checkpoint.pt").is_file():
+    for p in (Path(run_dir), REPO_ROOT / run_dir, root / run_dir):
+        if (p / needs).is_file():
             return p
-    raise FileNotFoundError(f"no trained run (checkpoint.pt) at {str(run_dir)!r}; looked relative to "
-                            f"the working directory, {REPO_ROOT} and {results_dir()}")
+    raise FileNotFoundError(f"no {needs} in run directory {str(run_dir)!r}; looked relative to "
+                            f"the working directory, {REPO_ROOT} and {root}")
 
 
 def _load(run_dir, device, progress, n=None):

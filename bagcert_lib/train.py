@@ -197,13 +197,13 @@ def train(cfg: TrainConfig, run_dir, *, resume: bool = True, progress: bool = Tr
                     "segments": segments},
                    ckpt_path.with_suffix(".tmp"))
         ckpt_path.with_suffix(".tmp").replace(ckpt_path)     # atomic: a kill never corrupts it
-        _write_records(run_dir, cfg, model, full, train_data, eval_data, history, device, wall, git,
+        _write_records(run_dir, cfg, model, full, train_data, eval_data, history, device, wall,
                        segments)
     return {"model": model, "history": pd.DataFrame(history), "run_dir": run_dir,
             "finished": len(history) == cfg.epochs}
 
 
-def _write_records(run_dir, cfg, model, full, train_data, eval_data, history, device, wall, git,
+def _write_records(run_dir, cfg, model, full, train_data, eval_data, history, device, wall,
                    segments):
     pd.DataFrame(history).to_csv(run_dir / "history.csv", index=False)
     last = history[-1]
@@ -214,7 +214,7 @@ def _write_records(run_dir, cfg, model, full, train_data, eval_data, history, de
     with open(run_dir / "metrics.json", "w") as f:
         json.dump(metrics, f, indent=2)
     train_s = [h["train_s"] for h in history]
-    prov = {"git": git, "torch": torch.__version__, "device": device_name(device),
+    prov = {"git": segments[-1]["git"], "torch": torch.__version__, "device": device_name(device),
             "amp_bf16": use_amp(device, cfg.amp), "dataset": full.describe(),
             "n_train": len(train_data.y_train), "n_eval": len(eval_data.y_test),
             "parameters": num_parameters(model), "receptive_field": model.receptive_field,

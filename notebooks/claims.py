@@ -33,15 +33,17 @@ from myst_nb import glue
 
 from bagcert_lib.config import REPO_ROOT, grids
 from bagcert_lib.model import cifar_scorer, num_parameters
-from bagcert_lib.results import load_certification, load_history, load_runs, run_links, scale_label, select_runs
+from bagcert_lib.results import GRID_RUNS, load_certification, load_history, load_runs, run_links, scale_label, select_runs
 
 claims = pd.read_csv(REPO_ROOT / "results" / "paper" / "claims.csv")
 runs = select_runs(load_runs(results), profile)
 cert = load_certification(results).query("run in @runs.run")
 hist = load_history(results).query("run in @runs.run")
-base = runs.query("head == 'heaviside' and seed == 0 and sigma == 0")
+base = runs.query(GRID_RUNS)
 c = cert.query("run in @base.run")
 h = grids()["headline"]
+f8 = grids()["figure8"]   # Figure 8's runs: the last epoch of each head and seed
+last = hist.query("rf == @f8['rf'] and margin == @f8['margin']").groupby(["head", "seed"]).last()
 
 
 def at(patch, condition, rf=h["rf"], margin=h["margin"], col="certified_accuracy"):
@@ -91,8 +93,6 @@ def ours(cid):
         a = base.dropna(subset=["adversarial_accuracy"])
         return None if a.empty else bool(((a.attack_certified_accuracy <= a.adversarial_accuracy)
                                           & (a.adversarial_accuracy <= a.attack_clean_accuracy)).all())
-    f8 = grids()["figure8"]
-    last = hist.query("rf == @f8['rf'] and margin == @f8['margin']").groupby(["head", "seed"]).last()
     chance = 0.15
     if cid == "heaviside_stable" and "heaviside" in last.index:
         return int((last.loc["heaviside"].clean_accuracy > chance).sum())
@@ -141,8 +141,6 @@ def evidence(cid):
         return "; ".join(f"RF {r.rf} M {r.margin:g}: {r.attack_certified_accuracy * 100:.1f} ≤ "
                          f"{r.adversarial_accuracy * 100:.1f} ≤ {r.attack_clean_accuracy * 100:.1f}"
                          for r in a.itertuples())
-    f8 = grids()["figure8"]
-    last = hist.query("rf == @f8['rf'] and margin == @f8['margin']").groupby(["head", "seed"]).last()
     head = {"heaviside_stable": "heaviside", "sigmoid_unstable": "sigmoid", "softmax_lower": None}.get(cid, "-")
     if head != "-" and len(last):
         heads = [head] if head else ["softmax", "heaviside"]

@@ -34,9 +34,9 @@ import pandas as pd
 from myst_nb import glue
 
 from bagcert_lib.config import REPO_ROOT
-from bagcert_lib.results import load_certification, load_runs, run_links, scale_label, select_runs
+from bagcert_lib.results import grid_runs, load_certification, run_links, scale_label
 
-runs = select_runs(load_runs(results), profile).query("head == 'heaviside' and seed == 0 and sigma == 0")
+runs = grid_runs(results, profile)
 cert = load_certification(results).query("patch == @patch and run in @runs.run")
 ours = cert.pivot_table(index=["run", "rf", "margin"], columns="condition",
                         values=["clean_accuracy", "certified_accuracy"]).reset_index()

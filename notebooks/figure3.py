@@ -30,13 +30,10 @@ import matplotlib.pyplot as plt
 from myst_nb import glue
 
 from bagcert_lib.config import grids
-from bagcert_lib.figures import sweep_panels
-from bagcert_lib.results import load_certification, load_runs, run_links, scale_label, select_runs
+from bagcert_lib.figures import sweep_figure
+from bagcert_lib.results import run_links, scale_label
 
-runs = select_runs(load_runs(results), profile).query("head == 'heaviside' and seed == 0 and sigma == 0")
-cert = load_certification(results).query("run in @runs.run")
-patches = [(p, p) for p in grids()["square_patches"]]
-fig = sweep_panels(cert, patches, condition, title=scale_label(runs))
+runs, fig, table = sweep_figure(grids()["square_patches"], condition, results, profile)
 glue("figure3_scale", scale_label(runs), display=False)
 plt.show()
 
@@ -44,8 +41,7 @@ plt.show()
 # Certified accuracy per model and patch shape (Condition 3.2 unless `condition` says otherwise):
 
 # %% tags=["hide-input"]
-cert.query("condition == @condition").pivot_table(
-    index=["rf", "margin"], columns="patch", values="certified_accuracy").reindex(columns=[f"{h}x{w}" for h, w in patches]).round(3)
+table
 
 # %% tags=["hide-input"]
 run_links(runs, "figure3.ipynb")

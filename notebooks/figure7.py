@@ -29,9 +29,9 @@ profile: str = None  # runs to show; None: the first of paper, cpu, gpu, smoke w
 import matplotlib.pyplot as plt
 from myst_nb import glue
 
-from bagcert_lib.results import load_runs, run_links, scale_label, select_runs
+from bagcert_lib.results import grid_runs, run_links, scale_label
 
-runs = select_runs(load_runs(results), profile).query("head == 'heaviside' and seed == 0 and sigma == 0").dropna(
+runs = grid_runs(results, profile).dropna(
     subset=["adversarial_accuracy"])
 fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
 for ax, x, label in ((axes[0], "attack_clean_accuracy", "Clean accuracy (%)"),

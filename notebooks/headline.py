@@ -30,12 +30,11 @@ import matplotlib.pyplot as plt
 from myst_nb import glue
 
 from bagcert_lib.config import grids
-from bagcert_lib.results import load_certification, load_history, load_runs, run_links
+from bagcert_lib.results import headline_query, load_certification, load_history, load_runs, run_links
 
 h = grids()["headline"]
 runs = load_runs(results)
-runs = runs[runs.finished.fillna(False).astype(bool)].query(
-    "rf == @h['rf'] and margin == @h['margin'] and head == 'heaviside' and seed == 0 and sigma == 0")
+runs = runs[runs.finished.fillna(False).astype(bool)].query(headline_query())
 hist = load_history(results).query("run in @runs.run").copy()
 hist["hours"] = hist.groupby("run").epoch_s.cumsum() / 3600
 fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)

@@ -33,10 +33,10 @@ from myst_nb import glue
 
 from bagcert_lib.config import REPO_ROOT, grids
 from bagcert_lib.model import cifar_scorer, num_parameters
-from bagcert_lib.results import load_certification, load_runs, run_links, select_runs
+from bagcert_lib.results import grid_runs, load_certification, load_runs, run_links
 
 paper = pd.read_csv(REPO_ROOT / "results" / "paper" / "table1.csv")
-runs = select_runs(load_runs(results), profile).query("head == 'heaviside' and seed == 0 and sigma == 0")
+runs = grid_runs(results, profile)
 cert = load_certification(results).query("patch == '5x5' and condition == '3.2' and run in @runs.run")
 cert = cert.assign(seconds=cert.forward_s + cert.certify_s)
 ours = (cert.drop(columns=["device"], errors="ignore").merge(runs[["run", "parameters", "device"]], on="run")

@@ -2,7 +2,6 @@
 opens in headless Chromium (screenshots of the front page and a figure page)."""
 import importlib.util
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
