@@ -179,6 +179,180 @@ def certify(scores: torch.Tensor, labels: torch.Tensor, patch, rf, stride=1,
     return ScoreMaps(scores, labels).certify(patch, rf, stride, image_size)
 
 
+class CertifiedCounter:
+    """Counts of certified samples for many patch shapes over a stream of batches (§3.1): the same
+    answers as :meth:`ScoreMaps.certify` for every shape, at a fraction of the cost, because
+    Condition 3.2's region sums are computed only where they can change the answer:
+
+    * Condition 3.3 needs only the global sums, and it implies Condition 3.2
+      (Σ_{∉R(l)} Δ_c >= Σ Δ_c - |R(l)| > 2 R_max - |R(l)| >= |R(l)|);
+    * a class c with Σ Δ_c > 2 R_max cannot violate Condition 3.2 (every term is >= Σ Δ_c - 2|R(l)|);
+    * certification is monotone in the patch: if a patch q contains a patch p (h_p <= h_q,
+      w_p <= w_q), every R_p(l) lies inside some R_q(l'), and with Δ in [-1, 1],
+      Σ_{∉R_p(l)} Δ_c - |R_p(l)| >= Σ_{∉R_q(l')} Δ_c - |R_q(l')|. So a sample not certified
+      against p is not certified against q, and only the samples certified against the largest
+      shape inside q already processed are scanned for q.
+
+    Score maps of the samples that may need a scan are kept (as uint8 when every score is 0 or 1)
+    until :meth:`counts`; summed-area tables are built only for the pairs scanned. ``tests/test_certify.py`` checks the
+    counts against :class:`ScoreMaps` for binary, sigmoid-like and softmax scores.
+    """
+
+    def __init__(self, patches, rf, stride=1, image_size=None, chunk_elems: int = 1 << 24):
+        self.patches = [_pair(p, "patch") for p in patches]
+        if not self.patches:
+            raise ValueError("give at least one patch shape")
+        self.rf, self.stride, self.image_size = rf, stride, image_size
+        self.chunk_elems = chunk_elems
+        self.n = self.n_correct = 0
+        self._geo = None
+        self._parts = []            # per batch: labels, correct, min_total, pairs (img, cls, Δ total)
+
+    def _setup(self, shape, device):
+        geos = [_Geometry(shape, p, self.rf, self.stride, self.image_size) for p in self.patches]
+        self._ranges, self._areas = [], []
+        for g in geos:
+            r = _region_ranges(g, device)
+            self._ranges.append(r)
+            self._areas.append(((r[1] - r[0] + 1)[:, None] * (r[3] - r[2] + 1)[None, :]))
+        self.r_max = torch.tensor([int(a.max()) for a in self._areas], dtype=torch.float64,
+                                  device=device)
+        self._geo = shape[1:]
+
+    def add(self, scores: torch.Tensor, labels: torch.Tensor, binary: bool | None = None) -> torch.Tensor:
+        """Add one batch of region scores (B, C, H, W) in [0, 1]; returns its ``correct`` (B,).
+
+        ``binary``: whether every score is 0 or 1 (the Heaviside head); None: check. Binary
+        scores are summed exactly in float32 and int16, others in float64.
+        """
+        if scores.dim() != 4:
+            raise ValueError(f"scores must be (B, C, H, W), got shape {tuple(scores.shape)}")
+        B, C, H, W = scores.shape
+        labels = labels.to(scores.device).long()
+        if labels.shape != (B,):
+            raise ValueError(f"labels must have shape ({B},), got {tuple(labels.shape)}")
+        if self._geo is None:
+            self._setup(scores.shape, scores.device)
+        elif tuple(scores.shape[1:]) != tuple(self._geo):
+            raise ValueError(f"score maps changed shape: {tuple(scores.shape[1:])} after {self._geo}")
+        if binary is None:
+            binary = bool(((scores == 0) | (scores == 1)).all())
+        binary = binary and scores.dtype in (torch.float32, torch.float64)
+        tol = TIE_TOL * H * W
+        total = scores.sum((2, 3)).double() if binary else scores.sum((2, 3), dtype=torch.float64)
+        delta_total = total.gather(1, labels[:, None]) - total           # Σ_{i,j} Δ_{i,j,c}
+        is_true = torch.nn.functional.one_hot(labels, C).bool()
+        min_total = delta_total.masked_fill(is_true, float("inf")).min(1).values
+        correct = min_total > tol
+        # pairs that some shape may have to scan: correct sample, c != c_t, Σ Δ_c <= 2 max R_max
+        may = correct[:, None] & ~is_true & (delta_total <= 2 * self.r_max.max() + 2 * tol)
+        keep = may.any(1).nonzero(as_tuple=True)[0]          # samples whose maps are kept
+        local, cls = may[keep].nonzero(as_tuple=True)
+        maps = scores.index_select(0, keep)
+        self._parts.append(dict(
+            correct=correct, min_total=min_total, tol=tol, binary=binary,
+            maps=maps.to(torch.uint8) if binary else maps.float() if maps.dtype != torch.float64 else maps,
+            labels=labels[keep], pair_map=local, img=keep[local] + self.n, cls=cls,
+            delta_total=delta_total[keep[local], cls]))
+        self.n += B
+        self.n_correct += int(correct.sum())
+        return correct
+
+    def _pairs(self):
+        """All kept pairs: (correct, min_total per sample; pair -> sample, Δ total; a function
+        giving the summed-area tables of a selection of pairs, cached), tolerance, binary."""
+        parts = self._parts
+        cat = lambda k: torch.cat([p[k] for p in parts])  # noqa: E731
+        binary = all(p["binary"] for p in parts)
+        maps, labels = cat("maps"), cat("labels")
+        offsets = torch.tensor([0] + [len(p["maps"]) for p in parts[:-1]]).cumsum(0)
+        pair_map = torch.cat([p["pair_map"] + o for p, o in zip(parts, offsets.tolist())])
+        cls = cat("cls")
+        H, W = maps.shape[-2:]
+        # |box sums + areas| <= 2 H W: int16 is exact below 2^14 pixels
+        dtype = (torch.int16 if H * W < 2 ** 14 else torch.int32) if binary else torch.float64
+        P = torch.empty((len(cls), H + 1, W + 1), dtype=dtype, device=maps.device)
+        done = torch.zeros(len(cls), dtype=torch.bool, device=maps.device)
+
+        def tables(idx):
+            new = idx[~done[idx]]
+            if len(new):
+                m, c = pair_map[new], cls[new]
+                delta = maps[m, labels[m]].to(dtype) - maps[m, c].to(dtype)        # Δ_c maps
+                P[new] = torch.nn.functional.pad(delta.cumsum(-1, dtype=dtype).cumsum(-2, dtype=dtype),
+                                                 (1, 0, 1, 0))
+                done[new] = True
+            return P.index_select(0, idx)
+
+        return (cat("correct"), cat("min_total"), cat("img"), cat("delta_total"), tables,
+                parts[0]["tol"], binary)
+
+    def counts(self) -> pd.DataFrame:
+        """Per patch shape: n, correct, certified (Condition 3.2), certified_global (3.3)."""
+        if self.n == 0:
+            raise ValueError("no samples were added")
+        correct, min_total, img, delta_total, tables, tol, binary = self._pairs()
+        thresh = 0 if binary else tol             # integer sums: ties are exact
+        certified = {}
+        order = sorted(range(len(self.patches)), key=lambda k: self.patches[k][0] * self.patches[k][1])
+        rows = [None] * len(self.patches)
+        for k in order:
+            t0 = time.perf_counter()
+            (h, w), r_max = self.patches[k], self.r_max[k]
+            cert33 = correct & (min_total > 2 * r_max + tol)
+            inner = [q for q in certified if q[0] <= h and q[1] <= w]
+            candidates = certified[max(inner, key=lambda q: q[0] * q[1])] if inner else correct
+            scan = candidates & ~cert33
+            sel = (scan[img] & (delta_total <= 2 * r_max + 2 * tol)).nonzero(as_tuple=True)[0]
+            # first each sample's class with the smallest Σ Δ_c (the likeliest to violate), then
+            # the other classes of the samples that survived it
+            sel = sel[torch.sort(delta_total[sel], stable=True).indices]
+            sel = sel[torch.sort(img[sel], stable=True).indices]
+            first = torch.ones_like(sel, dtype=torch.bool)
+            first[1:] = img[sel][1:] != img[sel][:-1]
+            violated = torch.zeros_like(correct)
+            r0, r1, c0, c1 = self._ranges[k]
+            area = self._areas[k]
+            step = max(1, self.chunk_elems // max(1, area.numel()))
+            for rnd, pairs in enumerate((sel[first], sel[~first])):
+                if rnd:
+                    pairs = pairs[~violated[img[pairs]]]
+                for i in range(0, len(pairs), step):
+                    idx = pairs[i:i + step]
+                    t = tables(idx)
+                    m = (region_sums(t, r0, r1, c0, c1) + area.to(t.dtype)).amax((1, 2))  # max_l Σ_R(l) (Δ+1)
+                    bad = delta_total[idx] - m.to(torch.float64) <= thresh   # Condition 3.2 fails at some l
+                    violated[img[idx[bad]]] = True
+            cert32 = cert33 | (scan & ~violated)
+            certified[(h, w)] = cert32
+            rows[k] = {"patch": patch_label((h, w)), "patch_h": h, "patch_w": w, "n": self.n,
+                       "correct": int(correct.sum()), "certified": int(cert32.sum()),
+                       "certified_global": int(cert33.sum()), "seconds": time.perf_counter() - t0}
+        return pd.DataFrame(rows)
+
+
+def worst_case_direct(scores: torch.Tensor, labels: torch.Tensor, patch, rf, stride=1,
+                      image_size=None) -> torch.Tensor:
+    """Condition 3.2's margin (as :meth:`ScoreMaps.worst_case`) by a direct loop over patch
+    positions l, summing Δ over R(l) by slicing: the reference the summed-area table replaces
+    (tests and ``benchmarks/certification.py``)."""
+    B, C, H, W = scores.shape
+    geo = _Geometry(scores.shape, patch, rf, stride, image_size)
+    r0, r1, c0, c1 = (t.tolist() for t in _region_ranges(geo, "cpu"))
+    s = scores.to(torch.float64)
+    delta = s.gather(1, labels.view(B, 1, 1, 1).expand(B, 1, H, W)) - s
+    total = delta.sum((2, 3))
+    is_true = torch.nn.functional.one_hot(labels, C).bool()
+    best = torch.full((B,), float("inf"), dtype=torch.float64, device=scores.device)
+    for a in range(len(r0)):
+        for b in range(len(c0)):
+            inside = delta[:, :, r0[a]:r1[a] + 1, c0[b]:c1[b] + 1].sum((2, 3))
+            area = (r1[a] - r0[a] + 1) * (c1[b] - c0[b] + 1)
+            m = (total - inside - area).masked_fill(is_true, float("inf")).min(1).values
+            best = torch.minimum(best, m)
+    return best
+
+
 def patch_label(patch) -> str:
     h, w = _pair(patch, "patch")
     return f"{h}x{w}"
@@ -196,53 +370,43 @@ def certify_model(model, batches: Iterable, patches: Sequence, *, head: str = "h
 
     ``batches`` yields (images in [0, 1], labels). Returns one row per (patch, condition) with
     n, clean_accuracy, certified_accuracy, and timings: ``forward_s`` (the whole forward pass
-    incl. head, shared by all rows) and ``certify_s`` (the certification of that patch shape).
+    incl. head, shared by all rows) and ``certify_s`` (the certification of that patch shape, its
+    share of the per-batch global sums included). Counts come from :class:`CertifiedCounter`.
     """
     from tqdm import tqdm
 
     from .runtime import region_scores
 
-    patches = [_pair(p, "patch") for p in patches]
-    if not patches:
-        raise ValueError("give at least one patch shape")
-    rf, stride = model.receptive_field, model.stride
     device = device or next(model.parameters()).device
-    counts = {p: [0, 0] for p in patches}         # certified (3.2), certified_global (3.3)
-    times = {p: 0.0 for p in patches}
-    n = correct = 0
-    t_forward = t_prep = 0.0
+    counter, t_forward, t_add = None, 0.0, 0.0
     for x, y in tqdm(batches, desc=desc, disable=not progress, leave=False):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if counter is None:
+            counter = CertifiedCounter(patches, model.receptive_field, model.stride,
+                                       image_size=tuple(x.shape[-2:]))
         _sync(device)
         t0 = time.perf_counter()
         s = region_scores(model, x, head=head, amp=amp)
         _sync(device)
         t1 = time.perf_counter()
-        maps = ScoreMaps(s, y)
-        correct += int(maps.correct.sum())
-        n += len(y)
+        counter.add(s, y, binary=head == "heaviside")
         _sync(device)
-        t2 = time.perf_counter()
         t_forward += t1 - t0
-        t_prep += t2 - t1
-        for p in patches:
-            t3 = time.perf_counter()
-            c = maps.certify(p, rf, stride, image_size=tuple(x.shape[-2:]))
-            counts[p][0] += int(c.certified.sum())
-            counts[p][1] += int(c.certified_global.sum())
-            _sync(device)
-            times[p] += time.perf_counter() - t3
-    if n == 0:
+        t_add += time.perf_counter() - t1
+    if counter is None or counter.n == 0:
         raise ValueError("the data loader yielded no samples")
+    t0 = time.perf_counter()
+    counts = counter.counts()
+    _sync(device)
+    t_shared = (t_add + time.perf_counter() - t0 - counts.seconds.sum()) / len(counts)
     rows = []
-    for p in patches:
-        for cond, k in (("3.2", 0), ("3.3", 1)):
-            rows.append({"patch": patch_label(p), "patch_h": p[0], "patch_w": p[1],
-                         "condition": cond, "n": n, "clean_accuracy": correct / n,
-                         "certified_accuracy": counts[p][k] / n,
-                         "forward_s": t_forward,
-                         "certify_s": times[p] + t_prep / len(patches)})
+    for r in counts.itertuples():
+        for cond, k in (("3.2", r.certified), ("3.3", r.certified_global)):
+            rows.append({"patch": r.patch, "patch_h": r.patch_h, "patch_w": r.patch_w,
+                         "condition": cond, "n": r.n, "clean_accuracy": r.correct / r.n,
+                         "certified_accuracy": k / r.n, "forward_s": t_forward,
+                         "certify_s": r.seconds + t_shared})
     df = pd.DataFrame(rows)
-    df.attrs.update(forward_s=t_forward, certify_s=t_prep + sum(times.values()), n=n,
-                    rf=rf, stride=stride, head=head)
+    df.attrs.update(forward_s=t_forward, certify_s=float(df.certify_s.sum() / 2), n=counter.n,
+                    rf=model.receptive_field, stride=model.stride, head=head)
     return df

@@ -14,9 +14,20 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+#: What a run trains: BagCert's region scorer, or a Derandomized Smoothing base classifier
+#: (Levine & Feizi, 2020) with block or column ablations (``bagcert_lib.smoothing``).
+METHODS = ("bagcert", "ds-block", "ds-column")
+
+
 @dataclass
 class TrainConfig:
-    """One BagCert training run. Defaults are App. A.1's CIFAR-10 recipe (profile ``paper``)."""
+    """One training run. Defaults are App. A.1's CIFAR-10 BagCert recipe (profile ``paper``).
+
+    ``method`` ds-block / ds-column trains DS's base classifier instead (a CIFAR ResNet-18 of base
+    width ``width`` on randomly ablated images, cross-entropy) with the same loader, optimiser and
+    schedule; ``ablation_size`` is the block side / column band width and ``theta`` the vote
+    threshold. rf, margin, head and sigma do not apply to it.
+    """
 
     dataset: str = "cifar10"
     data: str | None = None          # data location; else $BAGCERT_DATA; else the defaults
@@ -41,6 +52,14 @@ class TrainConfig:
     channels_last: bool = True
     device: str | None = None        # None: cuda if available else cpu
     profile: str | None = None
+    method: str = "bagcert"
+    ablation_size: int = 4           # DS: block side s / column band width b
+    theta: float = 0.3               # DS: an ablation votes for every class with softmax >= theta
+
+    @property
+    def smoothing(self) -> str | None:
+        """``block`` or ``column`` for a DS run, else None."""
+        return self.method[3:] if self.method.startswith("ds-") else None
 
     def validate(self) -> "TrainConfig":
         from .heads import HEADS
@@ -49,6 +68,11 @@ class TrainConfig:
         known = CIFAR_KERNELS if self.dataset == "cifar10" else {**CIFAR_KERNELS, **IMAGENET_KERNELS}
         if self.dataset not in ("cifar10", "imagefolder"):
             raise ValueError(f"unknown dataset {self.dataset!r}; choose 'cifar10' or 'imagefolder'")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {METHODS}")
+        if int(self.ablation_size) < 1 or not 0 <= self.theta <= 1:
+            raise ValueError(f"ablation_size must be >= 1 and theta in [0, 1], got "
+                             f"{self.ablation_size!r}, {self.theta!r}")
         if self.rf not in known:
             raise ValueError(f"unknown receptive field {self.rf!r}; choose one of {sorted(known)}")
         if self.head not in HEADS:
@@ -72,6 +96,9 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def run_name(self) -> str:
+        if self.smoothing:
+            return (f"{self.profile or 'custom'}-{self.method}{self.ablation_size}"
+                    f"-theta{self.theta:g}-seed{self.seed}")
         return (f"{self.profile or 'custom'}-rf{self.rf}-m{self.margin:g}-{self.head}"
                 f"-s{self.sigma:g}-seed{self.seed}")
 
@@ -104,7 +131,10 @@ def resolve_profile(name: str) -> str:
 
 
 def profile_config(name: str = "auto", path=None, **overrides) -> TrainConfig:
-    """The :class:`TrainConfig` of profile ``name`` with ``overrides`` applied (None = keep)."""
+    """The :class:`TrainConfig` of profile ``name`` with ``overrides`` applied (None = keep).
+
+    A DS run (``method`` ds-block / ds-column) first takes the profile's ``smoothing`` values
+    (e.g. a smaller width) and those under its method's name there, then the overrides."""
     cfg = load_config(path)
     name = resolve_profile(name)
     profiles = cfg["profiles"]
@@ -112,6 +142,11 @@ def profile_config(name: str = "auto", path=None, **overrides) -> TrainConfig:
         raise ValueError(f"unknown profile {name!r}; choose one of {sorted(profiles) + ['auto']}")
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in profiles[name].items() if k in fields}
+    method = str(overrides.get("method") or values.get("method", "bagcert"))
+    if method.startswith("ds-"):
+        ds = profiles[name].get("smoothing") or {}
+        values.update({k: v for k, v in ds.items() if k in fields})
+        values.update(ds.get(method) or {})
     unknown = set(overrides) - fields
     if unknown:
         raise ValueError(f"unknown config keys {sorted(unknown)}; known: {sorted(fields)}")

@@ -23,10 +23,14 @@ from .runs import resolve_run_dir, results_dir
 #: never mixes scales. ``cpu_long`` (one headline run) and ``gpu`` are shown beside, not instead.
 PROFILE_ORDER = ("paper", "cpu", "gpu", "smoke")
 
-#: The runs of Figures 2-4, 7 and Table 1 (Figure 8 varies the head and the seed).
-GRID_RUNS = "head == 'heaviside' and seed == 0 and sigma == 0"
+#: The BagCert runs of Figures 2-4, 7 and Table 1 (Figure 8 varies the head and the seed).
+GRID_RUNS = "method == 'bagcert' and head == 'heaviside' and seed == 0 and sigma == 0"
 
-CONFIG_COLUMNS = ["rf", "margin", "head", "sigma", "seed", "profile", "width", "epochs", "train_size"]
+#: Derandomized Smoothing runs (Levine & Feizi, 2020; ``bagcert_lib.smoothing``), shown beside them.
+SMOOTHING_RUNS = "method != 'bagcert'"
+
+CONFIG_COLUMNS = ["rf", "margin", "head", "sigma", "seed", "profile", "width", "epochs", "train_size",
+                  "method", "ablation_size", "theta"]
 
 
 def run_dirs(results=None) -> list[Path]:
@@ -37,6 +41,7 @@ def run_dirs(results=None) -> list[Path]:
 
 def _config(run: Path) -> dict:
     cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg.setdefault("method", "bagcert")       # runs written before DS existed
     return {"run": run.name, "path": str(run), **{k: cfg.get(k) for k in CONFIG_COLUMNS}}
 
 
@@ -94,6 +99,11 @@ def select_runs(runs: pd.DataFrame, profile: str | None = None) -> pd.DataFrame:
 def grid_runs(results=None, profile: str | None = None) -> pd.DataFrame:
     """The finished :data:`GRID_RUNS` of one profile (see :func:`select_runs`)."""
     return select_runs(load_runs(results), profile).query(GRID_RUNS)
+
+
+def smoothing_runs(results=None, profile: str | None = None) -> pd.DataFrame:
+    """The finished DS runs (:data:`SMOOTHING_RUNS`) of one profile (see :func:`select_runs`)."""
+    return select_runs(load_runs(results), profile).query(SMOOTHING_RUNS)
 
 
 def headline_query() -> str:

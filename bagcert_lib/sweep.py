@@ -3,6 +3,7 @@
     python -m bagcert_lib.sweep --profile cpu                  # Figure 2 + Figure 8 grids
     python -m bagcert_lib.sweep --profile gpu --grid rf_sweep --devices cuda:0 cuda:1
     python -m bagcert_lib.sweep --profile cpu --devices cpu cpu   # two configurations at once, a core each
+    python -m bagcert_lib.sweep --profile cpu --grid smoothing   # the DS baselines (issue 5)
     python -m bagcert_lib.sweep --profile smoke --results /tmp/runs --dry-run
 
 Each configuration gets one run directory; the executed notebooks are kept beside its results.
@@ -17,7 +18,7 @@ import json
 import os
 import queue
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import REPO_ROOT, grids, profile_config, resolve_profile
@@ -34,17 +35,25 @@ class Job:
     seed: int = 0
     attack_n: int | None = 1000
     profile: str | None = None   # None: the sweep's profile
+    extra: dict = field(default_factory=dict)   # more TrainConfig values (a DS run's method, ...)
 
     def name(self, profile: str) -> str:
         return profile_config(self.profile or profile, rf=self.rf, margin=self.margin,
-                              head=self.head, seed=self.seed).run_name()
+                              head=self.head, seed=self.seed, **self.extra).run_name()
+
+    @property
+    def steps(self) -> tuple:
+        """train, certify, attack; DS baselines are not attacked (App. A.2 attacks BagCert)."""
+        return ("train", "certify") if self.extra.get("method", "bagcert") != "bagcert" else (
+            "train", "certify", "attack")
 
 
 def grid_jobs(grid: str = "all", attack_n: int | None = 1000, profile: str = "cpu") -> list[Job]:
     """The paper's grids from _config.yml: ``figure2`` (RF x M), ``figure8`` (heads x seeds at the
-    headline RF/M), ``rf_sweep`` (RFs at the headline M), or ``all``. The headline configuration
-    (RF 7, M 0.5) is attacked on the whole test set. Under the ``cpu`` profile, ``all`` ends with
-    the longer CPU headline run (``headline_long``: its own profile, attacked on ``attack_n``)."""
+    headline RF/M), ``rf_sweep`` (RFs at the headline M), ``smoothing`` (the DS baselines), or
+    ``all`` (figure2, figure8, then smoothing). The headline configuration (RF 7, M 0.5) is
+    attacked on the whole test set. Under the ``cpu`` profile, ``all`` ends with the longer CPU
+    headline run (``headline_long``: its own profile, attacked on ``attack_n``)."""
     g = grids()
     head_rf, head_m = g["headline"]["rf"], g["headline"]["margin"]
     jobs = [Job(head_rf, head_m)] if grid in ("headline", "all") else []
@@ -55,12 +64,16 @@ def grid_jobs(grid: str = "all", attack_n: int | None = 1000, profile: str = "cp
         jobs += [Job(f8["rf"], f8["margin"], head, seed) for head in f8["heads"] for seed in f8["seeds"]]
     if grid == "rf_sweep":
         jobs += [Job(rf, head_m) for rf in g["receptive_fields"]]
+    if grid in ("smoothing", "all"):
+        jobs += [Job(head_rf, head_m, extra=dict(ds)) for ds in g.get("smoothing", [])]
     if not jobs:
-        raise ValueError(f"unknown grid {grid!r}; choose figure2, figure8, rf_sweep, headline or all")
+        raise ValueError(f"unknown grid {grid!r}; choose figure2, figure8, rf_sweep, smoothing, "
+                         "headline or all")
     unique = {}
     for j in jobs:
-        j.attack_n = None if (j.rf, j.margin, j.head, j.seed) == (head_rf, head_m, "heaviside", 0) else attack_n
-        unique.setdefault((j.rf, j.margin, j.head, j.seed), j)
+        key = (j.rf, j.margin, j.head, j.seed, tuple(sorted(j.extra.items())))
+        j.attack_n = None if key == (head_rf, head_m, "heaviside", 0, ()) else attack_n
+        unique.setdefault(key, j)
     jobs = list(unique.values())
     long = g.get("headline_long")
     if grid == "all" and profile == "cpu" and long:
@@ -87,12 +100,12 @@ def run_job(job: Job, profile: str, results: Path, device: str | None, log=print
     run_dir.mkdir(parents=True, exist_ok=True)
     params = {
         "train": dict(rf=job.rf, margin=job.margin, head=job.head, seed=job.seed,
-                      profile=job.profile or profile,
+                      profile=job.profile or profile, **job.extra,
                       results=str(results), device=device, **overrides),
         "certify": dict(run_dir=str(run_dir), device=device),
         "attack": dict(run_dir=str(run_dir), n=job.attack_n, device=device),
     }
-    for step in ("train", "certify", "attack"):
+    for step in job.steps:
         if _done(run_dir, step):
             log(f"[skip] {run_dir.name}: {step} done")
             continue
@@ -111,7 +124,7 @@ def sweep(profile: str = "cpu", grid: str = "all", results=None, devices=None,
     print(f"sweep: {len(jobs)} configurations, profile {profile}, results in {results}")
     if dry_run:
         for j in jobs:
-            print("  ", j.name(profile), "attack n =", j.attack_n or "all")
+            print("  ", j.name(profile), *(["attack n =", j.attack_n or "all"] if "attack" in j.steps else []))
         return [results / j.name(profile) for j in jobs]
     cpu_workers = sum(1 for d in (devices or [None]) if str(d).startswith("cpu"))
     if cpu_workers > 1 and "OMP_NUM_THREADS" not in os.environ:
@@ -154,7 +167,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m bagcert_lib.sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", default="cpu")
-    p.add_argument("--grid", default="all", help="figure2 | figure8 | rf_sweep | headline | all")
+    p.add_argument("--grid", default="all", help="figure2 | figure8 | rf_sweep | smoothing | headline | all")
     p.add_argument("--results", help="parent of run directories (default: results/runs)")
     p.add_argument("--devices", nargs="+", help="run one configuration per device in parallel; "
                    "'cpu cpu' runs two at once on the CPU, splitting its cores between them")

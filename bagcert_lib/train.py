@@ -29,6 +29,7 @@ import yaml
 from tqdm import tqdm
 
 from . import data as data_mod
+from . import smoothing
 from .certifier import certify_model
 from .config import REPO_ROOT, TrainConfig
 from .heads import get_head
@@ -40,6 +41,9 @@ CHECKPOINT = "checkpoint.pt"
 
 
 def build_model(cfg: TrainConfig, num_classes: int = 10):
+    """BagCert's region scorer (App. A.1), or DS's ResNet-18 base classifier for a DS run."""
+    if cfg.smoothing:
+        return smoothing.resnet18(num_classes=num_classes, width=cfg.width)
     if cfg.rf in (17, 25, 29):
         return imagenet_scorer(cfg.rf, num_classes=num_classes)
     return cifar_scorer(cfg.rf, cfg.width, num_classes=num_classes, shake=cfg.shake)
@@ -84,11 +88,29 @@ def _rng_state():
 
 
 def evaluate(model, x, y, cfg: TrainConfig, device, patches=None, progress=False):
-    """Clean and certified accuracy (Conditions 3.2 and 3.3) on (x, y): the one evaluation loop."""
+    """Clean and certified accuracy on (x, y): the one evaluation loop. BagCert: Conditions 3.2
+    and 3.3 (§3.1); a DS run: the smoothed classifier's certificate (condition ``DS``)."""
     patches = patches or [cfg.eval_patch]
     loader = data_mod.batches(x, y, 500, device=device, channels_last=cfg.channels_last)
+    if cfg.smoothing:
+        return smoothing.certify_model(model, loader, patches, kind=cfg.smoothing,
+                                       size=cfg.ablation_size, theta=cfg.theta, device=device,
+                                       amp=cfg.amp, progress=progress)
     return certify_model(model, loader, patches, head=cfg.head, device=device, amp=cfg.amp,
                          progress=progress)
+
+
+def training_loss(model, x, y, cfg: TrainConfig, head, device):
+    """One step's loss: §3.3's margin loss on the region scores, or for DS the cross-entropy of
+    the base classifier on one random ablation per image (Levine & Feizi, 2020)."""
+    if cfg.smoothing:
+        x = smoothing.random_ablation(x, cfg.smoothing, cfg.ablation_size)
+        with autocast(device, cfg.amp):
+            logits = model(x)
+        return torch.nn.functional.cross_entropy(logits.float(), y)
+    with autocast(device, cfg.amp):
+        logits = model(x)
+    return total_loss(head(logits.float()), y, cfg.margin, cfg.sigma)
 
 
 #: Config fields a run may change when it resumes: the device and the data's location (the
@@ -166,9 +188,7 @@ def train(cfg: TrainConfig, run_dir, *, resume: bool = True, progress: bool = Tr
         bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    disable=not progress, leave=False)
         for step, (x, y) in enumerate(bar):
-            with autocast(device, cfg.amp):
-                logits = model(x)
-            loss = total_loss(head(logits.float()), y, cfg.margin, cfg.sigma)
+            loss = training_loss(model, x, y, cfg, head, device)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -177,12 +197,12 @@ def train(cfg: TrainConfig, run_dir, *, resume: bool = True, progress: bool = Tr
             if progress and step % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
         train_s = time.perf_counter() - t0
-        ev = evaluate(model, eval_data.x_test, eval_data.y_test, cfg, device)
+        ev = evaluate(model, eval_data.x_test, eval_data.y_test, cfg, device).set_index("condition")
         row = {"epoch": epoch + 1, "loss": (losses / steps_per_epoch).item(),
                "lr": sched.get_last_lr()[0],
                "clean_accuracy": ev.clean_accuracy.iloc[0],
-               "certified_accuracy": ev.query("condition == '3.2'").certified_accuracy.iloc[0],
-               "certified_global_accuracy": ev.query("condition == '3.3'").certified_accuracy.iloc[0],
+               "certified_accuracy": ev.certified_accuracy.get("DS" if cfg.smoothing else "3.2"),
+               "certified_global_accuracy": ev.certified_accuracy.get("3.3", float("nan")),
                "train_s": train_s, "epoch_s": time.perf_counter() - t0,
                "images_per_s": steps_per_epoch * cfg.batch_size / train_s}
         history.append(row)
@@ -217,8 +237,9 @@ def _write_records(run_dir, cfg, model, full, train_data, eval_data, history, de
     prov = {"git": segments[-1]["git"], "torch": torch.__version__, "device": device_name(device),
             "amp_bf16": use_amp(device, cfg.amp), "dataset": full.describe(),
             "n_train": len(train_data.y_train), "n_eval": len(eval_data.y_test),
-            "parameters": num_parameters(model), "receptive_field": model.receptive_field,
-            "stride": model.stride, "wall_s": wall, "epochs_done": len(history),
+            "parameters": num_parameters(model),
+            "receptive_field": getattr(model, "receptive_field", None),
+            "stride": getattr(model, "stride", None), "wall_s": wall, "epochs_done": len(history),
             "seconds_per_epoch": float(np.median(train_s)),
             "images_per_s": float(np.median([h["images_per_s"] for h in history])),
             "segments": segments}
@@ -231,6 +252,7 @@ def load_run(run_dir, device=None):
     run_dir = Path(run_dir)
     ck = torch.load(run_dir / CHECKPOINT, map_location=device or "cpu", weights_only=False)
     cfg = TrainConfig(**ck["config"])
-    model = build_model(cfg, num_classes=ck["model"]["classifier.weight"].shape[0])
+    last = "linear.weight" if cfg.smoothing else "classifier.weight"
+    model = build_model(cfg, num_classes=ck["model"][last].shape[0])
     model.load_state_dict(ck["model"])
     return model.to(device or "cpu").eval(), cfg

@@ -36,7 +36,7 @@ from bagcert_lib.model import cifar_scorer, num_parameters
 from bagcert_lib.results import GRID_RUNS, load_certification, load_history, load_runs, run_links, scale_label, select_runs
 
 claims = pd.read_csv(REPO_ROOT / "results" / "paper" / "claims.csv")
-runs = select_runs(load_runs(results), profile)
+runs = select_runs(load_runs(results), profile).query("method == 'bagcert'")   # BagCert's own claims
 cert = load_certification(results).query("run in @runs.run")
 hist = load_history(results).query("run in @runs.run")
 base = runs.query(GRID_RUNS)

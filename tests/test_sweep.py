@@ -11,7 +11,10 @@ def test_grids_match_the_paper():
     assert len(fig8) == len(g["figure8"]["heads"]) * len(g["figure8"]["seeds"]) == 15
     jobs = grid_jobs("all", profile="cpu")
     assert (jobs[0].rf, jobs[0].margin, jobs[0].attack_n) == (7, 0.5, None)   # headline: all images
-    assert len(jobs) == 20 + 15 - 1 + 1   # the headline is in both grids once; cpu_long at the end
+    # the headline is in both grids once; then the two DS baselines; cpu_long at the end
+    assert len(jobs) == 20 + 15 - 1 + 2 + 1
+    assert [j.extra.get("method") for j in jobs[-3:-1]] == ["ds-block", "ds-column"]
+    assert all(j.steps == ("train", "certify") for j in jobs[-3:-1])    # DS is not attacked
     assert jobs[-1].profile == "cpu_long" and jobs[-1].attack_n == 1000
     assert all(j.profile is None for j in grid_jobs("all", profile="smoke"))
 

@@ -124,3 +124,39 @@ def test_smoke_profile_on_cifar(tmp_path):
     h = out["history"]
     assert out["finished"] and len(h) == 2 and h.loss.notna().all()
     assert ((h.certified_accuracy <= h.clean_accuracy) & (h.certified_global_accuracy <= h.certified_accuracy)).all()
+
+
+@pytest.mark.parametrize("method", ["ds-block", "ds-column"])
+def test_smoothing_run_trains_resumes_and_certifies(tmp_path, colour_folder, method):
+    """A Derandomized Smoothing base classifier goes through the same trainer, resumes exactly,
+    and is certified by DS's vote-count certificate (condition 'DS') in certification.csv."""
+    from bagcert_lib.runs import certify_run
+    from bagcert_lib.smoothing import CifarResNet18
+
+    cfg = profile_config("smoke", dataset="imagefolder", data=str(colour_folder), method=method,
+                         epochs=2, eval_size=12, test_size=12)
+    assert cfg.width == 4 and cfg.run_name().startswith(f"smoke-{method}4-theta0.3")
+    full = train(cfg, tmp_path / "full", progress=False)
+    train(cfg, tmp_path / "part", progress=False, stop_after=1)
+    rest = train(cfg, tmp_path / "part", progress=False)
+    a, b = full["model"].state_dict(), rest["model"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    h = full["history"]
+    assert h.certified_accuracy.notna().all() and h.certified_global_accuracy.isna().all()
+    model, loaded = load_run(tmp_path / "full")
+    assert isinstance(model, CifarResNet18) and loaded == cfg
+    df = certify_run(tmp_path / "full", patches=[(1, 1), (5, 5)], progress=False)
+    assert set(df.condition) == {"DS"} and (df.n == 12).all()
+    assert (df.certified_accuracy <= df.clean_accuracy).all()
+    prov = json.loads((tmp_path / "full" / "provenance.json").read_text())
+    assert prov["receptive_field"] is None and prov["parameters"] == sum(p.numel() for p in model.parameters())
+
+
+def test_smoothing_profile_values():
+    block, column = profile_config("cpu", method="ds-block"), profile_config("cpu", method="ds-column")
+    assert (block.width, block.test_size, column.width, column.test_size) == (16, 1000, 16, None)
+    assert profile_config("paper", method="ds-block").width == 64     # DS's ResNet-18
+    with pytest.raises(ValueError, match="unknown method"):
+        profile_config("smoke", method="ds-ring")
+    with pytest.raises(ValueError, match="theta"):
+        profile_config("smoke", method="ds-block", theta=1.5)

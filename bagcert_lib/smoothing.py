@@ -1,0 +1,314 @@
+"""Derandomized Smoothing (Levine & Feizi, 2020), the certified patch defence BagCert compares to.
+
+A base classifier sees *ablated* images: all but a block of s x s pixels (block smoothing) or a
+band of b columns (column smoothing) is removed, both wrapping around the image border. The
+smoothed classifier runs the base classifier on every ablation, lets each ablation vote for every
+class whose softmax is >= theta, and predicts the class with the most votes (ties go to the
+smaller class index). A patch meets at most Δ ablations, so it can remove at most Δ votes from the
+predicted class and add at most Δ to any other: the prediction c is certified iff for every
+c' != c, counts[c] - counts[c'] > 2Δ, or == 2Δ and c < c'.
+
+Ablated inputs have 6 channels, ``cat([x * m, (1 - x) * m])`` with x in [0, 1] and m the keep
+mask, so an ablated pixel (all zeros) can be told apart from any visible one.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .certifier import _pair, _sync, patch_label
+
+KINDS = ("block", "column")
+
+
+# --------------------------------------------------------------------------- ablations
+
+def _check(kind: str, size: int) -> int:
+    if kind not in KINDS:
+        raise ValueError(f"unknown ablation kind {kind!r}; choose one of {KINDS}")
+    if int(size) != size or size < 1:
+        raise ValueError(f"ablation size must be a positive int, got {size!r}")
+    return int(size)
+
+
+def num_ablations(kind: str, image_size) -> int:
+    """Number of ablations A of Levine & Feizi (2020): H * W (block) or W (column)."""
+    _check(kind, 1)
+    H, W = _pair(image_size, "image_size")
+    return H * W if kind == "block" else W
+
+
+def _band(start: torch.Tensor, size: int, n: int) -> torch.Tensor:
+    """(len(start), n) bool: positions start, ..., start + size - 1 modulo n (wrap-around)."""
+    pos = torch.arange(n, device=start.device)
+    return (pos[None, :] - start[:, None]) % n < size
+
+
+def _masks(kind: str, size: int, image_size, index: torch.Tensor) -> torch.Tensor:
+    """Keep masks (len(index), H, W) of the ablations with the given indices. Block ablation
+    a = i * W + j keeps rows i.. and columns j.. (mod H, W); column ablation j keeps columns j.."""
+    H, W = image_size
+    if kind == "block":
+        rows = _band(torch.div(index, W, rounding_mode="floor"), size, H)
+        cols = _band(index % W, size, W)
+    else:
+        rows = torch.ones(len(index), H, dtype=torch.bool, device=index.device)
+        cols = _band(index, size, W)
+    return rows[:, :, None] & cols[:, None, :]
+
+
+def ablation_masks(kind: str, size: int, image_size, device=None) -> torch.Tensor:
+    """All A keep masks of Levine & Feizi (2020) as a bool tensor (A, H, W), True = visible.
+
+    ``kind="block"``: A = H * W, mask i * W + j keeps rows i..i+s-1 and columns j..j+s-1 mod
+    (H, W); ``kind="column"``: A = W, mask j keeps every row and columns j..j+b-1 mod W.
+    """
+    size = _check(kind, size)
+    image_size = _pair(image_size, "image_size")
+    index = torch.arange(num_ablations(kind, image_size), device=device)
+    return _masks(kind, size, image_size, index)
+
+
+def encode(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Levine & Feizi (2020)'s 6-channel encoding ``cat([x * m, (1 - x) * m], 1)``;
+    ``keep`` is a bool mask broadcastable to x's (B, 1, H, W)."""
+    m = keep.to(x.dtype)
+    return torch.cat([x * m, (1 - x) * m], dim=1)
+
+
+def ablate(x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Every image of x (B, 3, H, W) under every mask of ``masks`` (A, H, W): (B * A, 6, H, W),
+    image-major (row b * A + a is image b under mask a)."""
+    if x.dim() != 4 or masks.dim() != 3 or masks.shape[1:] != x.shape[2:]:
+        raise ValueError(f"need x (B, C, H, W) and masks (A, H, W) of the same H, W, "
+                         f"got {tuple(x.shape)} and {tuple(masks.shape)}")
+    B, C, H, W = x.shape
+    A = masks.shape[0]
+    m = masks.to(device=x.device, dtype=x.dtype)[None, :, None]          # (1, A, 1, H, W)
+    xb = x[:, None]                                                       # (B, 1, C, H, W)
+    out = torch.cat([xb * m, (1 - xb) * m], dim=2)                        # (B, A, 2C, H, W)
+    return out.reshape(B * A, 2 * C, H, W)
+
+
+def random_ablation(x: torch.Tensor, kind: str, size: int,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """Training input of Levine & Feizi (2020): every image under one uniformly random
+    ablation (B, 6, H, W); positions are drawn with ``generator`` (on its own device)."""
+    size = _check(kind, size)
+    image_size = tuple(x.shape[-2:])
+    A = num_ablations(kind, image_size)
+    gen_device = generator.device if generator is not None else x.device
+    index = torch.randint(A, (x.shape[0],), generator=generator, device=gen_device)
+    keep = _masks(kind, size, image_size, index.to(x.device))
+    return encode(x, keep[:, None])
+
+
+def affected_ablations(kind: str, size: int, patch, image_size) -> int:
+    """Δ: the most ablations an h x w patch can meet (over all its positions), Levine & Feizi
+    (2020), with the wrap-around bands capped at the image: block min(h+s-1, H) * min(w+s-1, W),
+    column min(w+b-1, W)."""
+    size = _check(kind, size)
+    h, w = _pair(patch, "patch")
+    H, W = _pair(image_size, "image_size")
+    if h > H or w > W:
+        raise ValueError(f"patch {h}x{w} is larger than the image {H}x{W}")
+    cols = min(w + size - 1, W)
+    return min(h + size - 1, H) * cols if kind == "block" else cols
+
+
+# --------------------------------------------------------------------------- prediction
+
+@torch.no_grad()
+def vote_counts(model: nn.Module, x: torch.Tensor, kind: str, size: int, theta: float, *,
+                amp: bool | None = None, chunk: int = 1024) -> torch.Tensor:
+    """Votes (B, C) int64 of Levine & Feizi (2020): counts[b, c] = number of ablations of image b
+    whose softmax for c is >= theta. The base ``model`` (eval mode, restored afterwards) sees at
+    most ``chunk`` ablated images per forward pass; softmax is taken in float32."""
+    from .runtime import autocast
+
+    size = _check(kind, size)
+    if not 0.0 <= theta <= 1.0:
+        raise ValueError(f"theta must lie in [0, 1], got {theta!r}")
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk!r}")
+    if x.dim() != 4 or x.shape[0] == 0:
+        raise ValueError(f"x must be a non-empty batch (B, 3, H, W), got {tuple(x.shape)}")
+    image_size = tuple(x.shape[-2:])
+    A = num_ablations(kind, image_size)
+    counts = None
+    was_training = model.training
+    model.eval()
+    try:
+        for b0 in range(0, x.shape[0], chunk):
+            xb = x[b0:b0 + chunk]
+            step = max(1, chunk // xb.shape[0])           # ablations per forward pass
+            for a0 in range(0, A, step):
+                index = torch.arange(a0, min(a0 + step, A), device=x.device)
+                inputs = ablate(xb, _masks(kind, size, image_size, index))
+                with autocast(x.device, amp):
+                    logits = model(inputs)
+                votes = (logits.float().softmax(1) >= theta).view(xb.shape[0], len(index), -1)
+                if counts is None:
+                    counts = torch.zeros(x.shape[0], votes.shape[-1], dtype=torch.long,
+                                         device=x.device)
+                counts[b0:b0 + chunk] += votes.sum(1)
+    finally:
+        model.train(was_training)
+    return counts
+
+
+def predict(counts: torch.Tensor) -> torch.Tensor:
+    """Smoothed prediction: argmax of the votes, ties broken toward the smaller class index."""
+    C = counts.shape[1]
+    key = counts.long() * C + (C - 1 - torch.arange(C, device=counts.device))
+    return key.argmax(1)
+
+
+@dataclass
+class SmoothedPrediction:
+    """Per-sample results of the smoothed classifier (Levine & Feizi, 2020)."""
+
+    prediction: torch.Tensor   # (B,) long
+    counts: torch.Tensor       # (B, C) votes
+    correct: torch.Tensor      # (B,) bool: prediction == label
+    certified: torch.Tensor    # (B,) bool: certified and correct
+    delta: int                 # Δ, the most ablations one patch can meet
+
+    def summary(self) -> dict:
+        n = len(self.correct)
+        return {"n": n, "clean_accuracy": self.correct.float().mean().item(),
+                "certified_accuracy": self.certified.float().mean().item()}
+
+
+def certify_counts(counts: torch.Tensor, labels: torch.Tensor, delta: int) -> SmoothedPrediction:
+    """Levine & Feizi (2020)'s certificate: the prediction c holds against any change of Δ
+    ablations iff counts[c] - counts[c'] > 2Δ, or == 2Δ with c < c', for every c' != c."""
+    if counts.dim() != 2:
+        raise ValueError(f"counts must be (B, C), got shape {tuple(counts.shape)}")
+    if delta < 0:
+        raise ValueError(f"delta must be >= 0, got {delta!r}")
+    B, C = counts.shape
+    labels = labels.to(counts.device).long()
+    if labels.shape != (B,):
+        raise ValueError(f"labels must have shape ({B},), got {tuple(labels.shape)}")
+    counts = counts.long()
+    pred = predict(counts)
+    gap = counts.gather(1, pred[:, None]) - counts                   # (B, C)
+    classes = torch.arange(C, device=counts.device)
+    beats = (gap > 2 * delta) | ((gap == 2 * delta) & (pred[:, None] < classes))
+    beats |= classes == pred[:, None]                                  # no need to beat itself
+    correct = pred == labels
+    return SmoothedPrediction(prediction=pred, counts=counts, correct=correct,
+                              certified=correct & beats.all(1), delta=int(delta))
+
+
+def certify_model(model: nn.Module, batches: Iterable, patches: Sequence, *, kind: str,
+                  size: int, theta: float, device=None, amp: bool | None = None,
+                  progress: bool = True, desc: str = "certify DS",
+                  chunk: int = 1024) -> pd.DataFrame:
+    """Certified accuracy of Derandomized Smoothing (Levine & Feizi, 2020) over a data loader.
+
+    ``batches`` yields (images in [0, 1], labels). The votes are computed once per batch and
+    certified for every patch shape (only Δ differs). Returns one row per patch shape with the
+    columns of :func:`bagcert_lib.certifier.certify_model` (condition "DS"): ``forward_s`` is the
+    time in :func:`vote_counts`, ``certify_s`` the time in :func:`certify_counts` for that shape.
+    """
+    from tqdm import tqdm
+
+    size = _check(kind, size)
+    if not 0.0 <= theta <= 1.0:
+        raise ValueError(f"theta must lie in [0, 1], got {theta!r}")
+    patches = [_pair(p, "patch") for p in patches]
+    if not patches:
+        raise ValueError("give at least one patch shape")
+    device = device or next(model.parameters()).device
+    certified = {p: 0 for p in patches}
+    times = {p: 0.0 for p in patches}
+    deltas: dict = {}
+    n = correct = 0
+    t_forward = 0.0
+    for x, y in tqdm(batches, desc=desc, disable=not progress, leave=False):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        image_size = tuple(x.shape[-2:])
+        if image_size not in deltas:    # validates the patch shapes before any forward pass
+            deltas[image_size] = {p: affected_ablations(kind, size, p, image_size)
+                                  for p in patches}
+        _sync(device)
+        t0 = time.perf_counter()
+        counts = vote_counts(model, x, kind, size, theta, amp=amp, chunk=chunk)
+        _sync(device)
+        t_forward += time.perf_counter() - t0
+        for i, p in enumerate(patches):
+            t1 = time.perf_counter()
+            res = certify_counts(counts, y, deltas[image_size][p])
+            certified[p] += int(res.certified.sum())
+            if i == 0:
+                correct += int(res.correct.sum())
+            _sync(device)
+            times[p] += time.perf_counter() - t1
+        n += len(y)
+    if n == 0:
+        raise ValueError("the data loader yielded no samples")
+    rows = [{"patch": patch_label(p), "patch_h": p[0], "patch_w": p[1], "condition": "DS",
+             "n": n, "clean_accuracy": correct / n, "certified_accuracy": certified[p] / n,
+             "forward_s": t_forward, "certify_s": times[p]} for p in patches]
+    df = pd.DataFrame(rows)
+    df.attrs.update(forward_s=t_forward, certify_s=sum(times.values()), n=n, kind=kind,
+                    size=size, theta=theta)
+    return df
+
+
+# --------------------------------------------------------------------------- base classifier
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers with a (projected when needed) identity shortcut."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False),
+                                          nn.BatchNorm2d(planes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet18(nn.Module):
+    """ResNet-18 for 32x32 inputs (the pytorch-cifar variant Levine & Feizi (2020) train on
+    6-channel ablated CIFAR-10): 3x3 stem with stride 1, no max-pool, four stages of two
+    BasicBlocks with widths w, 2w, 4w, 8w and strides 1, 2, 2, 2, global average pool, linear."""
+
+    def __init__(self, num_classes: int = 10, width: int = 64, in_channels: int = 6):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        stages, planes = [], width
+        for i, stride in enumerate((1, 2, 2, 2)):
+            out = width * 2 ** i
+            stages.append(nn.Sequential(BasicBlock(planes, out, stride), BasicBlock(out, out)))
+            planes = out
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.linear = nn.Linear(planes, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        return self.linear(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
+
+
+def resnet18(num_classes: int = 10, width: int = 64, in_channels: int = 6) -> CifarResNet18:
+    """The DS base classifier of Levine & Feizi (2020) on CIFAR-10 (6 input channels)."""
+    return CifarResNet18(num_classes=num_classes, width=width, in_channels=in_channels)
