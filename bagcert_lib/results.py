@@ -189,8 +189,11 @@ def load_history(results=None) -> pd.DataFrame:
 
 
 def scale_label(runs: pd.DataFrame) -> str:
-    """'profile cpu: width 32, 6 epochs, 50,000 training images' for the runs shown."""
+    """'profile cpu: width 32, 6 epochs, 50,000 training images' for the runs shown (DS runs
+    named as such: their width is a ResNet-18's)."""
     parts = []
-    for (profile, width, epochs, n), _ in runs.groupby(["profile", "width", "epochs", "n_train"]):
-        parts.append(f"profile {profile}: width {width}, {epochs} epochs, {int(n):,} training images")
+    runs = runs.assign(method=runs.get("method", pd.Series("bagcert", index=runs.index)).fillna("bagcert"))
+    for (method, profile, width, epochs, n), _ in runs.groupby(["method", "profile", "width", "epochs", "n_train"]):
+        what = "" if method == "bagcert" else f"{method} ResNet-18 "
+        parts.append(f"profile {profile}: {what}width {width}, {epochs} epochs, {int(n):,} training images")
     return "; ".join(parts) or "no runs"

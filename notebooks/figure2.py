@@ -19,8 +19,10 @@
 # *Clean versus certified accuracy on CIFAR10 and ImageNet for BagCert with different receptive fields
 # and train margins when certifying via Condition 3.3 (circles) and Condition 3.2 (stars), same
 # setting connected by thin line.* Ours: every heaviside run (seed 0, σ 0) against 5×5 patches on the
-# test set (`certification.csv`). Baselines: the values their papers report, each with its source in
-# `results/baselines/baselines.csv` (values we could not source are left out). ImageNet: the
+# test set (`certification.csv`), and our Derandomized Smoothing runs (block and column smoothing,
+# trained and certified here by `bagcert_lib.smoothing`; crosses). Baselines: the values their papers
+# report, each with its source in `results/baselines/baselines.csv` (values we could not source are
+# left out). ImageNet: the
 # paper's stated numbers only (`results/paper/figure2_imagenet.csv`); we have not run ImageNet.
 
 # %% tags=["parameters"]
@@ -34,10 +36,13 @@ import pandas as pd
 from myst_nb import glue
 
 from bagcert_lib.config import REPO_ROOT
-from bagcert_lib.results import grid_runs, load_certification, run_links, scale_label
+from bagcert_lib.figures import smoothing_label
+from bagcert_lib.results import grid_runs, load_certification, run_links, scale_label, smoothing_runs
 
 runs = grid_runs(results, profile)
+ds_runs = smoothing_runs(results, runs.profile.iloc[0] if len(runs) else profile)
 cert = load_certification(results).query("patch == @patch and run in @runs.run")
+ds = load_certification(results).query("patch == @patch and condition == 'DS' and run in @ds_runs.run")
 ours = cert.pivot_table(index=["run", "rf", "margin"], columns="condition",
                         values=["clean_accuracy", "certified_accuracy"]).reset_index()
 baselines = pd.read_csv(REPO_ROOT / "results" / "baselines" / "baselines.csv")
@@ -54,13 +59,16 @@ for _, r in ours.iterrows():
     ax.scatter(clean, c32, marker="*", color=color, s=80)
 for rf in sorted(ours.rf.unique()):
     ax.scatter([], [], marker="s", color=cmap((rf - 5) / 8), label=f"BagCert RF {rf}")
+for marker, (_, d) in zip("XP", ds.iterrows()):
+    ax.scatter(d.clean_accuracy * 100, d.certified_accuracy * 100, marker=marker, color="tab:red", s=70,
+               label=f"{smoothing_label(d)} (ours, n={d.n:,})")
 cifar = baselines.query("dataset == 'CIFAR-10' and patch == @patch").drop_duplicates("method")
 for marker, (_, b) in zip("^vDPX", cifar.iterrows()):
     ax.scatter(b.clean_accuracy * 100, b.certified_accuracy * 100, marker=marker, color="0.3",
                s=40, label=f"{b.method} (reported)")
 ax.set_xlabel("Clean accuracy (%)")
 ax.set_ylabel(f"Certified accuracy (%), {patch.replace('x', '×')}")
-ax.set_title(f"CIFAR10 — ours: {scale_label(runs)}", fontsize=8)
+ax.set_title(f"CIFAR10 — ours: {scale_label(pd.concat([runs, ds_runs]))}", fontsize=7, wrap=True)
 ax.grid(alpha=0.3)
 ax.legend(fontsize=7, loc="upper left")
 
@@ -81,5 +89,13 @@ glue("figure2_scale", scale_label(runs), display=False)
 plt.show()
 ours.loc[:, ours.columns.get_level_values(0) != "run"].round(3)
 
+# %% [markdown]
+# Our Derandomized Smoothing runs against the same patch (DS's certificate; block smoothing is
+# certified on fewer test images, `n`, because it runs 1,024 forward passes per image):
+
 # %% tags=["hide-input"]
-run_links(runs, "figure2.ipynb")
+ds.assign(model=[smoothing_label(d) for _, d in ds.iterrows()])[
+    ["model", "n", "clean_accuracy", "certified_accuracy"]].round(3)
+
+# %% tags=["hide-input"]
+run_links(pd.concat([runs, ds_runs]), "figure2.ipynb")

@@ -1,0 +1,211 @@
+"""BagCert against Derandomized Smoothing on one machine, in one run (issue 5; Table 1).
+
+    python benchmarks/certification.py [--n 1000] [--n-block 20] [--out results/benchmarks/certification.json]
+
+Measures, on the same test images (the first of the fixed class-balanced test subset):
+
+* per-image certification time for every patch shape of Figures 3 and 4: BagCert at each RF
+  (cpu-profile width; the trained run's checkpoint when results/runs has it) and at the paper's
+  width 768 for one batch; DS block and column smoothing (the trained runs when present);
+* BagCert's certification time over its plain inference (forward pass) time;
+* the summed-area certifier (``ScoreMaps``) against a direct loop over patch positions;
+* training throughput: bf16 against fp32, and the trainer (data, augmentation, logging) against
+  the bare forward + backward of the same model.
+
+Ratios come from this one run; absolute times name the hardware. Stop other jobs first (the
+numbers are only as quiet as the machine).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bagcert_lib import data as data_mod
+from bagcert_lib import smoothing
+from bagcert_lib.certifier import ScoreMaps, certify_model, worst_case_direct
+from bagcert_lib.config import REPO_ROOT, grids, profile_config
+from bagcert_lib.heads import get_head
+from bagcert_lib.loss import total_loss
+from bagcert_lib.model import cifar_scorer, num_parameters
+from bagcert_lib.runs import figure_patches, results_dir
+from bagcert_lib.runtime import autocast, device_name, region_scores, use_amp
+from bagcert_lib.train import build_model, git_commit, load_run, train
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def trained_or_fresh(cfg, device):
+    """The trained model of ``cfg``'s run directory when it has a checkpoint, else a fresh one
+    (timings do not depend on the weights, except BagCert's pruned certification a little)."""
+    run = results_dir() / cfg.run_name()
+    if (run / "checkpoint.pt").is_file():
+        model, _ = load_run(run, device)
+        return model, run.name
+    torch.manual_seed(0)
+    return build_model(cfg).to(device).eval(), None
+
+
+def bagcert_row(model, x, y, device, batch, patches, label, run):
+    loader = data_mod.batches(x, y, batch, device=device, channels_last=True)
+    model = model.to(memory_format=torch.channels_last)
+    certify_model(model, data_mod.batches(x[:batch], y[:batch], batch, device=device,
+                                          channels_last=True), patches, progress=False)   # warm-up
+    t0 = time.perf_counter()
+    df = certify_model(model, loader, patches, progress=False)
+    wall = time.perf_counter() - t0
+    n = df.attrs["n"]
+    five = df.query("patch == '5x5' and condition == '3.2'").iloc[0]
+    return {"method": "BagCert", "model": label, "run": run, "n": n,
+            "parameters": num_parameters(model),
+            "forward_s_per_image": df.attrs["forward_s"] / n,
+            "certify_s_per_image": df.attrs["certify_s"] / n,
+            "seconds_per_image": wall / n,
+            "certify_over_forward": df.attrs["certify_s"] / df.attrs["forward_s"],
+            "clean_accuracy": float(five.clean_accuracy),
+            "certified_accuracy_5x5": float(five.certified_accuracy)}
+
+
+def ds_row(model, x, y, device, kind, cfg, patches, run):
+    df = smoothing.certify_model(model, data_mod.batches(x, y, 500, device=device), patches,
+                                 kind=kind, size=cfg.ablation_size, theta=cfg.theta,
+                                 device=device, progress=False)
+    n = df.attrs["n"]
+    five = df.query("patch == '5x5'").iloc[0]
+    return {"method": f"DS ({kind})", "model": f"ResNet-18 width {cfg.width}, {kind} {cfg.ablation_size}, "
+            f"theta {cfg.theta:g}", "run": run, "n": n, "parameters": num_parameters(model),
+            "forward_s_per_image": df.attrs["forward_s"] / n,
+            "certify_s_per_image": df.attrs["certify_s"] / n,
+            "seconds_per_image": (df.attrs["forward_s"] + df.attrs["certify_s"]) / n,
+            "certify_over_forward": None,
+            "clean_accuracy": float(five.clean_accuracy),
+            "certified_accuracy_5x5": float(five.certified_accuracy),
+            "forward_passes_per_image": smoothing.num_ablations(kind, tuple(x.shape[-2:]))}
+
+
+def summed_area_vs_loop(model, x, y, device, patch=(5, 5)):
+    s = region_scores(model, x.to(device).contiguous(memory_format=torch.channels_last))
+    y = y.to(device)
+    t0 = time.perf_counter()
+    fast = ScoreMaps(s, y).worst_case(patch, model.receptive_field, model.stride)[0]
+    t1 = time.perf_counter()
+    slow = worst_case_direct(s, y, patch, model.receptive_field, model.stride)
+    t2 = time.perf_counter()
+    if not torch.allclose(fast, slow):
+        raise AssertionError("summed-area and direct certifier disagree")
+    return {"n": len(y), "patch": list(patch), "summed_area_s": t1 - t0, "direct_loop_s": t2 - t1,
+            "speedup": (t2 - t1) / (t1 - t0)}
+
+
+def step_throughput(model, x, y, amp, steps, optimizer=True, device="cpu"):
+    """Images/s of the bare step: forward (+ margin loss) + backward (+ Adam) on one fixed batch."""
+    head = get_head("heaviside")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    for i in range(steps + 2):
+        if i == 2:
+            _sync(device)
+            t0 = time.perf_counter()
+        with autocast(device, amp):
+            logits = model(x)
+        loss = total_loss(head(logits.float()), y, 0.5, 0.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if optimizer:
+            opt.step()
+    _sync(device)
+    return steps * len(y) / (time.perf_counter() - t0)
+
+
+def training(device, width, steps, train_size):
+    cfg = profile_config("cpu", rf=7, margin=0.5, width=width, device=str(device))
+    x = torch.rand(cfg.batch_size, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (cfg.batch_size,), device=device)
+    out = {"width": width, "batch_size": cfg.batch_size, "steps": steps}
+    for amp in (True, False):
+        torch.manual_seed(0)
+        model = cifar_scorer(7, width).to(device).to(memory_format=torch.channels_last)
+        out[f"bare_fwd_bwd_{'bf16' if amp else 'fp32'}_images_per_s"] = step_throughput(
+            model, x, y, amp, steps, optimizer=False, device=device)
+        out[f"bare_step_{'bf16' if amp else 'fp32'}_images_per_s"] = step_throughput(
+            model, x, y, amp, steps, optimizer=True, device=device)
+    out["bf16_over_fp32"] = out["bare_step_bf16_images_per_s"] / out["bare_step_fp32_images_per_s"]
+    with tempfile.TemporaryDirectory() as tmp:   # the trainer: real data, augmentation, logging
+        tcfg = profile_config("cpu", rf=7, margin=0.5, width=width, epochs=1, train_size=train_size,
+                              eval_size=100, device=str(device))
+        h = train(tcfg, Path(tmp) / "run", progress=False)["history"].iloc[0]
+    out["trainer_images_per_s"] = float(h.images_per_s)
+    out["trainer_train_size"] = train_size
+    out["bare_fwd_bwd_over_trainer"] = out["bare_fwd_bwd_bf16_images_per_s"] / h.images_per_s
+    out["bare_step_over_trainer"] = out["bare_step_bf16_images_per_s"] / h.images_per_s
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=1000, help="test images for BagCert and DS column")
+    p.add_argument("--n-block", type=int, default=20, help="test images for DS block (1,024 passes each)")
+    p.add_argument("--n-wide", type=int, default=16, help="images for BagCert at width 768 (one batch)")
+    p.add_argument("--rfs", type=int, nargs="+", default=grids()["receptive_fields"])
+    p.add_argument("--train-steps", type=int, default=30)
+    p.add_argument("--train-size", type=int, default=9600, help="images of the one trainer epoch timed")
+    p.add_argument("--profile", default="cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", default=str(REPO_ROOT / "results" / "benchmarks" / "certification.json"))
+    a = p.parse_args(argv)
+    device = torch.device(a.device)
+    t_start = time.perf_counter()
+    ds = data_mod.load_dataset("cifar10", progress=False)
+    ds = data_mod.subset(ds, n_test=a.n, seed=0)
+    x, y = ds.x_test, ds.y_test
+    patches = figure_patches()
+    result = {"git": git_commit(), "torch": torch.__version__, "device": device_name(device),
+              "amp_bf16": use_amp(device), "dataset": ds.describe(), "patch_shapes": len(patches),
+              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rows": []}
+
+    def log(row):
+        result["rows"].append(row)
+        print(f"{row['method']:12s} {row['model']:40s} n={row['n']:5d} "
+              f"{row['seconds_per_image'] * 1e3:9.3f} ms/image", flush=True)
+
+    for rf in a.rfs:
+        cfg = profile_config(a.profile, rf=rf, margin=0.5)
+        model, run = trained_or_fresh(cfg, device)
+        log(bagcert_row(model, x, y, device, 500, patches, f"RF {rf}, width {cfg.width}", run))
+        if rf == 7:
+            result["summed_area_vs_loop"] = summed_area_vs_loop(model, x[:200], y[:200], device)
+    torch.manual_seed(0)
+    wide = cifar_scorer(7, 768).to(device).eval()
+    log(bagcert_row(wide, x[:a.n_wide], y[:a.n_wide], device, a.n_wide, patches,
+                    "RF 7, width 768 (untrained)", None))
+    for kind, n in (("column", a.n), ("block", a.n_block)):
+        cfg = profile_config(a.profile, method=f"ds-{kind}")
+        model, run = trained_or_fresh(cfg, device)
+        log(ds_row(model, x[:n], y[:n], device, kind, cfg, patches, run))
+    result["training"] = training(device, profile_config(a.profile).width, a.train_steps, a.train_size)
+    rows = {(r["method"], r["model"]): r for r in result["rows"]}
+    head = next(r for r in result["rows"] if r["model"].startswith("RF 7, width") and "768" not in r["model"])
+    result["ratios"] = {
+        "bagcert_rf7_certify_over_forward": head["certify_over_forward"],
+        "ds_block_over_bagcert_rf7_per_image": rows[next(k for k in rows if k[0] == "DS (block)")]["seconds_per_image"] / head["seconds_per_image"],
+        "ds_column_over_bagcert_rf7_per_image": rows[next(k for k in rows if k[0] == "DS (column)")]["seconds_per_image"] / head["seconds_per_image"],
+        "summed_area_speedup_over_loop": result["summed_area_vs_loop"]["speedup"],
+        "bf16_over_fp32_training": result["training"]["bf16_over_fp32"],
+        "bare_fwd_bwd_over_trainer": result["training"]["bare_fwd_bwd_over_trainer"],
+    }
+    result["wall_s"] = time.perf_counter() - t_start
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(result, indent=2, default=str))
+    print(json.dumps(result["ratios"], indent=2))
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
