@@ -321,15 +321,19 @@ def test_jpeg_archive(jpeg_data):
     mean = d.x_train.numpy().mean(axis=(0, 2, 3)) / 255
     np.testing.assert_allclose(mean, (0.4913, 0.4821, 0.4465), atol=2e-3)
 
-    start = time.perf_counter()  # the autouse fixture cleared the memo: served from the .npz
-    again = D.load_cifar10(JPEG_ARCHIVE, cache_dir=cache, progress=False)
-    cache_s = time.perf_counter() - start
-    assert len(list(cache.glob("cifar10-jpeg-*.npz"))) == 1
-    assert torch.equal(again.x_train, d.x_train) and torch.equal(again.y_test, d.y_test)
-    assert cache_s < max(3.0, first_s / 2), (first_s, cache_s)
-    start = time.perf_counter()  # now from the in-process memo
-    D.load_cifar10(JPEG_ARCHIVE, cache_dir=cache, progress=False)
-    assert time.perf_counter() - start < 0.5
+    # the autouse fixture cleared the memo: served from the .npz, never decoded again (a
+    # behavioural check; timing it failed under load)
+    def no_decode(*a, **k):
+        raise AssertionError("decoded again instead of reading the cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(D, "_decode_images", no_decode)
+        again = D.load_cifar10(JPEG_ARCHIVE, cache_dir=cache, progress=False)
+        assert len(list(cache.glob("cifar10-jpeg-*.npz"))) == 1
+        assert torch.equal(again.x_train, d.x_train) and torch.equal(again.y_test, d.y_test)
+        for f in cache.glob("cifar10-jpeg-*.npz"):   # now from the in-process memo: no file read
+            f.rename(f.with_suffix(".moved"))
+        memo = D.load_cifar10(JPEG_ARCHIVE, cache_dir=cache, progress=False)
+        assert torch.equal(memo.x_test, d.x_test)
 
 
 # --------------------------------------------------------------------------------------
