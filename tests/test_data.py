@@ -325,6 +325,10 @@ def test_jpeg_archive(jpeg_data):
     # behavioural check; timing it failed under load)
     def no_decode(*a, **k):
         raise AssertionError("decoded again instead of reading the cache")
+    if not list(cache.glob("cifar10-jpeg-*.npz")):   # the fixture's load came from the memo
+        D._MEMO.clear()
+        D.load_cifar10(JPEG_ARCHIVE, cache_dir=cache, progress=False)
+    D._MEMO.clear()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(D, "_decode_images", no_decode)
         again = D.load_cifar10(JPEG_ARCHIVE, cache_dir=cache, progress=False)
