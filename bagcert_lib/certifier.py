@@ -109,17 +109,23 @@ def region_sums(P: torch.Tensor, r0, r1, c0, c1) -> torch.Tensor:
             - rows_lo.index_select(-1, c1 + 1) + rows_lo.index_select(-1, c0))
 
 
+def _check_scores(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Validate region scores (B, C, H, W) and labels (B,); the labels as long on the scores' device."""
+    if scores.dim() != 4:
+        raise ValueError(f"scores must be (B, C, H, W), got shape {tuple(scores.shape)}")
+    labels = labels.to(scores.device).long()
+    if labels.shape != (len(scores),):
+        raise ValueError(f"labels must have shape ({len(scores)},), got {tuple(labels.shape)}")
+    return labels
+
+
 class ScoreMaps:
     """The pieces of §3.1 that do not depend on the patch shape: Δ, its summed-area table and
     the global sums. Build once per batch, then :meth:`certify` each patch shape cheaply."""
 
     def __init__(self, scores: torch.Tensor, labels: torch.Tensor):
-        if scores.dim() != 4:
-            raise ValueError(f"scores must be (B, C, H, W), got shape {tuple(scores.shape)}")
+        labels = _check_scores(scores, labels)
         B, C, H, W = scores.shape
-        labels = labels.to(scores.device).long()
-        if labels.shape != (B,):
-            raise ValueError(f"labels must have shape ({B},), got {tuple(labels.shape)}")
         s = scores.to(torch.float64)
         true = s.gather(1, labels.view(B, 1, 1, 1).expand(B, 1, H, W))
         delta = true - s                                       # Δ_{i,j,c}; zero for c = c_t
@@ -204,7 +210,7 @@ class CertifiedCounter:
             raise ValueError("give at least one patch shape")
         self.rf, self.stride, self.image_size = rf, stride, image_size
         self.chunk_elems = chunk_elems
-        self.n = self.n_correct = 0
+        self.n = 0
         self._geo = None
         self._parts = []            # per batch: labels, correct, min_total, pairs (img, cls, Δ total)
 
@@ -225,12 +231,8 @@ class CertifiedCounter:
         ``binary``: whether every score is 0 or 1 (the Heaviside head); None: check. Binary
         scores are summed exactly in float32 and int16, others in float64.
         """
-        if scores.dim() != 4:
-            raise ValueError(f"scores must be (B, C, H, W), got shape {tuple(scores.shape)}")
+        labels = _check_scores(scores, labels)
         B, C, H, W = scores.shape
-        labels = labels.to(scores.device).long()
-        if labels.shape != (B,):
-            raise ValueError(f"labels must have shape ({B},), got {tuple(labels.shape)}")
         if self._geo is None:
             self._setup(scores.shape, scores.device)
         elif tuple(scores.shape[1:]) != tuple(self._geo):
@@ -255,7 +257,6 @@ class CertifiedCounter:
             labels=labels[keep], pair_map=local, img=keep[local] + self.n, cls=cls,
             delta_total=delta_total[keep[local], cls]))
         self.n += B
-        self.n_correct += int(correct.sum())
         return correct
 
     def _pairs(self):

@@ -27,7 +27,7 @@ import torch
 
 from bagcert_lib import data as data_mod
 from bagcert_lib import smoothing
-from bagcert_lib.certifier import ScoreMaps, certify_model, worst_case_direct
+from bagcert_lib.certifier import ScoreMaps, _sync, certify_model, worst_case_direct
 from bagcert_lib.config import REPO_ROOT, grids, profile_config
 from bagcert_lib.heads import get_head
 from bagcert_lib.loss import total_loss
@@ -35,11 +35,6 @@ from bagcert_lib.model import cifar_scorer, num_parameters
 from bagcert_lib.runs import figure_patches, results_dir
 from bagcert_lib.runtime import autocast, device_name, region_scores, use_amp
 from bagcert_lib.train import build_model, git_commit, load_run, train
-
-
-def _sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def trained_or_fresh(cfg, device):
