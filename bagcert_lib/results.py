@@ -53,11 +53,21 @@ RUN_COLUMNS = ["run", "path", *CONFIG_COLUMNS, "finished", "certified", "epochs_
                "eval_certified_accuracy", "parameters", "n_train", "device", "dataset",
                "dataset_sha256", "commit", "wall_s", "seconds_per_epoch", "attack_n",
                "adversarial_accuracy", "attack_clean_accuracy", "attack_certified_accuracy",
-               "certified_broken"]
+               "certified_broken", "certify_wall_s", "attack_wall_s"]
+
+
+def _certify_wall_s(run: Path):
+    """Wall time of the run's certification step (certification.csv's ``wall_s``, one per run)."""
+    f = run / "certification.csv"
+    if not f.is_file():
+        return None
+    wall = pd.read_csv(f, usecols=lambda c: c == "wall_s").get("wall_s")
+    return None if wall is None or wall.empty else float(wall.iloc[0])
 
 
 def load_runs(results=None) -> pd.DataFrame:
-    """One row per run: config, metrics.json, provenance and attack.json summaries."""
+    """One row per run: config, metrics.json, provenance and attack.json summaries, and the wall
+    time of each step (``wall_s`` training, ``certify_wall_s``, ``attack_wall_s``)."""
     rows = []
     for run in run_dirs(results):
         prov, metrics, attack = (_json(run / f) for f in ("provenance.json", "metrics.json", "attack.json"))
@@ -81,6 +91,8 @@ def load_runs(results=None) -> pd.DataFrame:
             "attack_clean_accuracy": attack.get("clean_accuracy"),
             "attack_certified_accuracy": attack.get("certified_accuracy"),
             "certified_broken": attack.get("certified_broken"),
+            "certify_wall_s": _certify_wall_s(run),
+            "attack_wall_s": attack.get("seconds"),
         })
     return pd.DataFrame(rows, columns=None if rows else RUN_COLUMNS)
 

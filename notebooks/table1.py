@@ -117,14 +117,21 @@ ratios.round(3)
 run_links(runs, "table1.ipynb")
 
 # %% [markdown]
-# Compute behind every finished run in the results folder, per profile and machine (training wall
-# time from each run's `provenance.json`; certification and attacks not included):
+# Compute behind every finished run in the results folder, per profile, method and machine: the
+# wall time of training (`provenance.json`), of certifying every patch shape (`certification.csv`)
+# and of the PGD attack (`attack.json`). The benchmark runs are not included.
 
 # %% tags=["hide-input"]
 every = load_runs(results)
 every = every[every.finished.fillna(False).astype(bool)]
-compute = every.groupby(["profile", "device"]).agg(
+hours = lambda s: s.sum() / 3600   # noqa: E731
+compute = every.groupby(["profile", "method", "device"]).agg(
     runs=("run", "count"), width=("width", "first"), epochs=("epochs", "first"),
-    seconds_per_epoch=("seconds_per_epoch", "median"),
-    training_hours=("wall_s", lambda s: s.sum() / 3600)).round(2)
+    seconds_per_epoch=("seconds_per_epoch", "median"), training_hours=("wall_s", hours),
+    certification_hours=("certify_wall_s", hours), attack_hours=("attack_wall_s", hours))
+compute["total_hours"] = compute[["training_hours", "certification_hours", "attack_hours"]].sum(axis=1)
+compute = compute.round(2)
 glue("compute", compute)
+total = compute.groupby(level="profile").total_hours.sum()
+glue("compute_total", f"{compute.total_hours.sum():.1f} h of wall time over {int(compute.runs.sum())} runs ("
+     + ", ".join(f"{p}: {h:.1f} h" for p, h in total.items()) + ")", display=False)
