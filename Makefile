@@ -30,7 +30,7 @@ reproduce: setup  ## the whole grid (Figures 2 and 8) through the papermill note
 	$(BIN)/python -m bagcert_lib.sweep --profile $(PROFILE) $(if $(DEVICES),--devices $(DEVICES))
 
 book: setup     ## re-plot every figure and table from results/, build the site (warnings are errors)
-	$(BIN)/jupyter-book build book/ -W
+	$(BIN)/jupyter-book build book/ -W --all   # --all: the pages depend on results/, which Sphinx does not track
 
 screenshots:    ## open the built site in headless Chromium (Debian: apt install chromium); PNGs in book/_build/screenshots
 	$(BIN)/python book/screenshots.py
