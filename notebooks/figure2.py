@@ -48,7 +48,7 @@ ours = cert.pivot_table(index=["run", "rf", "margin"], columns="condition",
 baselines = pd.read_csv(REPO_ROOT / "results" / "baselines" / "baselines.csv")
 imagenet_paper = pd.read_csv(REPO_ROOT / "results" / "paper" / "figure2_imagenet.csv", dtype={"condition": str})
 
-fig, (ax, ax_in) = plt.subplots(1, 2, figsize=(14, 4.8))
+fig, (ax, ax_in) = plt.subplots(1, 2, figsize=(13, 6.5))
 cmap = plt.get_cmap("viridis")
 for _, r in ours.iterrows():
     color = cmap((r.rf.item() - 5) / 8)
@@ -68,7 +68,7 @@ for marker, (_, b) in zip("^vDPX", cifar.iterrows()):
                s=40, label=f"{b.method} (reported)")
 ax.set_xlabel("Clean accuracy (%)")
 ax.set_ylabel(f"Certified accuracy (%), {patch.replace('x', '×')}")
-ax.set_title(f"CIFAR10 — ours: {scale_label(pd.concat([runs, ds_runs]))}", fontsize=7, wrap=True)
+ax.set_title("CIFAR10 — ours: " + scale_label(pd.concat([runs, ds_runs])).replace("; ", ";\n"), fontsize=8)
 ax.grid(alpha=0.3)
 ax.legend(fontsize=7, loc="upper left")
 
@@ -83,19 +83,24 @@ ax_in.set_xlabel("Clean accuracy (%)")
 ax_in.set_ylabel("Certified accuracy (%), 2% patch")
 ax_in.set_title("ImageNet — reported values only", fontsize=8)
 ax_in.grid(alpha=0.3)
-ax_in.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
+ax_in.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
 fig.tight_layout()
 glue("figure2_scale", scale_label(runs), display=False)
 plt.show()
-ours.loc[:, ours.columns.get_level_values(0) != "run"].round(3)
+table = pd.DataFrame({"clean": ours[("clean_accuracy", "3.2")].values,
+                      "certified (3.2)": ours[("certified_accuracy", "3.2")].values,
+                      "certified (3.3)": ours[("certified_accuracy", "3.3")].values},
+                     index=pd.MultiIndex.from_arrays([ours.rf, ours.margin], names=["rf", "margin"]))
+table.sort_index().style.format("{:.1%}")
 
 # %% [markdown]
 # Our Derandomized Smoothing runs against the same patch (DS's certificate; block smoothing is
 # certified on fewer test images, `n`, because it runs 1,024 forward passes per image):
 
 # %% tags=["hide-input"]
-ds.assign(model=[smoothing_label(d) for _, d in ds.iterrows()])[
-    ["model", "n", "clean_accuracy", "certified_accuracy"]].round(3)
+ds.assign(model=[smoothing_label(d) for _, d in ds.iterrows()]).set_index("model")[
+    ["n", "clean_accuracy", "certified_accuracy"]].rename(columns=lambda c: c.replace("_accuracy", "")).style.format(
+    {"clean": "{:.1%}", "certified": "{:.1%}", "n": "{:,}"})
 
 # %% tags=["hide-input"]
 run_links(pd.concat([runs, ds_runs]), "figure2.ipynb")

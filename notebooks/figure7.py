@@ -44,8 +44,12 @@ axes[0].set_ylabel("Adversarial accuracy (%)")
 fig.colorbar(sc, ax=axes, label="RF")
 fig.suptitle(scale_label(runs), fontsize=9)
 plt.show()
-runs.set_index(["rf", "margin"])[["attack_n", "attack_clean_accuracy", "adversarial_accuracy",
-                                  "attack_certified_accuracy", "certified_broken"]].sort_index().round(3)
+table = runs.set_index(["rf", "margin"]).sort_index()[
+    ["attack_n", "attack_clean_accuracy", "adversarial_accuracy", "attack_certified_accuracy", "certified_broken"]]
+table = table.astype({"attack_n": int, "certified_broken": int}).rename(columns={
+    "attack_n": "images", "attack_clean_accuracy": "clean", "adversarial_accuracy": "adversarial",
+    "attack_certified_accuracy": "certified (3.2)", "certified_broken": "certified but broken"})
+table.style.format({c: "{:.1%}" for c in ("clean", "adversarial", "certified (3.2)")})
 
 # %% [markdown]
 # The order certified ≤ adversarial ≤ clean, and no certified sample broken, checked by code:
