@@ -45,13 +45,13 @@ def sweep_panels(cert: pd.DataFrame, patches: list, condition: str = "3.2", titl
         else:
             ax.text(0.5, 0.5, "no runs yet", ha="center", transform=ax.transAxes)
     axes[0].set_ylabel(f"Certified accuracy (%), Condition {condition}")
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(title.replace("; ", ";\n"), fontsize=9)
     fig.tight_layout()
     return fig
 
 
 def sweep_figure(patches: list, condition: str = "3.2", results=None, profile=None):
-    """Figures 3 and 4 from the results folder: (runs shown, figure, certified accuracy per
+    """Figures 3 and 4 from the results folder: (runs shown, figure, certified accuracy in % per
     model and patch shape: BagCert per (RF, M), then our DS runs)."""
     patches = [_pair(p, "patch") for p in patches]
     runs = grid_runs(results, profile)
@@ -64,9 +64,10 @@ def sweep_figure(patches: list, condition: str = "3.2", results=None, profile=No
     columns = [f"{h}x{w}" for h, w in patches]
     table = cert.query("condition == @condition").pivot_table(
         index=["rf", "margin"], columns="patch", values="certified_accuracy").reindex(columns=columns)
-    table.index = [f"BagCert RF {rf}, M {m:g}" for rf, m in table.index]
+    table.index = [f"RF {rf}, M {m:g}" for rf, m in table.index]
     if len(ds):
         dst = ds.assign(model=[smoothing_label(r) for _, r in ds.iterrows()]).pivot_table(
             index="model", columns="patch", values="certified_accuracy").reindex(columns=columns)
         table = pd.concat([table, dst])
-    return pd.concat([runs, ds_runs]), fig, table.round(3)
+    table.columns.name = None
+    return pd.concat([runs, ds_runs]), fig, (table * 100).round(1)

@@ -38,7 +38,8 @@ glue("figure3_scale", scale_label(runs), display=False)
 plt.show()
 
 # %% [markdown]
-# Certified accuracy per model and patch shape (Condition 3.2 unless `condition` says otherwise):
+# Certified accuracy (%) per model (BagCert RF, M; then our DS runs) and patch shape (Condition 3.2
+# unless `condition` says otherwise):
 
 # %% tags=["hide-input"]
 table
