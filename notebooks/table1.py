@@ -63,7 +63,9 @@ table
 # median over the runs of each RF) on the machine named, and our models' parameter counts:
 
 # %% tags=["hide-input"]
-table.join(ours.rename(columns=lambda c: f"ours: {c}")).round(2)
+side = table.join(ours.rename(columns=lambda c: f"ours: {c}"))
+side = side.astype({c: "Int64" for c in ("ours: n", "ours: parameters", "ours: width") if c in side})
+side.style.format(precision=1, na_rep="—", thousands=",")
 
 # %% [markdown]
 # ## BagCert against Derandomized Smoothing, measured here
@@ -91,7 +93,10 @@ measured["paper: seconds (V100)"] = [paper_seconds.get(m) if m in paper_seconds 
 measured["parameters (M)"] = measured.parameters / 1e6
 glue("bench_device", bench.get("device", "not measured yet"), display=False)
 measured[["method", "model", "n", "seconds for 10,000 images", "paper: seconds (V100)", "parameters (M)",
-          "certify_over_forward", "clean_accuracy", "certified_accuracy_5x5"]].round(4)
+          "certify_over_forward", "clean_accuracy", "certified_accuracy_5x5"]].style.hide(axis="index").format(
+    {"seconds for 10,000 images": "{:.1f}", "paper: seconds (V100)": "{:.1f}", "parameters (M)": "{:.2f}",
+     "certify_over_forward": "{:.3f}", "clean_accuracy": "{:.1%}", "certified_accuracy_5x5": "{:.1%}",
+     "n": "{:,}"}, na_rep="—")
 
 # %% [markdown]
 # The ratios of this run next to the paper's (DS block vs BagCert RF 7: 788 s / 40.6 s; DS column:
