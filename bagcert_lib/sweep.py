@@ -9,11 +9,13 @@
 Each configuration gets one run directory; the executed notebooks are kept beside its results.
 A step whose output exists is skipped, and training resumes from its last checkpoint, so a killed
 sweep picks up where it stopped when started again. With several devices, one configuration runs
-per device at a time.
+per device at a time; a configuration another sweep is running (its run directory is locked) is
+skipped, so two sweeps may share a results folder.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import queue
@@ -88,8 +90,28 @@ def _done(run_dir: Path, step: str) -> bool:
     return (run_dir / {"certify": "certification.csv", "attack": "attack.json"}[step]).is_file()
 
 
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """Hold an exclusive lock on ``run_dir`` (``flock`` on ``run_dir/.lock``); yields False when
+    another process holds it, so two sweeps started on one results folder never run the same
+    configuration. The OS drops the lock when its holder exits: a killed sweep leaves none behind."""
+    try:
+        import fcntl
+    except ImportError:            # no flock (Windows): no protection, as before
+        yield True
+        return
+    with open(run_dir / ".lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
 def run_job(job: Job, profile: str, results: Path, device: str | None, log=print, **overrides):
-    """Train, certify and attack one configuration through papermill (skipping finished steps)."""
+    """Train, certify and attack one configuration through papermill (skipping finished steps).
+    Returns the run directory, or None when another process is running this configuration."""
     import papermill as pm
 
     # progress bars redraw every 30 s, not 10 times a second: the executed notebooks kept beside
@@ -105,13 +127,17 @@ def run_job(job: Job, profile: str, results: Path, device: str | None, log=print
         "certify": dict(run_dir=str(run_dir), device=device),
         "attack": dict(run_dir=str(run_dir), n=job.attack_n, device=device),
     }
-    for step in job.steps:
-        if _done(run_dir, step):
-            log(f"[skip] {run_dir.name}: {step} done")
-            continue
-        log(f"[run ] {run_dir.name}: {step} on {device or 'default device'}")
-        pm.execute_notebook(str(NOTEBOOKS / f"{step}.ipynb"), str(run_dir / f"{step}.ipynb"),
-                            parameters=params[step], cwd=str(NOTEBOOKS), progress_bar=False)
+    with run_lock(run_dir) as mine:
+        if not mine:
+            log(f"[busy] {run_dir.name}: another process is running it; skipped")
+            return None
+        for step in job.steps:
+            if _done(run_dir, step):
+                log(f"[skip] {run_dir.name}: {step} done")
+                continue
+            log(f"[run ] {run_dir.name}: {step} on {device or 'default device'}")
+            pm.execute_notebook(str(NOTEBOOKS / f"{step}.ipynb"), str(run_dir / f"{step}.ipynb"),
+                                parameters=params[step], cwd=str(NOTEBOOKS), progress_bar=False)
     return run_dir
 
 
@@ -146,7 +172,7 @@ def sweep(profile: str = "cpu", grid: str = "all", results=None, devices=None,
             try:
                 out = run_job(job, profile, results, device, **overrides)
                 with lock:
-                    done.append(out)
+                    done.extend([out] if out else [])
             except Exception as e:  # keep the other configurations going; report at the end
                 with lock:
                     errors.append((job, e))

@@ -23,3 +23,27 @@ def test_dry_run_names_every_run_directory(tmp_path):
     dirs = sweep("smoke", "figure2", results=tmp_path, dry_run=True)
     assert len({d.name for d in dirs}) == 20 and all(d.parent == tmp_path for d in dirs)
     assert not any(tmp_path.iterdir())   # a dry run writes nothing
+
+
+def test_a_locked_run_is_skipped_and_a_finished_one_not_rerun(tmp_path):
+    """Two sweeps on one results folder: the second skips the configuration the first holds; once
+    the lock is free, finished steps are skipped (nothing executes: these files say all is done)."""
+    import json
+
+    from bagcert_lib.sweep import Job, run_job, run_lock
+
+    job, log = Job(7, 0.5), []
+    run_dir = tmp_path / job.name("smoke")
+    run_dir.mkdir()
+    with run_lock(run_dir) as mine:
+        assert mine
+        assert run_job(job, "smoke", tmp_path, "cpu", log=log.append) is None
+        with run_lock(run_dir) as again:      # a second holder is refused while the first holds it
+            assert not again
+    assert log == [f"[busy] {run_dir.name}: another process is running it; skipped"]
+    (run_dir / "metrics.json").write_text(json.dumps({"finished": True}))
+    (run_dir / "certification.csv").write_text("patch\n")
+    (run_dir / "attack.json").write_text("{}")
+    log.clear()
+    assert run_job(job, "smoke", tmp_path, "cpu", log=log.append) == run_dir
+    assert [line.split(":")[0] for line in log] == [f"[skip] {run_dir.name}"] * 3
