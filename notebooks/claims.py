@@ -94,11 +94,13 @@ def ours(cid):
         return None if a.empty else bool(((a.attack_certified_accuracy <= a.adversarial_accuracy)
                                           & (a.adversarial_accuracy <= a.attack_clean_accuracy)).all())
     chance = 0.15
-    if cid == "heaviside_stable" and "heaviside" in last.index:
+    seeds = len(f8["seeds"])   # Figure 8's claims count runs: judged once every seed has run
+    ran = lambda head: head in last.index and len(last.loc[head]) >= seeds   # noqa: E731
+    if cid == "heaviside_stable" and ran("heaviside"):
         return int((last.loc["heaviside"].clean_accuracy > chance).sum())
-    if cid == "sigmoid_unstable" and "sigmoid" in last.index:
+    if cid == "sigmoid_unstable" and ran("sigmoid"):
         return int((last.loc["sigmoid"].clean_accuracy <= chance).sum())
-    if cid == "softmax_lower" and {"softmax", "heaviside"} <= set(last.index.get_level_values(0)):
+    if cid == "softmax_lower" and ran("softmax") and ran("heaviside"):
         return bool(last.loc["softmax"].clean_accuracy.mean() < last.loc["heaviside"].clean_accuracy.mean())
     return None  # ImageNet and anything else we have not run
 
