@@ -59,10 +59,8 @@ RUN_COLUMNS = ["run", "path", *CONFIG_COLUMNS, "finished", "certified", "epochs_
 def _certify_wall_s(run: Path):
     """Wall time of the run's certification step (certification.csv's ``wall_s``, one per run)."""
     f = run / "certification.csv"
-    if not f.is_file():
-        return None
-    wall = pd.read_csv(f, usecols=lambda c: c == "wall_s").get("wall_s")
-    return None if wall is None or wall.empty else float(wall.iloc[0])
+    row = pd.read_csv(f, nrows=1) if f.is_file() else pd.DataFrame()
+    return float(row.wall_s.iloc[0]) if "wall_s" in row and len(row) else None
 
 
 def load_runs(results=None) -> pd.DataFrame:

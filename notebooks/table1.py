@@ -135,8 +135,7 @@ compute = every.groupby(["profile", "method", "device"]).agg(
     seconds_per_epoch=("seconds_per_epoch", "median"), training_hours=("wall_s", hours),
     certification_hours=("certify_wall_s", hours), attack_hours=("attack_wall_s", hours))
 compute["total_hours"] = compute[["training_hours", "certification_hours", "attack_hours"]].sum(axis=1)
-compute = compute.round(2)
-glue("compute", compute)
-total = compute.groupby(level="profile").total_hours.sum()
-glue("compute_total", f"{compute.total_hours.sum():.1f} h of wall time over {int(compute.runs.sum())} runs ("
+total = compute.groupby(level="profile").total_hours.sum()   # from the unrounded hours
+glue("compute", compute.round(2))
+glue("compute_total", f"{total.sum():.1f} h of wall time over {int(compute.runs.sum())} runs ("
      + ", ".join(f"{p}: {h:.1f} h" for p, h in total.items()) + ")", display=False)
