@@ -50,7 +50,8 @@ axes[0].legend()
 fig.suptitle(scale_label(runs), fontsize=9)
 glue("figure8_scale", scale_label(runs), display=False)
 plt.show()
-hist.groupby(["head", "seed"])[["clean_accuracy", "certified_accuracy"]].last().round(3)
+last = hist.groupby(["head", "seed"])[["epoch", "clean_accuracy", "certified_accuracy"]].last()
+last.style.format({"clean_accuracy": "{:.1%}", "certified_accuracy": "{:.1%}"})
 
 # %% tags=["hide-input"]
 run_links(runs, "figure8.ipynb")
