@@ -19,8 +19,8 @@
 # The paper's strongest CIFAR-10 setting, RF 7 and M 0.5, at every scale we trained it: clean and
 # certified (Condition 3.2, 5×5) accuracy on the held-out evaluation images after every epoch
 # (`history.csv`), against the cumulative training time on the run's machine. The longest CPU run
-# is the `cpu_long` profile (about two hours on 2 cores); the test-set numbers of each run's last
-# epoch are in the table below the plot.
+# is the `cpu_long` profile (width 48, 40 epochs on one core); the test-set numbers of each run's
+# last epoch and its measured training time are in the table below the plot.
 
 # %% tags=["parameters"]
 results: str = None  # results folder (default: $BAGCERT_RESULTS, else results/runs)
