@@ -208,6 +208,11 @@ view = view[["claim", "paper", "ours", "verdict", "evidence", "why", "locator"]]
 view.style.hide(axis="index").set_properties(**{"text-align": "left", "vertical-align": "top"})
 
 # %% [markdown]
+# Every row above comes from one scale, the grid printed above the table, so rows can be compared
+# with each other. The same headline configuration trained longer (the `cpu_long` profile: width 48,
+# 40 epochs) is closer to the paper; its accuracy against training time is on
+# {doc}`the headline page <headline>`.
+#
 # The headline configuration (RF 7, M 0.5, 5×5 patches), glued for the book's prose:
 
 # %% tags=["hide-input"]
