@@ -146,8 +146,9 @@ def evidence(cid):
     head = {"heaviside_stable": "heaviside", "sigmoid_unstable": "sigmoid", "softmax_lower": None}.get(cid, "-")
     if head != "-" and len(last):
         heads = [head] if head else ["softmax", "heaviside"]
-        return "; ".join(f"{hd}: final clean " + ", ".join(f"{v * 100:.0f}%" for v in last.loc[hd].clean_accuracy)
-                         for hd in heads if hd in last.index)
+        seeds = lambda col, hd: ", ".join(f"{v * 100:.0f}%" for v in last.loc[hd][col])   # noqa: E731
+        return "; ".join(f"{hd}: final clean {seeds('clean_accuracy', hd)} (certified 5×5: "
+                         f"{seeds('certified_accuracy', hd)})" for hd in heads if hd in last.index)
     return ""
 
 
