@@ -49,7 +49,7 @@ class TrainConfig:
     test_size: int | None = None     # test images certified/attacked after training (None: all)
     eval_patch: int = 5              # patch size of the per-epoch certified accuracy
     amp: bool | None = None          # bf16 autocast; None: when the device supports it
-    channels_last: bool = True
+    channels_last: bool | None = None  # None: on CUDA and AVX-512 CPUs (runtime.use_channels_last)
     device: str | None = None        # None: cuda if available else cpu
     profile: str | None = None
     method: str = "bagcert"
@@ -99,8 +99,10 @@ class TrainConfig:
         if self.smoothing:
             return (f"{self.profile or 'custom'}-{self.method}{self.ablation_size}"
                     f"-theta{self.theta:g}-seed{self.seed}")
-        return (f"{self.profile or 'custom'}-rf{self.rf}-m{self.margin:g}-{self.head}"
-                f"-s{self.sigma:g}-seed{self.seed}")
+        prefix = self.profile or "custom"
+        if prefix == "scaling":      # the compute study (issue 13): one profile, many sizes
+            prefix += f"-w{self.width}-e{self.epochs}"
+        return f"{prefix}-rf{self.rf}-m{self.margin:g}-{self.head}-s{self.sigma:g}-seed{self.seed}"
 
 
 def config_path(path=None) -> Path:

@@ -205,3 +205,43 @@ def imagenet_scorer(rf: int = 17, num_classes: int = 1000, mean=(0.485, 0.456, 0
 
 def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def conv_macs(model: nn.Module, image_size=(32, 32)) -> int:
+    """Multiply-accumulates of every convolution for one image at ``image_size`` (issue 13).
+
+    Counted from the layers on a real forward pass: output elements x (in_channels / groups) x
+    kernel area per convolution (and per linear layer, for DS's ResNet). BatchNorm, ReLU and the
+    additions are not counted. At stride 1 (CIFAR) this is the convolutions' weights times the
+    number of pixels, which is how it is checked against Table 1's parameter counts.
+    """
+    total = 0
+
+    def count(module, inputs, output):
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            kh, kw = module.kernel_size
+            total += output.numel() * (module.in_channels // module.groups) * kh * kw
+        else:
+            total += output.numel() * module.in_features
+
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    in_channels = layers[0].in_channels      # 3, or 6 for DS's ablated images
+    hooks = [m.register_forward_hook(count) for m in layers]
+    was_training = model.training
+    model.eval()
+    try:
+        p = next(model.parameters())
+        model(torch.zeros(1, in_channels, *image_size, device=p.device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return int(total)
+
+
+def training_flops(macs_per_image: int, images_seen: int) -> float:
+    """Training FLOPs: 2 FLOPs per multiply-accumulate, x3 for forward + backward (the backward
+    costs about twice the forward), times the images seen (issue 13)."""
+    return 2.0 * 3.0 * macs_per_image * images_seen

@@ -22,7 +22,7 @@ from . import data as data_mod
 from .attack import patch_attack
 from .certifier import _pair, affected_range
 from .config import REPO_ROOT, grids, profile_config
-from .runtime import default_device, device_name, region_scores
+from .runtime import default_device, device_name, memory_format, region_scores
 from .train import evaluate, git_commit, load_run
 
 
@@ -62,7 +62,7 @@ def _load(run_dir, device, progress, n=None):
     fixed class-balanced subset; all of them when both are None)."""
     device = torch.device(device) if device else default_device()
     model, cfg = load_run(run_dir, device)
-    model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=memory_format(device, cfg.channels_last))
     ds = data_mod.load_dataset(cfg.dataset, cfg.data, progress=progress)
     n = min(x for x in (n, cfg.test_size, len(ds.y_test)) if x)
     if n < len(ds.y_test):

@@ -9,15 +9,60 @@ import torch
 from .heads import get_head
 
 
+#: The CPU flags that decide precision and memory format here (``/proc/cpuinfo`` names).
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
 @functools.lru_cache(maxsize=None)
-def cpu_supports_bf16() -> bool:
-    """True when this CPU has native bf16 arithmetic (AVX512-BF16 or AMX)."""
+def cpu_features() -> dict:
+    """This CPU's model name and the :data:`CPU_FLAGS` it has (False where /proc/cpuinfo is absent).
+
+    Every benchmark and run records it: timings differ 5-7x between the CPU classes we meet."""
+    name, flags = None, set()
     try:
         with open("/proc/cpuinfo") as f:
-            flags = f.read()
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and name is None:
+                    name = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        pass
+    import platform
+    return {"model": name or platform.processor() or platform.machine(),
+            **{flag: flag in flags for flag in CPU_FLAGS}}
+
+
+def cpu_class() -> str:
+    """``avx512-bf16`` (native bf16), ``avx512`` or ``avx2-or-older``: the classes we time apart."""
+    f = cpu_features()
+    if f["avx512_bf16"] or f["amx_bf16"]:
+        return "avx512-bf16"
+    return "avx512" if f["avx512f"] else "avx2-or-older"
+
+
+def cpu_supports_bf16() -> bool:
+    """True when this CPU has native bf16 arithmetic (AVX512-BF16 or AMX)."""
+    f = cpu_features()
+    return f["avx512_bf16"] or f["amx_bf16"]
+
+
+def use_channels_last(device, channels_last: bool | None = None) -> bool:
+    """channels_last by default on CUDA and on CPUs with AVX-512; contiguous elsewhere.
+
+    On AVX2-only CPUs, torch 2.13/2.14's channels_last backward of a 1x1 stride-2 convolution with
+    2-4 input channels crashes or spins forever (issue 12), and channels_last does not help there.
+    With AVX-512 it is safe and faster (``benchmarks/memory_format.py``). ``channels_last``
+    overrides the choice (True or False)."""
+    if channels_last is not None:
+        return bool(channels_last)
+    device = torch.device(device)
+    return device.type == "cuda" or (device.type == "cpu" and cpu_features()["avx512f"])
+
+
+def memory_format(device, channels_last: bool | None = None) -> torch.memory_format:
+    return torch.channels_last if use_channels_last(device, channels_last) else torch.contiguous_format
 
 
 def default_device() -> torch.device:
@@ -51,17 +96,7 @@ def device_name(device) -> str:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    import platform
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"CPU: {name} ({torch.get_num_threads()} threads)"
+    return f"CPU: {cpu_features()['model']} ({torch.get_num_threads()} threads)"
 
 
 @torch.no_grad()

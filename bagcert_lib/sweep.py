@@ -66,11 +66,13 @@ def grid_jobs(grid: str = "all", attack_n: int | None = 1000, profile: str = "cp
         jobs += [Job(f8["rf"], f8["margin"], head, seed) for head in f8["heads"] for seed in f8["seeds"]]
     if grid == "rf_sweep":
         jobs += [Job(rf, head_m) for rf in g["receptive_fields"]]
+    if grid == "scaling":
+        jobs += scaling_jobs(attack_n)
     if grid in ("smoothing", "all"):
         jobs += [Job(head_rf, head_m, extra=dict(ds)) for ds in g.get("smoothing", [])]
     if not jobs:
         raise ValueError(f"unknown grid {grid!r}; choose figure2, figure8, rf_sweep, smoothing, "
-                         "headline or all")
+                         "scaling, headline or all")
     unique = {}
     for j in jobs:
         key = (j.rf, j.margin, j.head, j.seed, tuple(sorted(j.extra.items())))
@@ -81,6 +83,16 @@ def grid_jobs(grid: str = "all", attack_n: int | None = 1000, profile: str = "cp
     if grid == "all" and profile == "cpu" and long:
         jobs.append(Job(long["rf"], long["margin"], attack_n=attack_n, profile=long["profile"]))
     return jobs
+
+
+def scaling_jobs(attack_n: int | None = 1000) -> list[Job]:
+    """The compute study's runs (issue 13): ``grids.scaling`` of _config.yml, each (width, epochs)
+    with the paper's warmup share, at the headline RF and M."""
+    s = grids()["scaling"]
+    return [Job(s["rf"], s["margin"], attack_n=attack_n, profile=s["profile"],
+                extra={"width": w, "epochs": e,
+                       "warmup_epochs": round(e * s["warmup_fraction"], 3)})
+            for w, e in s["runs"]]
 
 
 def _done(run_dir: Path, step: str) -> bool:
@@ -193,7 +205,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m bagcert_lib.sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", default="cpu")
-    p.add_argument("--grid", default="all", help="figure2 | figure8 | rf_sweep | smoothing | headline | all")
+    p.add_argument("--grid", default="all",
+                   help="figure2 | figure8 | rf_sweep | smoothing | scaling | headline | all")
     p.add_argument("--results", help="parent of run directories (default: results/runs)")
     p.add_argument("--devices", nargs="+", help="run one configuration per device in parallel; "
                    "'cpu cpu' runs two at once on the CPU, splitting its cores between them")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import subprocess
 import time
 from pathlib import Path
@@ -34,8 +33,9 @@ from .certifier import certify_model
 from .config import REPO_ROOT, TrainConfig
 from .heads import get_head
 from .loss import total_loss
-from .model import cifar_scorer, imagenet_scorer, num_parameters
-from .runtime import autocast, configure_backends, default_device, device_name, use_amp
+from .model import cifar_scorer, conv_macs, imagenet_scorer, num_parameters, training_flops
+from .runtime import (autocast, configure_backends, default_device, device_name, memory_format,
+                      use_amp, use_channels_last, cpu_features)
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -82,16 +82,12 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
 
 
-def _rng_state():
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
 def evaluate(model, x, y, cfg: TrainConfig, device, patches=None, progress=False):
     """Clean and certified accuracy on (x, y): the one evaluation loop. BagCert: Conditions 3.2
     and 3.3 (§3.1); a DS run: the smoothed classifier's certificate (condition ``DS``)."""
     patches = patches or [cfg.eval_patch]
-    loader = data_mod.batches(x, y, 500, device=device, channels_last=cfg.channels_last)
+    loader = data_mod.batches(x, y, 500, device=device,
+                              channels_last=use_channels_last(device, cfg.channels_last))
     if cfg.smoothing:
         return smoothing.certify_model(model, loader, patches, kind=cfg.smoothing,
                                        size=cfg.ablation_size, theta=cfg.theta, device=device,
@@ -113,9 +109,9 @@ def training_loss(model, x, y, cfg: TrainConfig, head, device):
     return total_loss(head(logits.float()), y, cfg.margin, cfg.sigma)
 
 
-#: Config fields a run may change when it resumes: the device and the data's location (the
-#: dataset itself is pinned by its sha256 in provenance.json).
-RESUME_MAY_CHANGE = ("device", "data")
+#: Config fields a run may change when it resumes: the device, the data's location (the dataset
+#: itself is pinned by its sha256 in provenance.json) and the memory format (same numbers).
+RESUME_MAY_CHANGE = ("device", "data", "channels_last")
 
 
 def train(cfg: TrainConfig, run_dir, *, resume: bool = True, progress: bool = True,
@@ -135,8 +131,8 @@ def train(cfg: TrainConfig, run_dir, *, resume: bool = True, progress: bool = Tr
         raise ValueError(f"eval_patch {cfg.eval_patch} is larger than the image {size[0]}x{size[1]}")
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, num_classes=len(full.classes)).to(device)
-    mf = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(memory_format=mf)
+    channels_last = use_channels_last(device, cfg.channels_last)   # never on AVX2-only CPUs
+    model = model.to(memory_format=memory_format(device, channels_last))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = data_mod.num_batches(len(train_data.y_train), cfg.batch_size, drop_last=True)
     if steps_per_epoch == 0:
@@ -149,7 +145,7 @@ def train(cfg: TrainConfig, run_dir, *, resume: bool = True, progress: bool = Tr
     ckpt_path = run_dir / CHECKPOINT
     start_epoch, history, wall_before, segments = 0, [], 0.0, []
     if resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        ck = torch.load(ckpt_path, map_location=device, weights_only=True)   # never unpickles
         old, new = TrainConfig(**ck["config"]).to_dict(), cfg.to_dict()   # fields added later: defaults
         for where in RESUME_MAY_CHANGE:      # where a run continues is not what it is
             old.pop(where, None), new.pop(where, None)
@@ -169,7 +165,7 @@ def train(cfg: TrainConfig, run_dir, *, resume: bool = True, progress: bool = Tr
 
     if start_epoch < cfg.epochs:   # which code and machine trained which epochs
         segments.append({"from_epoch": start_epoch + 1, "git": git, "device": device_name(device),
-                         "torch": torch.__version__})
+                         "torch": str(torch.__version__)})
     x_train = train_data.x_train.to(device)
     y_train = train_data.y_train.to(device)
     t_start = time.perf_counter()
@@ -182,7 +178,7 @@ def train(cfg: TrainConfig, run_dir, *, resume: bool = True, progress: bool = Tr
         loader = data_mod.batches(x_train, y_train, cfg.batch_size, shuffle=True,
                                   generator=shuffle_gen, device=device,
                                   augment=cfg.augment, drop_last=True,
-                                  channels_last=cfg.channels_last)
+                                  channels_last=channels_last)
         model.train()
         losses = torch.zeros((), device=device)
         bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
@@ -199,10 +195,10 @@ def train(cfg: TrainConfig, run_dir, *, resume: bool = True, progress: bool = Tr
         train_s = time.perf_counter() - t0
         ev = evaluate(model, eval_data.x_test, eval_data.y_test, cfg, device).set_index("condition")
         row = {"epoch": epoch + 1, "loss": (losses / steps_per_epoch).item(),
-               "lr": sched.get_last_lr()[0],
-               "clean_accuracy": ev.clean_accuracy.iloc[0],
-               "certified_accuracy": ev.certified_accuracy.get("DS" if cfg.smoothing else "3.2"),
-               "certified_global_accuracy": ev.certified_accuracy.get("3.3", float("nan")),
+               "lr": float(sched.get_last_lr()[0]),
+               "clean_accuracy": float(ev.clean_accuracy.iloc[0]),
+               "certified_accuracy": float(ev.certified_accuracy.get("DS" if cfg.smoothing else "3.2")),
+               "certified_global_accuracy": float(ev.certified_accuracy.get("3.3", float("nan"))),
                "train_s": train_s, "epoch_s": time.perf_counter() - t0,
                "images_per_s": steps_per_epoch * cfg.batch_size / train_s}
         history.append(row)
@@ -212,7 +208,7 @@ def train(cfg: TrainConfig, run_dir, *, resume: bool = True, progress: bool = Tr
                        f"  {row['images_per_s']:.0f} img/s")
         wall = wall_before + time.perf_counter() - t_start
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(), "rng": _rng_state(), "epoch": epoch,
+                    "scheduler": sched.state_dict(), "epoch": epoch,
                     "history": history, "config": cfg.to_dict(), "wall_s": wall,
                     "segments": segments},
                    ckpt_path.with_suffix(".tmp"))
@@ -234,10 +230,14 @@ def _write_records(run_dir, cfg, model, full, train_data, eval_data, history, de
     with open(run_dir / "metrics.json", "w") as f:
         json.dump(metrics, f, indent=2)
     train_s = [h["train_s"] for h in history]
+    macs = conv_macs(model, tuple(full.x_test.shape[-2:]))
+    images_seen = len(history) * (len(train_data.y_train) // cfg.batch_size) * cfg.batch_size
     prov = {"git": segments[-1]["git"], "torch": torch.__version__, "device": device_name(device),
-            "amp_bf16": use_amp(device, cfg.amp), "dataset": full.describe(),
+            "amp_bf16": use_amp(device, cfg.amp), "cpu": cpu_features(),
+            "channels_last": use_channels_last(device, cfg.channels_last), "dataset": full.describe(),
             "n_train": len(train_data.y_train), "n_eval": len(eval_data.y_test),
-            "parameters": num_parameters(model),
+            "parameters": num_parameters(model), "macs_per_image": macs,
+            "images_seen": images_seen, "training_flops": training_flops(macs, images_seen),
             "receptive_field": getattr(model, "receptive_field", None),
             "stride": getattr(model, "stride", None), "wall_s": wall, "epochs_done": len(history),
             "seconds_per_epoch": float(np.median(train_s)),
@@ -250,7 +250,7 @@ def _write_records(run_dir, cfg, model, full, train_data, eval_data, history, de
 def load_run(run_dir, device=None):
     """The trained model and config of a run directory (from its checkpoint)."""
     run_dir = Path(run_dir)
-    ck = torch.load(run_dir / CHECKPOINT, map_location=device or "cpu", weights_only=False)
+    ck = torch.load(run_dir / CHECKPOINT, map_location=device or "cpu", weights_only=True)
     cfg = TrainConfig(**ck["config"])
     last = "linear.weight" if cfg.smoothing else "classifier.weight"
     model = build_model(cfg, num_classes=ck["model"][last].shape[0])

@@ -31,6 +31,7 @@ seed: int = 0  # random seed
 profile: str = "auto"  # paper | gpu | cpu | smoke | auto (paper with CUDA, else cpu)
 epochs: int = None  # override the profile's number of epochs
 width: int = None  # override the profile's width
+warmup_epochs: float = None  # override the profile's linear-warmup epochs
 train_size: int = None  # override the profile's training-set size
 data: str = None  # data location (else $BAGCERT_DATA, else the default locations)
 results: str = None  # parent folder of run directories (default: $BAGCERT_RESULTS, else results/runs)
@@ -48,7 +49,8 @@ from bagcert_lib.runs import certify_run, results_dir
 from bagcert_lib.train import train
 
 cfg = profile_config(profile, rf=rf, margin=margin, head=head, sigma=sigma, seed=seed,
-                     epochs=epochs, width=width, train_size=train_size, data=data, device=device,
+                     epochs=epochs, width=width, warmup_epochs=warmup_epochs, train_size=train_size,
+                     data=data, device=device,
                      method=method, ablation_size=ablation_size, theta=theta)
 run_dir = Path(results or results_dir()) / (name or cfg.run_name())
 out = train(cfg, run_dir)
