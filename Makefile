@@ -2,8 +2,9 @@
 PYTHON  ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-# CPU machines: the CPU wheel. With CUDA, e.g. TORCH="torch --index-url https://download.pytorch.org/whl/cu124"
-TORCH   ?= torch==2.13.0
+# The standard torch + torchvision builds: they run on CPUs and on CUDA GPUs alike (issue 12).
+# Another build (e.g. a CUDA index): make setup TORCH="torch==... torchvision==..."
+TORCH   ?= torch==2.14.1 torchvision==0.29.1
 PROFILE ?= auto
 RF      ?= 7
 MARGIN  ?= 0.5
@@ -15,7 +16,7 @@ DEVICES ?=
 setup: $(BIN)/activate
 $(BIN)/activate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q $(TORCH)
+	$(if $(strip $(TORCH)),$(BIN)/pip install -q $(TORCH))
 	$(BIN)/pip install -q -e ".[test,book]"
 	touch $@
 
@@ -27,7 +28,7 @@ test: setup     ## the test suite and every notebook at smoke scale (CI runs exa
 
 reproduce: setup  ## the whole grid (Figures 2 and 8) through the papermill notebooks; resumable
 	$(BIN)/pip install -q -e ".[notebooks]"
-	$(BIN)/python -m bagcert_lib.sweep --profile $(PROFILE) $(if $(DEVICES),--devices $(DEVICES))
+	$(BIN)/python -m bagcert_lib.sweep --profile $(PROFILE) --estimate $(if $(DEVICES),--devices $(DEVICES))
 
 book: setup     ## re-plot every figure and table from results/, build the site (warnings are errors)
 	$(BIN)/jupyter-book build book/ -W --all   # --all: the pages depend on results/, which Sphinx does not track

@@ -153,13 +153,36 @@ def run_job(job: Job, profile: str, results: Path, device: str | None, log=print
     return run_dir
 
 
+def estimate_grid(jobs: list[Job], profile: str, results: Path, **overrides) -> float:
+    """Print each configuration's training cost on this machine (a few timed steps each, see
+    :func:`bagcert_lib.train.estimate_cost`; finished epochs excluded) and return the total s."""
+    from .train import describe_cost, estimate_cost
+
+    total = 0.0
+    for j in jobs:
+        cfg = profile_config(j.profile or profile, rf=j.rf, margin=j.margin, head=j.head,
+                             seed=j.seed, **{**j.extra, **overrides})
+        m = results / cfg.run_name() / "metrics.json"
+        done = json.loads(m.read_text()).get("epoch", 0) if m.is_file() else 0
+        est = estimate_cost(cfg, epochs_left=max(0, cfg.epochs - done))
+        total += est["seconds"]
+        print(f"   {cfg.run_name()}: {est['epochs']} epochs left, {est['seconds'] / 3600:.2f} h")
+    print(f"sweep: about {total / 3600:.1f} h of training on one worker here ({describe_cost(est)})")
+    return total
+
+
 def sweep(profile: str = "cpu", grid: str = "all", results=None, devices=None,
-          attack_n: int | None = 1000, dry_run: bool = False, **overrides) -> list[Path]:
-    """Run every job of ``grid``; one worker thread per device (None: the default device)."""
+          attack_n: int | None = 1000, dry_run: bool = False, estimate: bool = False,
+          **overrides) -> list[Path]:
+    """Run every job of ``grid``; one worker thread per device (None: the default device).
+    ``estimate``: print what each configuration costs on this machine first (and stop if
+    ``dry_run``)."""
     profile = resolve_profile(profile)
     results = Path(results) if results else results_dir()
     jobs = grid_jobs(grid, attack_n, profile)
     print(f"sweep: {len(jobs)} configurations, profile {profile}, results in {results}")
+    if estimate:
+        estimate_grid(jobs, profile, results, **overrides)
     if dry_run:
         for j in jobs:
             print("  ", j.name(profile), *(["attack n =", j.attack_n or "all"] if "attack" in j.steps else []))
@@ -214,9 +237,11 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, help="override the profile's epochs")
     p.add_argument("--width", type=int, help="override the profile's width")
     p.add_argument("--dry-run", action="store_true", help="list the configurations and stop")
+    p.add_argument("--estimate", action="store_true",
+                   help="time a few training steps per configuration and print the grid's cost")
     a = p.parse_args(argv)
     overrides = {k: v for k, v in (("epochs", a.epochs), ("width", a.width)) if v is not None}
-    sweep(a.profile, a.grid, a.results, a.devices, a.attack_n, a.dry_run, **overrides)
+    sweep(a.profile, a.grid, a.results, a.devices, a.attack_n, a.dry_run, a.estimate, **overrides)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from .heads import get_head
 from .loss import total_loss
 from .model import cifar_scorer, conv_macs, imagenet_scorer, num_parameters, training_flops
 from .runtime import (autocast, configure_backends, default_device, device_name, memory_format,
-                      use_amp, use_channels_last, cpu_features)
+                      use_amp, use_channels_last, cpu_class, cpu_features)
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -109,6 +109,64 @@ def training_loss(model, x, y, cfg: TrainConfig, head, device):
     return total_loss(head(logits.float()), y, cfg.margin, cfg.sigma)
 
 
+def estimate_cost(cfg: TrainConfig, n_train: int | None = None, device=None, steps: int = 3,
+                  epochs_left: int | None = None) -> dict:
+    """What a run costs on this machine, from ``steps`` timed training steps of a fresh copy of
+    its model on random batches (issue 12): nobody should start a 25-hour job believing it takes 5.
+
+    ``n_train``: training images (default: train_size, else 50,000 for CIFAR-10). The estimate
+    covers training only; per-epoch evaluation adds a few percent."""
+    device = torch.device(device or cfg.device or default_device())
+    n_train = n_train or cfg.train_size or 50_000
+    size = (224, 224) if cfg.rf in (17, 25, 29) else (32, 32)
+    gen = torch.Generator().manual_seed(0)
+    model = build_model(cfg).to(device)
+    channels_last = use_channels_last(device, cfg.channels_last)
+    model = model.to(memory_format=memory_format(device, channels_last)).train()
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    x = torch.rand(cfg.batch_size, 3, *size, generator=gen).to(device)
+    x = x.contiguous(memory_format=memory_format(device, channels_last))
+    y = torch.randint(0, 10, (cfg.batch_size,), generator=gen).to(device)
+    head = get_head(cfg.head)
+    rng = torch.get_rng_state()           # shake-shake draws from it; leave the run's untouched
+    try:
+        for i in range(steps + 1):            # the first step warms up (allocations, kernels)
+            if i == 1:
+                _sync(device)
+                t0 = time.perf_counter()
+            loss = training_loss(model, x, y, cfg, head, device)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        _sync(device)
+        step_s = (time.perf_counter() - t0) / steps
+    finally:
+        torch.set_rng_state(rng)
+    per_epoch = step_s * (n_train // cfg.batch_size)
+    epochs = cfg.epochs if epochs_left is None else epochs_left
+    return {"device": device_name(device), "cpu_class": cpu_class() if device.type == "cpu" else None,
+            "bf16": use_amp(device, cfg.amp), "channels_last": channels_last,
+            "steps_timed": steps, "seconds_per_step": step_s, "seconds_per_epoch": per_epoch,
+            "epochs": epochs,
+            "seconds": per_epoch * epochs}
+
+
+def describe_cost(est: dict) -> str:
+    def hm(s):
+        return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.0f} min" if s >= 60 else f"{s:.0f} s"
+    prec = "bf16" if est["bf16"] else "fp32"
+    fmt = "channels_last" if est["channels_last"] else "contiguous"
+    where = est["device"] + (f", {est['cpu_class']}" if est.get("cpu_class") else "")
+    return (f"estimated cost on {where}, {prec}, {fmt}: {est['seconds_per_step']:.2f} s/step, "
+            f"{hm(est['seconds_per_epoch'])} per epoch, {hm(est['seconds'])} for "
+            f"{est['epochs']} epochs of training (timed on {est['steps_timed']} steps just now)")
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 #: Config fields a run may change when it resumes: the device, the data's location (the dataset
 #: itself is pinned by its sha256 in provenance.json) and the memory format (same numbers).
 RESUME_MAY_CHANGE = ("device", "data", "channels_last")
@@ -164,8 +222,12 @@ def train(cfg: TrainConfig, run_dir, *, resume: bool = True, progress: bool = Tr
         yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
 
     if start_epoch < cfg.epochs:   # which code and machine trained which epochs
+        est = estimate_cost(cfg, len(train_data.y_train), device, epochs_left=cfg.epochs - start_epoch)
+        if progress:
+            print(describe_cost(est), flush=True)
         segments.append({"from_epoch": start_epoch + 1, "git": git, "device": device_name(device),
-                         "torch": str(torch.__version__)})
+                         "torch": str(torch.__version__),
+                         "estimated_s_per_epoch": round(est["seconds_per_epoch"], 1)})
     x_train = train_data.x_train.to(device)
     y_train = train_data.y_train.to(device)
     t_start = time.perf_counter()

@@ -33,7 +33,8 @@ from bagcert_lib.heads import get_head
 from bagcert_lib.loss import total_loss
 from bagcert_lib.model import cifar_scorer, num_parameters
 from bagcert_lib.runs import figure_patches, results_dir
-from bagcert_lib.runtime import autocast, device_name, region_scores, use_amp
+from bagcert_lib.runtime import (autocast, cpu_class, cpu_features, device_name, memory_format,
+                                 region_scores, use_amp, use_channels_last)
 from bagcert_lib.train import build_model, git_commit, load_run, train
 
 
@@ -49,10 +50,11 @@ def trained_or_fresh(cfg, device):
 
 
 def bagcert_row(model, x, y, device, batch, patches, label, run):
-    loader = data_mod.batches(x, y, batch, device=device, channels_last=True)
-    model = model.to(memory_format=torch.channels_last)
+    cl = use_channels_last(device)
+    loader = data_mod.batches(x, y, batch, device=device, channels_last=cl)
+    model = model.to(memory_format=memory_format(device))
     certify_model(model, data_mod.batches(x[:batch], y[:batch], batch, device=device,
-                                          channels_last=True), patches, progress=False)   # warm-up
+                                          channels_last=cl), patches, progress=False)   # warm-up
     t0 = time.perf_counter()
     df = certify_model(model, loader, patches, progress=False)
     wall = time.perf_counter() - t0
@@ -86,7 +88,7 @@ def ds_row(model, x, y, device, kind, cfg, patches, run):
 
 
 def summed_area_vs_loop(model, x, y, device, patch=(5, 5)):
-    s = region_scores(model, x.to(device).contiguous(memory_format=torch.channels_last))
+    s = region_scores(model, x.to(device).contiguous(memory_format=memory_format(device)))
     y = y.to(device)
     t0 = time.perf_counter()
     fast = ScoreMaps(s, y).worst_case(patch, model.receptive_field, model.stride)[0]
@@ -120,26 +122,33 @@ def step_throughput(model, x, y, amp, steps, optimizer=True, device="cpu"):
 
 
 def training(device, width, steps, train_size):
+    """Bare steps against the trainer, each ratio in one precision on both sides (issue 12): bf16
+    only where it is native (on an AVX2 CPU it is emulated and no run uses it); the trainer's own
+    precision is what its ratio to the bare step compares with."""
     cfg = profile_config("cpu", rf=7, margin=0.5, width=width, device=str(device))
-    x = torch.rand(cfg.batch_size, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+    mf = memory_format(device)
+    x = torch.rand(cfg.batch_size, 3, 32, 32, device=device).contiguous(memory_format=mf)
     y = torch.randint(0, 10, (cfg.batch_size,), device=device)
-    out = {"width": width, "batch_size": cfg.batch_size, "steps": steps}
-    for amp in (True, False):
+    trainer_prec = "bf16" if use_amp(device) else "fp32"
+    out = {"width": width, "batch_size": cfg.batch_size, "steps": steps, "memory_format": str(mf),
+           "trainer_precision": trainer_prec}
+    for amp in ((True, False) if use_amp(device) else (False,)):
         torch.manual_seed(0)
-        model = cifar_scorer(7, width).to(device).to(memory_format=torch.channels_last)
+        model = cifar_scorer(7, width).to(device).to(memory_format=mf)
         out[f"bare_fwd_bwd_{'bf16' if amp else 'fp32'}_images_per_s"] = step_throughput(
             model, x, y, amp, steps, optimizer=False, device=device)
         out[f"bare_step_{'bf16' if amp else 'fp32'}_images_per_s"] = step_throughput(
             model, x, y, amp, steps, optimizer=True, device=device)
-    out["bf16_over_fp32"] = out["bare_step_bf16_images_per_s"] / out["bare_step_fp32_images_per_s"]
+    out["bf16_over_fp32"] = (out["bare_step_bf16_images_per_s"] / out["bare_step_fp32_images_per_s"]
+                             if use_amp(device) else None)      # None: no native bf16 here
     with tempfile.TemporaryDirectory() as tmp:   # the trainer: real data, augmentation, logging
         tcfg = profile_config("cpu", rf=7, margin=0.5, width=width, epochs=1, train_size=train_size,
                               eval_size=100, device=str(device))
         h = train(tcfg, Path(tmp) / "run", progress=False)["history"].iloc[0]
     out["trainer_images_per_s"] = float(h.images_per_s)
     out["trainer_train_size"] = train_size
-    out["bare_fwd_bwd_over_trainer"] = out["bare_fwd_bwd_bf16_images_per_s"] / h.images_per_s
-    out["bare_step_over_trainer"] = out["bare_step_bf16_images_per_s"] / h.images_per_s
+    out["bare_fwd_bwd_over_trainer"] = out[f"bare_fwd_bwd_{trainer_prec}_images_per_s"] / h.images_per_s
+    out["bare_step_over_trainer"] = out[f"bare_step_{trainer_prec}_images_per_s"] / h.images_per_s
     return out
 
 
@@ -162,6 +171,7 @@ def main(argv=None):
     x, y = ds.x_test, ds.y_test
     patches = figure_patches()
     result = {"git": git_commit(), "torch": torch.__version__, "device": device_name(device),
+              "cpu": cpu_features(), "cpu_class": cpu_class(),
               "amp_bf16": use_amp(device), "dataset": ds.describe(), "patch_shapes": len(patches),
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rows": []}
 

@@ -15,7 +15,7 @@ import torch
 
 from bagcert_lib.runs import certify_run
 from bagcert_lib.config import REPO_ROOT, profile_config
-from bagcert_lib.runtime import device_name
+from bagcert_lib.runtime import cpu_class, cpu_features, device_name
 from bagcert_lib.train import git_commit, train
 
 p = argparse.ArgumentParser()
@@ -25,7 +25,7 @@ p.add_argument("--out", default=str(REPO_ROOT / "results" / "benchmarks" / "cpu_
 args = p.parse_args()
 
 result = {"profile": args.profile, "git": git_commit(), "torch": torch.__version__,
-          "device": device_name("cpu"), "epochs": {}, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+          "device": device_name("cpu"), "cpu": cpu_features(), "cpu_class": cpu_class(), "epochs": {}, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 with tempfile.TemporaryDirectory() as tmp:
     for rf in args.rfs:
         cfg = profile_config(args.profile, rf=rf, margin=0.5)

@@ -25,9 +25,26 @@ def test_certification_benchmark_writes_every_ratio(tmp_path, monkeypatch):
     assert set(r["ratios"]) == {"bagcert_rf7_certify_over_forward", "ds_block_over_bagcert_rf7_per_image",
                                 "ds_column_over_bagcert_rf7_per_image", "summed_area_speedup_over_loop",
                                 "bf16_over_fp32_training", "bare_fwd_bwd_over_trainer"}
+    from bagcert_lib.runtime import cpu_supports_bf16
+    bf16 = r["ratios"].pop("bf16_over_fp32_training")
+    assert (bf16 > 0) if cpu_supports_bf16() else bf16 is None    # issue 12: never emulated bf16
     assert all(v > 0 for v in r["ratios"].values())
+    assert r["training"]["trainer_precision"] == ("bf16" if cpu_supports_bf16() else "fp32")
+    assert r["cpu"]["model"] and "avx512_bf16" in r["cpu"] and r["cpu_class"]
     methods = [row["method"] for row in r["rows"]]
     assert methods == ["BagCert", "BagCert", "DS (column)", "DS (block)"]
     block = r["rows"][-1]
     assert block["forward_passes_per_image"] == 1024 and block["n"] == 1
     assert r["dataset"]["sha256"] and r["device"] and r["git"]["commit"]
+
+
+def test_train_throughput_benchmark_compares_like_with_like(tmp_path):
+    spec = importlib.util.spec_from_file_location("tp", REPO_ROOT / "benchmarks" / "train_throughput.py")
+    tp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tp)
+    out = tmp_path / "tp.json"
+    tp.main(["--widths", "8", "--batch", "8", "--steps", "1", "--warmup", "1", "--out", str(out)])
+    r = json.loads(out.read_text())
+    assert r["cpu"]["model"] and r["cpu_class"] and r["rows"]
+    assert all(row["images_per_s"] > 0 for row in r["rows"])
+    assert "w8 fp32: channels_last / contiguous" in r["ratios"]

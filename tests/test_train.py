@@ -126,6 +126,7 @@ def test_smoke_profile_on_cifar(tmp_path):
     assert ((h.certified_accuracy <= h.clean_accuracy) & (h.certified_global_accuracy <= h.certified_accuracy)).all()
 
 
+@pytest.mark.subprocess(timeout=400)      # issue 12: a native crash here fails this test only
 @pytest.mark.parametrize("method", ["ds-block", "ds-column"])
 def test_smoothing_run_trains_resumes_and_certifies(tmp_path, colour_folder, method):
     """A Derandomized Smoothing base classifier goes through the same trainer, resumes exactly,
