@@ -10,6 +10,7 @@ from .config import TrainConfig, grids, profile_config
 from .heads import HEADS, get_head, heaviside
 from .loss import margin_loss, one_hot_penalty, total_loss
 from .model import RegionScorer, cifar_scorer, geometry, imagenet_scorer, num_parameters
+from .pretrained import load_pretrained
 from .runtime import region_scores
 
 __version__ = "0.1.0"
@@ -17,6 +18,6 @@ __version__ = "0.1.0"
 __all__ = [
     "AttackResult", "Certificate", "HEADS", "RegionScorer", "ScoreMaps", "TrainConfig",
     "certify", "certify_model", "cifar_scorer", "geometry", "get_head", "grids", "heaviside",
-    "imagenet_scorer", "margin_loss", "num_parameters", "one_hot_penalty", "patch_attack",
+    "imagenet_scorer", "load_pretrained", "margin_loss", "num_parameters", "one_hot_penalty", "patch_attack",
     "profile_config", "region_scores", "total_loss",
 ]

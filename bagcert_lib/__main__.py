@@ -1,52 +1,92 @@
-"""Command line: ``python -m bagcert_lib train|certify ...``.
+"""Command line: ``python -m bagcert_lib train|certify|export ...``.
 
     python -m bagcert_lib train --profile cpu --rf 7 --margin 0.5      # train (resumable) + certify
-    python -m bagcert_lib certify results/runs/cpu-rf7-m0.5-heaviside-s0-seed0 --patches 5 2x12
+    python -m bagcert_lib train --profile cpu --estimate               # what it costs here, then stop
+    python -m bagcert_lib certify cpu-rf7-m0.5-heaviside-s0-seed0 --patches 5 2x12
+    python -m bagcert_lib export results/runs/<run>                    # checkpoint -> model.safetensors
+
+A wrong argument or a missing or corrupt input prints one line on stderr (what was wrong, what
+is allowed, where it looked) and exits with 2; ``--debug`` shows the traceback instead.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from .config import REPO_ROOT, TrainConfig, profile_config
-from .runs import certify_run
+
+#: Errors that mean "the user's input is wrong" (bad argument, missing or corrupt data or model).
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, RuntimeError, KeyError)
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):       # one line, not argparse's usage block
+        sys.stderr.write(f"error: {message} (see: {self.prog} --help)\n")
+        sys.exit(2)
 
 
 def parse_patch(text: str):
     h, _, w = text.lower().partition("x")
-    return (int(h), int(w or h))
+    try:
+        patch = (int(h), int(w or h))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"patch {text!r} is not N or HxW (e.g. 5 or 2x12)") from None
+    if min(patch) < 1:
+        raise argparse.ArgumentTypeError(f"patch {text!r} must be positive")
+    return patch
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m bagcert_lib", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train", help="train one configuration (resumes its run directory), then certify")
-    t.add_argument("--profile", default="auto", help="paper | gpu | cpu | smoke | auto (default)")
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean (true/false)")
+
+
+def build_parser() -> Parser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    p = Parser(prog="python -m bagcert_lib", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=Parser)
+    t = sub.add_parser("train", parents=[common],
+                       help="train one configuration (resumes its run directory), then certify")
+    t.add_argument("--profile", default="auto", help="paper | gpu | cpu | cpu_long | scaling | smoke | auto")
     t.add_argument("--out", default=str(REPO_ROOT / "results" / "runs"), help="parent of run directories")
     t.add_argument("--name", help="run directory name (default: derived from the config)")
     t.add_argument("--no-certify", action="store_true", help="skip the test-set certification")
+    t.add_argument("--estimate", action="store_true", help="print what the run costs here and stop")
     for f in TrainConfig.__dataclass_fields__.values():
         if f.name in ("profile",):
             continue
         if str(f.type).startswith("bool"):
-            t.add_argument(f"--{f.name.replace('_', '-')}", type=lambda s: s.lower() in ("1", "true", "yes"),
-                           metavar="BOOL")
+            t.add_argument(f"--{f.name.replace('_', '-')}", type=_bool, metavar="BOOL")
         else:
             conv = {"int": int, "float": float, "int | None": int}.get(str(f.type), str)
             t.add_argument(f"--{f.name.replace('_', '-')}", type=conv)
-    c = sub.add_parser("certify", help="certify a trained run on the test set")
-    c.add_argument("run_dir")
+    c = sub.add_parser("certify", parents=[common], help="certify a trained run on the test set")
+    c.add_argument("run_dir", help="a run folder, or a run name under results/runs")
     c.add_argument("--patches", nargs="+", type=parse_patch, help="e.g. 5 2x12 (default: every figure's)")
     c.add_argument("--device")
-    args = p.parse_args(argv)
+    e = sub.add_parser("export", parents=[common],
+                       help="write a run's model.safetensors (weights only) from its checkpoint.pt")
+    e.add_argument("run_dirs", nargs="+")
+    return p
 
+
+def run(args) -> None:
     if args.cmd == "train":
-        from .train import train
+        from .train import describe_cost, estimate_cost, train
+        from .runs import certify_run
 
         fields = set(TrainConfig.__dataclass_fields__) - {"profile"}
         cfg = profile_config(args.profile, **{k: getattr(args, k) for k in fields})
+        if args.estimate:
+            print(describe_cost(estimate_cost(cfg)))
+            return
         run_dir = Path(args.out) / (args.name or cfg.run_name())
         print(f"run directory: {run_dir}")
         out = train(cfg, run_dir)
@@ -54,9 +94,29 @@ def main(argv=None):
             df = certify_run(run_dir)
             print(df.query("patch == '5x5'").to_string(index=False))
         print(json.dumps(json.loads((run_dir / "metrics.json").read_text()), indent=2))
-    else:
+    elif args.cmd == "certify":
+        from .runs import certify_run
+
         df = certify_run(args.run_dir, args.patches, args.device)
         print(df.to_string(index=False))
+    else:
+        from .pretrained import export_run
+        from .runs import resolve_run_dir
+
+        for d in args.run_dirs:
+            print(f"wrote {export_run(resolve_run_dir(d, needs='checkpoint.pt'))}")
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except USER_ERRORS as err:
+        if args.debug:
+            raise
+        msg = " ".join(str(err).split()) if not isinstance(err, KeyError) else f"missing {err}"
+        sys.stderr.write(f"error: {msg} (--debug shows the traceback)\n")
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -43,18 +43,24 @@ def headline_run_dir(profile: str = "auto") -> Path:
     return results_dir() / profile_config(profile, rf=h["rf"], margin=h["margin"]).run_name()
 
 
-def resolve_run_dir(run_dir=None, needs: str = "checkpoint.pt", results=None) -> Path:
-    """A run directory holding ``needs``: as given, else relative to the repository root or the
-    results folder (so notebooks behave the same whatever directory papermill is started from);
-    None: the headline run of the active profile."""
+#: What makes a run directory usable for certification and the attack: shipped weights, or the
+#: resume checkpoint of a run trained on this machine.
+MODEL_FILES = ("model.safetensors", "checkpoint.pt")
+
+
+def resolve_run_dir(run_dir=None, needs=MODEL_FILES, results=None) -> Path:
+    """A run directory holding one of ``needs``: as given, else relative to the repository root or
+    the results folder (so notebooks behave the same whatever directory papermill is started
+    from); None: the headline run of the active profile."""
     root = Path(results) if results else results_dir()
+    needs = (needs,) if isinstance(needs, str) else tuple(needs)
     if run_dir is None:
         run_dir = headline_run_dir()
     for p in (Path(run_dir), REPO_ROOT / run_dir, root / run_dir):
-        if (p / needs).is_file():
+        if any((p / n).is_file() for n in needs):
             return p
-    raise FileNotFoundError(f"no {needs} in run directory {str(run_dir)!r}; looked relative to "
-                            f"the working directory, {REPO_ROOT} and {root}")
+    raise FileNotFoundError(f"no {' or '.join(needs)} in run directory {str(run_dir)!r}; looked in "
+                            f"{Path(run_dir).resolve()}, {REPO_ROOT / run_dir} and {root / run_dir}")
 
 
 def _load(run_dir, device, progress, n=None):

@@ -7,7 +7,8 @@
     metrics.json      the last epoch's numbers
     provenance.json   git commit, torch version, device, dataset name + sha256, wall time, s/epoch;
                       segments: the commit and machine of every (re)start and its first epoch
-    checkpoint.pt     model, optimizer, scheduler, RNG states, epoch, history (every epoch)
+    checkpoint.pt     model, optimizer, scheduler, epoch, history (every epoch; resumes the run)
+    model.safetensors the weights only, shipped with the run (``pretrained.load_pretrained``)
 
 Rerunning with the same run directory resumes from checkpoint.pt and ends at the same result as an
 uninterrupted run: every epoch reseeds its shuffling, augmentation and shake-shake noise from
@@ -33,6 +34,7 @@ from .certifier import certify_model
 from .config import REPO_ROOT, TrainConfig
 from .heads import get_head
 from .loss import total_loss
+from .pretrained import WEIGHTS, save_weights
 from .model import cifar_scorer, conv_macs, imagenet_scorer, num_parameters, training_flops
 from .runtime import (autocast, configure_backends, default_device, device_name, memory_format,
                       use_amp, use_channels_last, cpu_class, cpu_features)
@@ -275,6 +277,8 @@ def train(cfg: TrainConfig, run_dir, *, resume: bool = True, progress: bool = Tr
                     "segments": segments},
                    ckpt_path.with_suffix(".tmp"))
         ckpt_path.with_suffix(".tmp").replace(ckpt_path)     # atomic: a kill never corrupts it
+        save_weights(model, cfg, run_dir / WEIGHTS, run=run_dir.name, epoch=epoch + 1,
+                     git_commit=git.get("commit"))         # the shipped model (issue 16)
         _write_records(run_dir, cfg, model, full, train_data, eval_data, history, device, wall,
                        segments)
     return {"model": model, "history": pd.DataFrame(history), "run_dir": run_dir,
@@ -309,8 +313,8 @@ def _write_records(run_dir, cfg, model, full, train_data, eval_data, history, de
         json.dump(prov, f, indent=2, default=str)
 
 
-def load_run(run_dir, device=None):
-    """The trained model and config of a run directory (from its checkpoint)."""
+def load_checkpoint_model(run_dir, device=None):
+    """The model and config of a run's resume checkpoint (loaded with ``weights_only=True``)."""
     run_dir = Path(run_dir)
     ck = torch.load(run_dir / CHECKPOINT, map_location=device or "cpu", weights_only=True)
     cfg = TrainConfig(**ck["config"])
@@ -318,3 +322,13 @@ def load_run(run_dir, device=None):
     model = build_model(cfg, num_classes=ck["model"][last].shape[0])
     model.load_state_dict(ck["model"])
     return model.to(device or "cpu").eval(), cfg
+
+
+def load_run(run_dir, device=None):
+    """The trained model and config of a run directory: its shipped ``model.safetensors`` when
+    present (never unpickles), else its resume checkpoint."""
+    from .pretrained import WEIGHTS, load_pretrained
+
+    if (Path(run_dir) / WEIGHTS).is_file():
+        return load_pretrained(Path(run_dir), device)
+    return load_checkpoint_model(run_dir, device)

@@ -1,0 +1,68 @@
+"""The command line speaks plainly (issue 16): every user error is one line on stderr, exit 2, no
+traceback; --debug shows the traceback."""
+import subprocess
+import sys
+
+import pytest
+
+from bagcert_lib.__main__ import main
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["train", "--rf", "6"], "unknown receptive field 6; choose one of [5, 7, 9, 11, 13]"),
+    (["train", "--profile", "laptop"], "unknown profile 'laptop'"),
+    (["train", "--margin", "-1"], "margin M must be positive"),
+    (["train", "--head", "relu"], "unknown head 'relu'"),
+    (["train", "--width", "0"], "width must be a positive integer"),
+    (["train", "--method", "ds-ring"], "unknown method 'ds-ring'"),
+    (["train", "--method", "ds-block", "--theta", "2"], "theta in [0, 1]"),
+    (["train", "--dataset", "mnist"], "unknown dataset 'mnist'"),
+    (["train", "--epochs", "x"], "argument --epochs: invalid int value: 'x'"),
+    (["train", "--shake", "maybe"], "'maybe' is not a boolean"),
+    (["certify", "x", "--patches", "5y"], "patch '5y' is not N or HxW"),
+    (["certify", "x", "--patches", "0"], "patch '0' must be positive"),
+    (["certify", "no-such-run"], "no model.safetensors or checkpoint.pt in run directory 'no-such-run'"),
+    (["export", "no-such-run"], "no checkpoint.pt in run directory 'no-such-run'"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+])
+def test_user_errors_are_one_line(argv, expected, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert expected in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_missing_and_corrupt_data(tmp_path, capsys):
+    for data, expected in ((tmp_path / "nowhere", "CIFAR-10 not found. Looked in:"),
+                           (tmp_path, "cannot read archive")):
+        if data == tmp_path:
+            (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"not a tarball" * 100)
+        with pytest.raises(SystemExit) as exit_:
+            main(["train", "--profile", "smoke", "--data", str(data), "--out", str(tmp_path / "runs")])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and expected in err and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("checkpoint.pt"))
+
+
+def test_corrupt_weights(tmp_path, capsys):
+    (tmp_path / "model.safetensors").write_bytes(b"\x80\x04junk")
+    (tmp_path / "config.yaml").write_text("rf: 7\nwidth: 8\n")
+    with pytest.raises(SystemExit):
+        main(["certify", str(tmp_path)])
+    assert "is not a safetensors file" in capsys.readouterr().err
+
+
+def test_debug_shows_the_traceback():
+    proc = subprocess.run([sys.executable, "-m", "bagcert_lib", "train", "--rf", "6", "--debug"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "ValueError" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "bagcert_lib", "train", "--rf", "6"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_estimate_prints_the_cost(capsys):
+    main(["train", "--profile", "smoke", "--estimate"])
+    out = capsys.readouterr().out
+    assert "estimated cost on" in out and "s/step" in out and "for 2 epochs" in out

@@ -1,0 +1,89 @@
+"""Shipped models (issue 16): weights as safetensors beside config.yaml, loaded without unpickling."""
+import pickle
+import shutil
+
+import pytest
+import torch
+
+from bagcert_lib import load_pretrained
+from bagcert_lib.config import profile_config
+from bagcert_lib.pretrained import WEIGHTS, NotSafetensorsError, export_run, read_weights
+from bagcert_lib.runs import certify_run
+from bagcert_lib.train import CHECKPOINT, train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, colour_folder):
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    cfg = profile_config("smoke", dataset="imagefolder", data=str(colour_folder), rf=5, epochs=1,
+                         eval_size=12, test_size=24)
+    out = train(cfg, run, progress=False)
+    return run, out["model"].eval(), cfg
+
+
+def test_every_run_ships_its_weights(trained):
+    run, model, cfg = trained
+    assert (run / WEIGHTS).is_file() and (run / "config.yaml").is_file()
+    shipped, loaded_cfg = load_pretrained(run)
+    assert loaded_cfg == cfg
+    x = torch.rand(3, 3, 32, 32)
+    assert torch.allclose(shipped(x), model(x), atol=1e-5)    # same weights (memory formats differ)
+    state, meta = read_weights(run / WEIGHTS)
+    assert meta["format"] == "bagcert" and "optimizer" not in " ".join(state)
+
+
+def test_certify_needs_no_checkpoint(trained, tmp_path, monkeypatch):
+    """A fresh clone has model.safetensors and config.yaml only: certification works by name."""
+    run, _, _ = trained
+    shipped = tmp_path / "results" / run.name
+    shipped.mkdir(parents=True)
+    for f in (WEIGHTS, "config.yaml"):
+        shutil.copy(run / f, shipped / f)
+    monkeypatch.setenv("BAGCERT_RESULTS", str(tmp_path / "results"))
+    assert not (shipped / CHECKPOINT).exists()
+    df = certify_run(run.name, patches=[(3, 3)], progress=False)
+    assert (df.n == 24).all() and (df.certified_accuracy <= df.clean_accuracy).all()
+    model, _ = load_pretrained(run.name)
+    assert model.receptive_field == 5
+
+
+class _Payload:
+    def __reduce__(self):
+        import os
+        return (os.system, ("touch pwned-by-pickle",))
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle"])
+def test_pickle_payload_is_refused(trained, tmp_path, monkeypatch, writer):
+    run, _, _ = trained
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    shutil.copy(run / "config.yaml", bad / "config.yaml")
+    payload = {"classifier.weight": _Payload()}
+    if writer == "torch.save":
+        torch.save(payload, bad / WEIGHTS)
+    else:
+        (bad / WEIGHTS).write_bytes(pickle.dumps(payload))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(NotSafetensorsError, match="not a safetensors file"):
+        load_pretrained(bad)
+    assert not (tmp_path / "pwned-by-pickle").exists()
+
+
+def test_garbage_is_refused(tmp_path, trained):
+    run, _, _ = trained
+    shutil.copy(run / "config.yaml", tmp_path / "config.yaml")
+    (tmp_path / WEIGHTS).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
+    with pytest.raises(NotSafetensorsError):
+        load_pretrained(tmp_path)
+
+
+def test_export_from_checkpoint(trained, tmp_path):
+    run, model, _ = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    (copy / WEIGHTS).unlink()
+    export_run(copy)
+    a, _ = read_weights(copy / WEIGHTS)
+    b, _ = read_weights(run / WEIGHTS)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
