@@ -1,0 +1,166 @@
+"""How BagCert's accuracy grows with training compute (issue 13), at the headline setting.
+
+Training FLOPs are counted from the model (``model.conv_macs``: multiply-accumulates of every
+convolution at the model's resolution), x2 FLOPs per MAC, x3 for forward + backward, times the
+images seen. Accuracies are the 5x5 rows of each run's certification.csv (whole test set).
+
+Three curve forms in x = log10(FLOPs), each fitted by least squares to every run (seeds as
+separate points) and bootstrapped over runs for a band:
+
+* ``saturating``: acc = A - B exp(-k x), an asymptote A fitted from the data (the main fit);
+* ``power-law error``: 1 - acc = a FLOPs^-alpha (the error shrinks as a power of compute, to 0);
+* ``log-linear``: acc = a + b x (no saturation; capped at 100 %).
+
+Predictions at the paper's compute are extrapolations; :func:`predict` returns all three.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .config import grids
+from .results import load_certification, load_runs
+
+#: The paper's CIFAR-10 headline model (App. A.1, §4): width 768, 350 epochs, RF 7, M 0.5.
+PAPER = {"width": 768, "epochs": 350, "rf": 7, "margin": 0.5, "n_train": 50_000, "batch_size": 96,
+         "clean": 0.86, "certified": 0.60}
+#: Profiles whose RF 7 / M 0.5 heaviside runs belong to the study.
+STUDY_PROFILES = ("smoke_excluded", "cpu", "cpu_long", "scaling", "gpu", "paper")
+FORMS = ("saturating", "power-law error", "log-linear")
+#: Columns the study reads from certification.csv: (patch, condition) -> name.
+COLUMNS = {("5x5", "3.2"): "certified", ("5x5", "3.3"): "certified_global",
+           ("10x10", "3.2"): "certified_10x10"}
+
+
+def training_flops(width: int, epochs: float, rf: int = 7, n_train: int = 50_000,
+                   batch_size: int = 96) -> float:
+    """Training FLOPs of a CIFAR-10 region scorer run (drop_last batches, as the trainer)."""
+    from .model import cifar_scorer, conv_macs
+    from .model import training_flops as flops
+
+    macs = conv_macs(cifar_scorer(rf, int(width)))
+    return flops(macs, int(epochs) * (n_train // batch_size) * batch_size)
+
+
+def paper_flops() -> float:
+    p = PAPER
+    return training_flops(p["width"], p["epochs"], p["rf"], p["n_train"], p["batch_size"])
+
+
+def study_runs(results=None) -> pd.DataFrame:
+    """One row per finished, certified run at the headline setting (RF 7, M 0.5, heaviside, σ 0):
+    config, training FLOPs, wall-hours and CPU, and its 5x5 (and 10x10, aspect-ratio) accuracies."""
+    h = grids()["headline"]
+    runs = load_runs(results)
+    if runs.empty:
+        return runs
+    runs = runs[runs.profile.isin(STUDY_PROFILES) & (runs.method == "bagcert") & (runs.rf == h["rf"])
+                & (runs.margin == h["margin"]) & (runs["head"] == "heaviside") & (runs.sigma == 0)
+                & runs.finished.fillna(False).astype(bool) & runs.certified.fillna(False).astype(bool)]
+    cert = load_certification(results)
+    cert = cert[cert.run.isin(runs.run)]
+    rows = []
+    for r in runs.itertuples():
+        prov = json.loads((Path(r.path) / "provenance.json").read_text())
+        c = cert[cert.run == r.run]
+        five = c[(c.patch == "5x5") & (c.condition == "3.2")]
+        row = {"run": r.run, "path": r.path, "profile": r.profile, "width": int(r.width),
+               "epochs": int(r.epochs), "seed": int(r.seed),
+               "flops": prov.get("training_flops") or training_flops(r.width, r.epochs, r.rf),
+               "wall_h": (r.wall_s or np.nan) / 3600, "device": r.device,
+               "cpu_class": (prov.get("cpu") or {}).get("avx512_bf16"),
+               "clean": float(five.clean_accuracy.iloc[0]) if len(five) else np.nan}
+        for (patch, cond), name in COLUMNS.items():
+            v = c[(c.patch == patch) & (c.condition == cond)].certified_accuracy
+            row[name] = float(v.iloc[0]) if len(v) else np.nan
+        aspect = [f"{a}x{b}" for a, b in grids()["aspect_ratio_patches"]]
+        v = c[c.patch.isin(aspect) & (c.condition == "3.2")].certified_accuracy
+        row["certified_aspect_min"] = float(v.min()) if len(v) else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values(["flops", "seed"]).reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- fits (numpy least squares)
+_K = np.logspace(-2, 1.3, 400)          # the saturating form's rate k, profiled out on a grid
+
+
+def _linear(x, y):
+    """Least-squares line y = a + b x (vectorised over leading axes of x and y)."""
+    xm, ym = x.mean(-1, keepdims=True), y.mean(-1, keepdims=True)
+    var = ((x - xm) ** 2).sum(-1)
+    b = ((x - xm) * (y - ym)).sum(-1) / np.where(var > 0, var, np.nan)
+    return ym[..., 0] - b * xm[..., 0], b
+
+
+def fit(x, y, form: str = "saturating") -> dict:
+    """Least-squares fit of ``form`` to accuracies ``y`` (0..1) at x = log10(FLOPs)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if form == "saturating":            # for each k a linear fit in z = exp(-k x); keep the best k
+        x0 = x.min()
+        z = np.exp(-_K[:, None] * (x - x0)[None, :])
+        a, b = _linear(z, np.broadcast_to(y, z.shape))
+        sse = ((a[:, None] + b[:, None] * z - y) ** 2).sum(-1)
+        i = int(np.nanargmin(sse))
+        return {"form": form, "A": a[i], "B": -b[i], "k": _K[i], "x0": x0}
+    if form == "power-law error":
+        a, b = _linear(x, np.log(np.clip(1 - y, 1e-6, None)))
+        return {"form": form, "a": a, "b": b}
+    if form == "log-linear":
+        a, b = _linear(x, y)
+        return {"form": form, "a": a, "b": b}
+    raise ValueError(f"unknown form {form!r}; choose one of {FORMS}")
+
+
+def evaluate(params: dict, x) -> np.ndarray:
+    x = np.asarray(x, float)
+    f = params["form"]
+    if f == "saturating":
+        y = params["A"] - params["B"] * np.exp(-params["k"] * (x - params["x0"]))
+    elif f == "power-law error":
+        y = 1 - np.exp(params["a"] + params["b"] * x)
+    else:
+        y = params["a"] + params["b"] * x
+    return np.clip(y, 0, 1)
+
+
+def bootstrap(x, y, at, form: str = "saturating", n: int = 1000, seed: int = 0) -> np.ndarray:
+    """(n, len(at)) predictions of fits to runs resampled with replacement (degenerate samples,
+    with fewer than 3 distinct computes, are drawn again)."""
+    x, y, at = np.asarray(x, float), np.asarray(y, float), np.asarray(at, float)
+    if len(np.unique(x)) < 3:
+        raise ValueError(f"a fit needs runs at 3 or more computes; have {len(np.unique(x))}")
+    rng = np.random.default_rng(seed)
+    out = []
+    while len(out) < n:
+        i = rng.integers(0, len(x), len(x))
+        if len(np.unique(x[i])) < 3:
+            continue
+        out.append(evaluate(fit(x[i], y[i], form), at))
+    return np.array(out)
+
+
+def predict(study: pd.DataFrame, metric: str, at_flops: float, n_boot: int = 1000,
+            level: float = 0.95) -> pd.DataFrame:
+    """Each form's prediction of ``metric`` at ``at_flops`` with its bootstrap band."""
+    x, y = np.log10(study.flops.to_numpy()), study[metric].to_numpy()
+    ok = np.isfinite(y)
+    x, y = x[ok], y[ok]
+    rows = []
+    if len(np.unique(x)) < 3:            # not enough computes to fit a 3-parameter curve yet
+        return pd.DataFrame(columns=["metric", "form", "prediction", "low", "high", "rmse", "asymptote"])
+    for form in FORMS:
+        p = fit(x, y, form)
+        boot = bootstrap(x, y, [np.log10(at_flops)], form, n_boot)[:, 0]
+        lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
+        rows.append({"metric": metric, "form": form, "prediction": float(evaluate(p, np.log10(at_flops))),
+                     "low": lo, "high": hi, "rmse": float(np.sqrt(np.mean((evaluate(p, x) - y) ** 2))),
+                     **({"asymptote": p["A"]} if form == "saturating" else {})})
+    return pd.DataFrame(rows)
+
+
+def decades(study: pd.DataFrame, at_flops: float) -> float:
+    """How far ``at_flops`` lies beyond the study's largest run, in decades of compute."""
+    return float(np.log10(at_flops / study.flops.max()))
