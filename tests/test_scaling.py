@@ -1,0 +1,52 @@
+"""The compute study (issue 13): FLOPs counted from the model, and the curve fits."""
+import numpy as np
+import torch
+import pytest
+
+from bagcert_lib import scaling
+from bagcert_lib.model import cifar_scorer, conv_macs, num_parameters
+
+TABLE1_RF7_PARAMETERS = 38e6      # Table 1: RF 7 at width 768 has 38 M parameters
+
+
+def test_macs_are_conv_weights_times_pixels_and_match_table1():
+    """At stride 1 every convolution runs at 32x32, so MACs = conv weights x 1,024; at width 768
+    that is Table 1's parameter count (38 M for RF 7) times 1,024 to within BatchNorm's share."""
+    for width in (8, 32, 768):
+        m = cifar_scorer(7, width)
+        conv_weights = sum(c.weight.numel() for c in m.modules() if isinstance(c, torch.nn.Conv2d))
+        assert conv_macs(m) == conv_weights * 32 * 32
+    wide = cifar_scorer(7, 768)
+    assert abs(num_parameters(wide) - TABLE1_RF7_PARAMETERS) / TABLE1_RF7_PARAMETERS < 0.01
+    assert abs(conv_macs(wide) / 1024 - num_parameters(wide)) / num_parameters(wide) < 0.002
+
+
+def test_paper_compute_is_about_4_eflop():
+    """Width 768, 350 epochs of 49,920 images (520 batches of 96): 6 x 38.7 GMAC x 1.75e7 images."""
+    assert scaling.paper_flops() == pytest.approx(4.06e18, rel=0.01)
+    assert scaling.training_flops(48, 40) == pytest.approx(1.83e15, rel=0.01)   # cpu_long
+    assert scaling.training_flops(64, 48) >= 2 * scaling.training_flops(48, 40)  # the largest run
+
+
+@pytest.mark.parametrize("form", scaling.FORMS)
+def test_fits_recover_their_own_curves(form):
+    x = np.linspace(13, 16, 7)
+    truth = {"saturating": {"form": form, "A": 0.8, "B": 0.5, "k": 0.9, "x0": 13.0},
+             "power-law error": {"form": form, "a": 2.0, "b": -0.2},
+             "log-linear": {"form": form, "a": -1.5, "b": 0.13}}[form]
+    y = scaling.evaluate(truth, x)
+    p = scaling.fit(x, y, form)
+    assert np.allclose(scaling.evaluate(p, x), y, atol=2e-3)
+    assert np.allclose(scaling.evaluate(p, [17.0]), scaling.evaluate(truth, [17.0]), atol=0.02)
+
+
+def test_bootstrap_band_contains_the_fit_and_needs_three_computes():
+    rng = np.random.default_rng(0)
+    x = np.repeat(np.linspace(13, 16, 5), 3)
+    y = 0.7 - 0.5 * np.exp(-(x - 13)) + rng.normal(0, 0.01, len(x))
+    band = scaling.bootstrap(x, y, [15.0, 18.0], n=200)
+    p = scaling.evaluate(scaling.fit(x, y), [15.0, 18.0])
+    lo, hi = np.quantile(band, [0.025, 0.975], axis=0)
+    assert (lo <= p + 1e-9).all() and (p <= hi + 1e-9).all() and (hi - lo)[1] >= (hi - lo)[0]
+    with pytest.raises(ValueError, match="3 or more computes"):
+        scaling.bootstrap([13, 13, 14], [0.1, 0.2, 0.3], [15.0])
