@@ -35,6 +35,10 @@ COLUMNS = {("5x5", "3.2"): "certified", ("5x5", "3.3"): "certified_global",
            ("10x10", "3.2"): "certified_10x10"}
 
 
+STUDY_COLUMNS = ["run", "path", "profile", "width", "epochs", "seed", "flops", "wall_h", "device",
+                 "cpu_class", "clean", *COLUMNS.values(), "certified_aspect_min"]
+
+
 def training_flops(width: int, epochs: float, rf: int = 7, n_train: int = 50_000,
                    batch_size: int = 96) -> float:
     """Training FLOPs of a CIFAR-10 region scorer run (drop_last batches, as the trainer)."""
@@ -43,6 +47,13 @@ def training_flops(width: int, epochs: float, rf: int = 7, n_train: int = 50_000
 
     macs = conv_macs(cifar_scorer(rf, int(width)))
     return flops(macs, int(epochs) * (n_train // batch_size) * batch_size)
+
+
+def _cpu_class(cpu: dict | None):
+    if not cpu:
+        return None        # runs from before CPU flags were recorded
+    return "avx512-bf16" if cpu.get("avx512_bf16") or cpu.get("amx_bf16") else (
+        "avx512" if cpu.get("avx512f") else "avx2-or-older")
 
 
 def paper_flops() -> float:
@@ -56,7 +67,7 @@ def study_runs(results=None) -> pd.DataFrame:
     h = grids()["headline"]
     runs = load_runs(results)
     if runs.empty:
-        return runs
+        return pd.DataFrame(columns=STUDY_COLUMNS)
     runs = runs[runs.profile.isin(STUDY_PROFILES) & (runs.method == "bagcert") & (runs.rf == h["rf"])
                 & (runs.margin == h["margin"]) & (runs["head"] == "heaviside") & (runs.sigma == 0)
                 & runs.finished.fillna(False).astype(bool) & runs.certified.fillna(False).astype(bool)]
@@ -71,7 +82,7 @@ def study_runs(results=None) -> pd.DataFrame:
                "epochs": int(r.epochs), "seed": int(r.seed),
                "flops": prov.get("training_flops") or training_flops(r.width, r.epochs, r.rf),
                "wall_h": (r.wall_s or np.nan) / 3600, "device": r.device,
-               "cpu_class": (prov.get("cpu") or {}).get("avx512_bf16"),
+               "cpu_class": _cpu_class(prov.get("cpu")),
                "clean": float(five.clean_accuracy.iloc[0]) if len(five) else np.nan}
         for (patch, cond), name in COLUMNS.items():
             v = c[(c.patch == patch) & (c.condition == cond)].certified_accuracy
@@ -80,6 +91,8 @@ def study_runs(results=None) -> pd.DataFrame:
         v = c[c.patch.isin(aspect) & (c.condition == "3.2")].certified_accuracy
         row["certified_aspect_min"] = float(v.min()) if len(v) else np.nan
         rows.append(row)
+    if not rows:
+        return pd.DataFrame(columns=STUDY_COLUMNS)
     return pd.DataFrame(rows).sort_values(["flops", "seed"]).reset_index(drop=True)
 
 
