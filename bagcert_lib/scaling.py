@@ -177,3 +177,36 @@ def predict(study: pd.DataFrame, metric: str, at_flops: float, n_boot: int = 100
 def decades(study: pd.DataFrame, at_flops: float) -> float:
     """How far ``at_flops`` lies beyond the study's largest run, in decades of compute."""
     return float(np.log10(at_flops / study.flops.max()))
+
+
+def trend(study: pd.DataFrame, metric: str, threshold: float | None = None,
+          n_boot: int = 1000) -> dict:
+    """Does ``metric`` grow with compute, and does the fit reach ``threshold`` at the paper's
+    compute? For the claims that do not hold at our scale (10x10, aspect ratios)."""
+    s = study.dropna(subset=[metric]).groupby("flops")[metric].mean()
+    out = {"metric": metric, "computes": len(s), "smallest": None, "largest": None}
+    if len(s) < 2:
+        return out
+    out.update(smallest=(s.index[0], s.iloc[0]), largest=(s.index[-1], s.iloc[-1]),
+               grows=bool(np.corrcoef(np.log10(s.index), s.values)[0, 1] > 0))
+    pred = predict(study, metric, paper_flops(), n_boot).query("form == 'saturating'")
+    if len(pred):
+        p = pred.iloc[0]
+        out.update(predicted=p.prediction, low=p.low, high=p.high)
+        if threshold is not None:
+            out["reaches"] = ("yes" if p.low >= threshold else "no" if p.high < threshold
+                              else "undecided")
+    return out
+
+
+def describe_trend(t: dict) -> str:
+    """One sentence for the claims table."""
+    if t.get("smallest") is None:
+        return "the compute study has too few runs to say"
+    (c0, v0), (c1, v1) = t["smallest"], t["largest"]
+    text = (f"in the compute study (RF 7, M 0.5) it {'grows' if t['grows'] else 'does not grow'} "
+            f"from {v0:.1%} at {c0:.1e} FLOPs to {v1:.1%} at {c1:.1e}")
+    if "predicted" in t:
+        text += (f"; the saturating fit predicts {t['predicted']:.1%} (95% band {t['low']:.1%}–"
+                 f"{t['high']:.1%}) at the paper's compute, an extrapolation")
+    return text
