@@ -1,6 +1,7 @@
 """Command line: ``python -m bagcert_lib train|certify ...``.
 
     python -m bagcert_lib train --profile cpu --rf 7 --margin 0.5      # train (resumable) + certify
+    torchrun --nproc_per_node=4 -m bagcert_lib train --profile paper --rf 7   # DDP, 4 GPUs
     python -m bagcert_lib certify results/runs/cpu-rf7-m0.5-heaviside-s0-seed0 --patches 5 2x12
 """
 from __future__ import annotations
@@ -43,13 +44,20 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     if args.cmd == "train":
+        from .distributed import WorldSizeError, env_rank
         from .train import train
 
         fields = set(TrainConfig.__dataclass_fields__) - {"profile"}
         cfg = profile_config(args.profile, **{k: getattr(args, k) for k in fields})
         run_dir = Path(args.out) / (args.name or cfg.run_name())
-        print(f"run directory: {run_dir}")
-        out = train(cfg, run_dir)
+        if env_rank() == 0:
+            print(f"run directory: {run_dir}")
+        try:
+            out = train(cfg, run_dir)        # under torchrun: every process, one run directory
+        except WorldSizeError as e:
+            raise SystemExit(f"error: {e}")
+        if env_rank() != 0:                  # rank 0 certifies and reports
+            return
         if out["finished"] and not args.no_certify:
             df = certify_run(run_dir)
             print(df.query("patch == '5x5'").to_string(index=False))
