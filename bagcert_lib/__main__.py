@@ -28,6 +28,7 @@ def main(argv=None):
     t.add_argument("--out", default=str(REPO_ROOT / "results" / "runs"), help="parent of run directories")
     t.add_argument("--name", help="run directory name (default: derived from the config)")
     t.add_argument("--no-certify", action="store_true", help="skip the test-set certification")
+    t.add_argument("--stop-after", type=int, help="stop after this many epochs (rerun to resume)")
     for f in TrainConfig.__dataclass_fields__.values():
         if f.name in ("profile",):
             continue
@@ -53,7 +54,7 @@ def main(argv=None):
         if env_rank() == 0:
             print(f"run directory: {run_dir}")
         try:
-            out = train(cfg, run_dir)        # under torchrun: every process, one run directory
+            out = train(cfg, run_dir, stop_after=args.stop_after)   # under torchrun: every process, one run directory
         except WorldSizeError as e:
             raise SystemExit(f"error: {e}")
         if env_rank() != 0:                  # rank 0 certifies and reports

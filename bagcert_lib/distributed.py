@@ -166,8 +166,8 @@ class CpuSyncBatchNorm(nn.BatchNorm2d):
 
         C, dims = x.shape[1], [0, *range(2, x.dim())]
         shape = [1, C] + [1] * (x.dim() - 2)
-        xf = x.float()
-        count = torch.full((1,), float(xf.numel() // C), device=x.device)
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x    # stats in >= fp32
+        count = torch.full((1,), float(xf.numel() // C), device=x.device, dtype=xf.dtype)
         s = all_reduce(torch.cat([xf.sum(dims), count]))
         n = s[C]
         mean = s[:C] / n
