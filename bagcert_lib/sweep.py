@@ -184,12 +184,13 @@ def cluster_job(job: Job, profile: str, results: str, overrides: dict) -> str | 
 
 def make_executor(kind: str, folder, gpus_per_job: int = 0, timeout_min: int = 24 * 60,
                   partition: str | None = None, cpus_per_task: int | None = None,
-                  array_parallelism: int | None = None):
+                  array_parallelism: int | None = None, tasks_per_job: int | None = None):
     """A submitit executor: ``local`` (LocalExecutor, this machine) or ``slurm`` (job arrays).
-    ``gpus_per_job`` > 0: that many GPUs and as many tasks (one process per GPU) per job."""
+    ``gpus_per_job`` > 0: that many GPUs and as many tasks (one process per GPU) per job;
+    ``tasks_per_job``: processes per job otherwise (CPU data parallelism over gloo)."""
     import submitit
 
-    tasks = max(1, gpus_per_job)
+    tasks = tasks_per_job or max(1, gpus_per_job)
     params = dict(timeout_min=timeout_min, tasks_per_node=tasks, gpus_per_node=gpus_per_job)
     if kind == "local":
         ex = submitit.LocalExecutor(folder=str(folder))
@@ -219,8 +220,8 @@ def submit(jobs: list[Job], profile: str, results: Path, executor, wait: bool = 
     done, errors = [], []
     for j, h in zip(jobs, handles):
         try:
-            out = h.result()
-            done += [Path(out)] if out else []
+            out = [o for o in h.results() if o]       # every task's; rank 0 names the run
+            done += [Path(out[0])] if out else []
         except Exception as e:        # report every failure, then raise
             errors.append((j, e))
             print(f"[fail] {j}: {e}")
@@ -325,6 +326,8 @@ def main(argv=None):
                    "job per configuration (slurm: a job array)")
     c.add_argument("--gpus-per-job", type=int, default=0,
                    help="GPUs per job, one DDP process each (0: one process, no GPU requested)")
+    c.add_argument("--tasks-per-job", type=int,
+                   help="processes per job (default: --gpus-per-job, at least 1)")
     c.add_argument("--slurm-partition")
     c.add_argument("--cpus-per-task", type=int)
     c.add_argument("--timeout-min", type=int, default=24 * 60, help="per job (default 24 h)")
@@ -338,7 +341,7 @@ def main(argv=None):
         results = Path(a.results) if a.results else results_dir()
         executor = make_executor(a.executor, a.submitit_folder or results.parent / "submitit",
                                  a.gpus_per_job, a.timeout_min, a.slurm_partition,
-                                 a.cpus_per_task, a.array_parallelism)
+                                 a.cpus_per_task, a.array_parallelism, a.tasks_per_job)
     sweep(a.profile, a.grid, a.results, a.devices, a.attack_n, a.dry_run, a.estimate,
           executor=executor, wait=not a.no_wait, **overrides)
 
