@@ -54,7 +54,8 @@ def main(argv=None):
         if env_rank() == 0:
             print(f"run directory: {run_dir}")
         try:
-            out = train(cfg, run_dir, stop_after=args.stop_after)   # under torchrun: every process, one run directory
+            # under torchrun every process trains; rank 0 writes the one run directory
+            out = train(cfg, run_dir, stop_after=args.stop_after)
         except WorldSizeError as e:
             raise SystemExit(f"error: {e}")
         if env_rank() != 0:                  # rank 0 certifies and reports
