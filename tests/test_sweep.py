@@ -56,7 +56,7 @@ def test_submitit_local_executor_runs_the_headline(tmp_path):
 
     results = tmp_path / "runs"
     main(["--profile", "smoke", "--grid", "headline", "--executor", "local", "--results",
-          str(results), "--attack-n", "20"])
+          str(results), "--epochs", "1"])
     run_dir = results / "smoke-rf7-m0.5-heaviside-s0-seed0"
     for name in ("config.yaml", "history.csv", "metrics.json", "provenance.json",
                  "certification.csv", "attack.json", "train.ipynb"):
