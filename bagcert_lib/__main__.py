@@ -2,6 +2,7 @@
 
     python -m bagcert_lib train --profile cpu --rf 7 --margin 0.5      # train (resumable) + certify
     python -m bagcert_lib train --profile cpu --estimate               # what it costs here, then stop
+    torchrun --nproc_per_node=4 -m bagcert_lib train --profile paper --rf 7   # DDP, 4 GPUs
     python -m bagcert_lib certify cpu-rf7-m0.5-heaviside-s0-seed0 --patches 5 2x12
     python -m bagcert_lib export results/runs/<run>                    # checkpoint -> model.safetensors
 
@@ -59,6 +60,7 @@ def build_parser() -> Parser:
     t.add_argument("--name", help="run directory name (default: derived from the config)")
     t.add_argument("--no-certify", action="store_true", help="skip the test-set certification")
     t.add_argument("--estimate", action="store_true", help="print what the run costs here and stop")
+    t.add_argument("--stop-after", type=int, help="stop after this many epochs (rerun to resume)")
     for f in TrainConfig.__dataclass_fields__.values():
         if f.name in ("profile",):
             continue
@@ -79,8 +81,9 @@ def build_parser() -> Parser:
 
 def run(args) -> None:
     if args.cmd == "train":
-        from .train import describe_cost, estimate_cost, train
+        from .distributed import env_rank
         from .runs import certify_run
+        from .train import describe_cost, estimate_cost, train
 
         fields = set(TrainConfig.__dataclass_fields__) - {"profile"}
         cfg = profile_config(args.profile, **{k: getattr(args, k) for k in fields})
@@ -88,8 +91,12 @@ def run(args) -> None:
             print(describe_cost(estimate_cost(cfg)))
             return
         run_dir = Path(args.out) / (args.name or cfg.run_name())
-        print(f"run directory: {run_dir}")
-        out = train(cfg, run_dir)
+        if env_rank() == 0:
+            print(f"run directory: {run_dir}")
+        # under torchrun every process trains; rank 0 writes the one run directory
+        out = train(cfg, run_dir, stop_after=args.stop_after)
+        if env_rank() != 0:                  # rank 0 certifies and reports
+            return
         if out["finished"] and not args.no_certify:
             df = certify_run(run_dir)
             print(df.query("patch == '5x5'").to_string(index=False))

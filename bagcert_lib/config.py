@@ -51,6 +51,8 @@ class TrainConfig:
     amp: bool | None = None          # bf16 autocast; None: when the device supports it
     channels_last: bool | None = None  # None: on CUDA and AVX-512 CPUs (runtime.use_channels_last)
     device: str | None = None        # None: cuda if available else cpu
+    sync_bn: bool = True             # several processes: BatchNorm over the global batch (issue 14)
+    compile: bool = False            # torch.compile the training model (opt-in; unmeasured here)
     profile: str | None = None
     method: str = "bagcert"
     ablation_size: int = 4           # DS: block side s / column band width b

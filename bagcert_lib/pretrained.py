@@ -44,8 +44,12 @@ def read_weights(path) -> tuple[dict, dict]:
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
-    head = path.read_bytes()[:8] if path.is_file() else b""
-    if len(head) < 8 or head[:1] == b"\x80" or head[:2] == b"PK":     # pickle / torch.save zip
+    if not path.is_file():
+        raise FileNotFoundError(f"no weights file {path}")
+    with open(path, "rb") as f:          # safetensors: 8-byte header length, then a JSON header
+        head = f.read(9)
+    n = int.from_bytes(head[:8], "little") if len(head) == 9 else -1
+    if not (0 < n <= path.stat().st_size - 8 and head[8:9] == b"{"):      # e.g. pickle, zip
         raise NotSafetensorsError(f"{path} is not a safetensors file (pickle or torch.save data "
                                   "is refused: it could run code when loaded)")
     try:

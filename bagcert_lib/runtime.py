@@ -92,6 +92,12 @@ def configure_backends():
         torch.backends.cudnn.benchmark = True
 
 
+def compiled(model, enabled: bool = False):
+    """``torch.compile(model)`` when ``enabled`` (config ``compile``; opt-in, never measured here:
+    no GPU). The module itself keeps the weights, so checkpoints never see the wrapper."""
+    return torch.compile(model) if enabled else model
+
+
 def device_name(device) -> str:
     device = torch.device(device)
     if device.type == "cuda":

@@ -5,12 +5,19 @@
     python -m bagcert_lib.sweep --profile cpu --devices cpu cpu   # two configurations at once, a core each
     python -m bagcert_lib.sweep --profile cpu --grid smoothing   # the DS baselines (issue 5)
     python -m bagcert_lib.sweep --profile smoke --results /tmp/runs --dry-run
+    python -m bagcert_lib.sweep --profile paper --grid figure2 --executor slurm \
+        --slurm-partition gpu --gpus-per-job 4          # a SLURM job array, one job per configuration
 
 Each configuration gets one run directory; the executed notebooks are kept beside its results.
 A step whose output exists is skipped, and training resumes from its last checkpoint, so a killed
 sweep picks up where it stopped when started again. With several devices, one configuration runs
 per device at a time; a configuration another sweep is running (its run directory is locked) is
 skipped, so two sweeps may share a results folder.
+
+``--executor slurm`` submits the grid through submitit as one SLURM job array (one job per
+configuration, each resuming its run directory); ``--gpus-per-job N`` makes each job N tasks that
+train with DistributedDataParallel (``distributed.py``), then rank 0 certifies and attacks.
+``--executor local`` runs the same job function through submitit's LocalExecutor.
 """
 from __future__ import annotations
 
@@ -153,6 +160,77 @@ def run_job(job: Job, profile: str, results: Path, device: str | None, log=print
     return run_dir
 
 
+def cluster_job(job: Job, profile: str, results: str, overrides: dict) -> str | None:
+    """One configuration as a submitit job (a task of it, with several tasks per job). One task:
+    :func:`run_job`, as the thread scheduler does. Several: every task joins the process group
+    (submitit's TorchDistributedEnvironment sets torchrun's variables) and trains; rank 0 then
+    certifies and attacks. Returns the run directory (rank 0) or None."""
+    import submitit
+
+    results = Path(results)
+    env = submitit.JobEnvironment()
+    if env.num_tasks > 1:
+        from .train import train
+
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        cfg = profile_config(job.profile or profile, rf=job.rf, margin=job.margin, head=job.head,
+                             seed=job.seed, **{**job.extra, **overrides})
+        train(cfg, results / job.name(profile), progress=env.global_rank == 0)
+        if env.global_rank != 0:
+            return None
+    out = run_job(job, profile, results, None, **overrides)
+    return str(out) if out else None
+
+
+def make_executor(kind: str, folder, gpus_per_job: int = 0, timeout_min: int = 24 * 60,
+                  partition: str | None = None, cpus_per_task: int | None = None,
+                  array_parallelism: int | None = None, tasks_per_job: int | None = None):
+    """A submitit executor: ``local`` (LocalExecutor, this machine) or ``slurm`` (job arrays).
+    ``gpus_per_job`` > 0: that many GPUs and as many tasks (one process per GPU) per job;
+    ``tasks_per_job``: processes per job otherwise (CPU data parallelism over gloo)."""
+    import submitit
+
+    tasks = tasks_per_job or max(1, gpus_per_job)
+    params = dict(timeout_min=timeout_min, tasks_per_node=tasks, gpus_per_node=gpus_per_job)
+    if kind == "local":
+        ex = submitit.LocalExecutor(folder=str(folder))
+    elif kind == "slurm":
+        ex = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
+        params.update(nodes=1, name="bagcert")
+        for key, value in (("slurm_partition", partition), ("cpus_per_task", cpus_per_task),
+                           ("slurm_array_parallelism", array_parallelism)):
+            if value is not None:
+                params[key] = value
+    else:
+        raise ValueError(f"unknown executor {kind!r}; choose threads, local or slurm")
+    ex.update_parameters(**params)
+    return ex
+
+
+def submit(jobs: list[Job], profile: str, results: Path, executor, wait: bool = True,
+           **overrides) -> list[Path]:
+    """Submit one job per configuration (a job array where the executor supports it)."""
+    n = len(jobs)
+    handles = executor.map_array(cluster_job, jobs, [profile] * n, [str(results)] * n,
+                                 [overrides] * n)
+    print(f"sweep: submitted {n} jobs ({', '.join(str(h.job_id) for h in handles[:3])}"
+          f"{', ...' if n > 3 else ''}); logs in {executor.folder}")
+    if not wait:
+        return [results / j.name(profile) for j in jobs]
+    done, errors = [], []
+    for j, h in zip(jobs, handles):
+        try:
+            out = [o for o in h.results() if o]       # every task's; rank 0 names the run
+            done += [Path(out[0])] if out else []
+        except Exception as e:        # report every failure, then raise
+            errors.append((j, e))
+            print(f"[fail] {j}: {e}")
+    print(f"sweep: {len(done)} done, {len(errors)} failed")
+    if errors:
+        raise RuntimeError(f"{len(errors)} configurations failed, first: {errors[0][0]}: {errors[0][1]}")
+    return done
+
+
 def estimate_grid(jobs: list[Job], profile: str, results: Path, **overrides) -> float:
     """Print each configuration's training cost on this machine (a few timed steps each, see
     :func:`bagcert_lib.train.estimate_cost`; finished epochs excluded) and return the total s."""
@@ -173,8 +251,9 @@ def estimate_grid(jobs: list[Job], profile: str, results: Path, **overrides) -> 
 
 def sweep(profile: str = "cpu", grid: str = "all", results=None, devices=None,
           attack_n: int | None = 1000, dry_run: bool = False, estimate: bool = False,
-          **overrides) -> list[Path]:
-    """Run every job of ``grid``; one worker thread per device (None: the default device).
+          executor=None, wait: bool = True, **overrides) -> list[Path]:
+    """Run every job of ``grid``; one worker thread per device (None: the default device), or,
+    with ``executor`` (:func:`make_executor`), one submitit job per configuration.
     ``estimate``: print what each configuration costs on this machine first (and stop if
     ``dry_run``)."""
     profile = resolve_profile(profile)
@@ -187,6 +266,8 @@ def sweep(profile: str = "cpu", grid: str = "all", results=None, devices=None,
         for j in jobs:
             print("  ", j.name(profile), *(["attack n =", j.attack_n or "all"] if "attack" in j.steps else []))
         return [results / j.name(profile) for j in jobs]
+    if executor is not None:
+        return submit(jobs, profile, results, executor, wait, **overrides)
     cpu_workers = sum(1 for d in (devices or [None]) if str(d).startswith("cpu"))
     if cpu_workers > 1 and "OMP_NUM_THREADS" not in os.environ:
         # several configurations on one CPU: split the cores (oversubscribed OpenMP threads are
@@ -239,9 +320,30 @@ def main(argv=None):
     p.add_argument("--dry-run", action="store_true", help="list the configurations and stop")
     p.add_argument("--estimate", action="store_true",
                    help="time a few training steps per configuration and print the grid's cost")
+    c = p.add_argument_group("cluster (submitit)")
+    c.add_argument("--executor", choices=("threads", "local", "slurm"), default="threads",
+                   help="threads: this machine, --devices (default); local / slurm: one submitit "
+                   "job per configuration (slurm: a job array)")
+    c.add_argument("--gpus-per-job", type=int, default=0,
+                   help="GPUs per job, one DDP process each (0: one process, no GPU requested)")
+    c.add_argument("--tasks-per-job", type=int,
+                   help="processes per job (default: --gpus-per-job, at least 1)")
+    c.add_argument("--slurm-partition")
+    c.add_argument("--cpus-per-task", type=int)
+    c.add_argument("--timeout-min", type=int, default=24 * 60, help="per job (default 24 h)")
+    c.add_argument("--array-parallelism", type=int, help="most jobs of the array at once")
+    c.add_argument("--submitit-folder", help="job logs (default: results/submitit beside the runs)")
+    c.add_argument("--no-wait", action="store_true", help="submit and return (slurm)")
     a = p.parse_args(argv)
     overrides = {k: v for k, v in (("epochs", a.epochs), ("width", a.width)) if v is not None}
-    sweep(a.profile, a.grid, a.results, a.devices, a.attack_n, a.dry_run, a.estimate, **overrides)
+    executor = None
+    if a.executor != "threads" and not a.dry_run:
+        results = Path(a.results) if a.results else results_dir()
+        executor = make_executor(a.executor, a.submitit_folder or results.parent / "submitit",
+                                 a.gpus_per_job, a.timeout_min, a.slurm_partition,
+                                 a.cpus_per_task, a.array_parallelism, a.tasks_per_job)
+    sweep(a.profile, a.grid, a.results, a.devices, a.attack_n, a.dry_run, a.estimate,
+          executor=executor, wait=not a.no_wait, **overrides)
 
 
 if __name__ == "__main__":

@@ -29,14 +29,12 @@ import yaml
 from tqdm import tqdm
 
 from . import data as data_mod
-from . import smoothing
-from .certifier import certify_model
 from .config import REPO_ROOT, TrainConfig
-from .heads import get_head
-from .loss import total_loss
+from .methods import method_for
+from .model import conv_macs, num_parameters, training_flops
+from . import distributed
 from .pretrained import WEIGHTS, save_weights
-from .model import cifar_scorer, conv_macs, imagenet_scorer, num_parameters, training_flops
-from .runtime import (autocast, configure_backends, default_device, device_name, memory_format,
+from .runtime import (compiled, configure_backends, default_device, device_name, memory_format,
                       use_amp, use_channels_last, cpu_class, cpu_features)
 
 CHECKPOINT = "checkpoint.pt"
@@ -44,11 +42,7 @@ CHECKPOINT = "checkpoint.pt"
 
 def build_model(cfg: TrainConfig, num_classes: int = 10):
     """BagCert's region scorer (App. A.1), or DS's ResNet-18 base classifier for a DS run."""
-    if cfg.smoothing:
-        return smoothing.resnet18(num_classes=num_classes, width=cfg.width)
-    if cfg.rf in (17, 25, 29):
-        return imagenet_scorer(cfg.rf, num_classes=num_classes)
-    return cifar_scorer(cfg.rf, cfg.width, num_classes=num_classes, shake=cfg.shake)
+    return method_for(cfg).build_model(cfg, num_classes)
 
 
 def load_data(cfg: TrainConfig):
@@ -90,25 +84,14 @@ def evaluate(model, x, y, cfg: TrainConfig, device, patches=None, progress=False
     patches = patches or [cfg.eval_patch]
     loader = data_mod.batches(x, y, 500, device=device,
                               channels_last=use_channels_last(device, cfg.channels_last))
-    if cfg.smoothing:
-        return smoothing.certify_model(model, loader, patches, kind=cfg.smoothing,
-                                       size=cfg.ablation_size, theta=cfg.theta, device=device,
-                                       amp=cfg.amp, progress=progress)
-    return certify_model(model, loader, patches, head=cfg.head, device=device, amp=cfg.amp,
-                         progress=progress)
+    return method_for(cfg).evaluate(model, loader, patches, cfg, device, progress=progress)
 
 
-def training_loss(model, x, y, cfg: TrainConfig, head, device):
-    """One step's loss: §3.3's margin loss on the region scores, or for DS the cross-entropy of
-    the base classifier on one random ablation per image (Levine & Feizi, 2020)."""
-    if cfg.smoothing:
-        x = smoothing.random_ablation(x, cfg.smoothing, cfg.ablation_size)
-        with autocast(device, cfg.amp):
-            logits = model(x)
-        return torch.nn.functional.cross_entropy(logits.float(), y)
-    with autocast(device, cfg.amp):
-        logits = model(x)
-    return total_loss(head(logits.float()), y, cfg.margin, cfg.sigma)
+def training_loss(model, x, y, cfg: TrainConfig, head=None, device=None):
+    """One step's loss on a global batch (:class:`~bagcert_lib.methods.Method`): §3.3's margin
+    loss, or for DS the cross-entropy on one random ablation per image (Levine & Feizi, 2020)."""
+    method = method_for(cfg)
+    return method.loss(model, method.prepare(x, cfg), y, cfg, device or x.device)
 
 
 def estimate_cost(cfg: TrainConfig, n_train: int | None = None, device=None, steps: int = 3,
@@ -129,14 +112,13 @@ def estimate_cost(cfg: TrainConfig, n_train: int | None = None, device=None, ste
     x = torch.rand(cfg.batch_size, 3, *size, generator=gen).to(device)
     x = x.contiguous(memory_format=memory_format(device, channels_last))
     y = torch.randint(0, 10, (cfg.batch_size,), generator=gen).to(device)
-    head = get_head(cfg.head)
     rng = torch.get_rng_state()           # shake-shake draws from it; leave the run's untouched
     try:
         for i in range(steps + 1):            # the first step warms up (allocations, kernels)
             if i == 1:
                 _sync(device)
                 t0 = time.perf_counter()
-            loss = training_loss(model, x, y, cfg, head, device)
+            loss = training_loss(model, x, y, cfg, device=device)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -171,26 +153,53 @@ def _sync(device):
 
 #: Config fields a run may change when it resumes: the device, the data's location (the dataset
 #: itself is pinned by its sha256 in provenance.json) and the memory format (same numbers).
-RESUME_MAY_CHANGE = ("device", "data", "channels_last")
+#: The number of processes is not a config field either: a run may resume with another world size.
+RESUME_MAY_CHANGE = ("device", "data", "channels_last", "compile")
+
+
+def epoch_batches(x, y, cfg: TrainConfig, epoch: int, device, channels_last: bool, method=None,
+                  ctx: distributed.Context | None = None):
+    """This process's share of an epoch's training batches: the global batches (order and
+    augmentation seeded by (seed, epoch)), ``method.prepare`` applied to each, then the rank's
+    slice. The slices of all ranks, in rank order, are the one-process run's batches."""
+    method = method or method_for(cfg)
+    gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
+    for xb, yb in data_mod.batches(x, y, cfg.batch_size, shuffle=True, generator=gen,
+                                   device=device, augment=cfg.augment, drop_last=True,
+                                   channels_last=channels_last):
+        xb = method.prepare(xb, cfg)
+        yield distributed.shard(xb, ctx), distributed.shard(yb, ctx)
 
 
 def train(cfg: TrainConfig, run_dir, *, resume: bool = True, progress: bool = True,
           stop_after: int | None = None) -> dict:
     """Train one configuration into ``run_dir`` (resuming if a checkpoint is there).
 
-    ``stop_after``: return after that many epochs of this call (to test resuming).
+    ``stop_after``: return after that many epochs of this call (to test resuming). Under torchrun
+    every process calls this; rank 0 alone writes the run directory (``distributed.py``).
     """
     cfg.validate()
+    ctx = distributed.setup(cfg.device, cfg.batch_size)    # world size 1 without torchrun
+    try:
+        return _train(cfg, run_dir, ctx, resume=resume, progress=progress and ctx.is_main,
+                      stop_after=stop_after)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _train(cfg, run_dir, ctx, *, resume, progress, stop_after):
     git = git_commit()      # the code this process runs, recorded once at start
     run_dir = Path(run_dir)
-    device = torch.device(cfg.device) if cfg.device else default_device()
+    device = ctx.device
     configure_backends()
     full, train_data, eval_data = load_data(cfg)           # raises before any training
     size = tuple(full.x_test.shape[-2:])
     if cfg.eval_patch > min(size):
         raise ValueError(f"eval_patch {cfg.eval_patch} is larger than the image {size[0]}x{size[1]}")
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg, num_classes=len(full.classes)).to(device)
+    torch.manual_seed(cfg.seed)             # the same initial weights on every rank
+    method = method_for(cfg)
+    model = method.build_model(cfg, num_classes=len(full.classes)).to(device)
+    model = distributed.sync_batchnorm(model, ctx, cfg.sync_bn)    # BN over the global batch
     channels_last = use_channels_last(device, cfg.channels_last)   # never on AVX2-only CPUs
     model = model.to(memory_format=memory_format(device, channels_last))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -199,7 +208,6 @@ def train(cfg: TrainConfig, run_dir, *, resume: bool = True, progress: bool = Tr
         raise ValueError(f"train_size {len(train_data.y_train)} is smaller than batch_size {cfg.batch_size}")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_warmup(
         cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)))
-    head = get_head(cfg.head)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / CHECKPOINT
@@ -220,16 +228,21 @@ def train(cfg: TrainConfig, run_dir, *, resume: bool = True, progress: bool = Tr
         segments = ck.get("segments", [])
         if progress:
             print(f"resuming {run_dir} at epoch {start_epoch}/{cfg.epochs}")
-    with open(run_dir / "config.yaml", "w") as f:
-        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
+    if ctx.is_main:
+        with open(run_dir / "config.yaml", "w") as f:
+            yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
+    net = compiled(distributed.parallel(model, ctx), cfg.compile)   # DDP when world size > 1
 
-    if start_epoch < cfg.epochs:   # which code and machine trained which epochs
+    devices = distributed.gather_objects(device_name(device), ctx)
+    if start_epoch < cfg.epochs and ctx.is_main:   # which code and machines trained which epochs
+        # one process's cost (a step of the whole global batch on rank 0's device)
         est = estimate_cost(cfg, len(train_data.y_train), device, epochs_left=cfg.epochs - start_epoch)
         if progress:
             print(describe_cost(est), flush=True)
         segments.append({"from_epoch": start_epoch + 1, "git": git, "device": device_name(device),
                          "torch": str(torch.__version__),
-                         "estimated_s_per_epoch": round(est["seconds_per_epoch"], 1)})
+                         "estimated_s_per_epoch": round(est["seconds_per_epoch"], 1),
+                         **distributed.describe(ctx, devices)})
     x_train = train_data.x_train.to(device)
     y_train = train_data.y_train.to(device)
     t_start = time.perf_counter()
@@ -237,18 +250,14 @@ def train(cfg: TrainConfig, run_dir, *, resume: bool = True, progress: bool = Tr
         if stop_after is not None and epoch - start_epoch >= stop_after:
             break
         t0 = time.perf_counter()
-        torch.manual_seed(_epoch_seed(cfg.seed, epoch))     # shake-shake noise
-        shuffle_gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
-        loader = data_mod.batches(x_train, y_train, cfg.batch_size, shuffle=True,
-                                  generator=shuffle_gen, device=device,
-                                  augment=cfg.augment, drop_last=True,
-                                  channels_last=channels_last)
-        model.train()
+        torch.manual_seed(_epoch_seed(cfg.seed, epoch))     # shake-shake noise: same on every rank
+        loader = epoch_batches(x_train, y_train, cfg, epoch, device, channels_last, method, ctx)
+        net.train()
         losses = torch.zeros((), device=device)
         bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    disable=not progress, leave=False)
         for step, (x, y) in enumerate(bar):
-            loss = training_loss(model, x, y, cfg, head, device)
+            loss = method.loss(net, x, y, cfg, device)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -256,16 +265,21 @@ def train(cfg: TrainConfig, run_dir, *, resume: bool = True, progress: bool = Tr
             losses += loss.detach()
             if progress and step % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
+        losses = distributed.all_reduce_mean(losses, ctx)    # mean over the global batches
         train_s = time.perf_counter() - t0
-        ev = evaluate(model, eval_data.x_test, eval_data.y_test, cfg, device).set_index("condition")
-        row = {"epoch": epoch + 1, "loss": (losses / steps_per_epoch).item(),
-               "lr": float(sched.get_last_lr()[0]),
-               "clean_accuracy": float(ev.clean_accuracy.iloc[0]),
-               "certified_accuracy": float(ev.certified_accuracy.get("DS" if cfg.smoothing else "3.2")),
-               "certified_global_accuracy": float(ev.certified_accuracy.get("3.3", float("nan"))),
-               "train_s": train_s, "epoch_s": time.perf_counter() - t0,
-               "images_per_s": steps_per_epoch * cfg.batch_size / train_s}
-        history.append(row)
+        row = None
+        if ctx.is_main:      # rank 0 evaluates and writes; the others wait for its row
+            ev = evaluate(model, eval_data.x_test, eval_data.y_test, cfg, device).set_index("condition")
+            row = {"epoch": epoch + 1, "loss": (losses / steps_per_epoch).item(),
+                   "lr": float(sched.get_last_lr()[0]),
+                   "clean_accuracy": float(ev.clean_accuracy.iloc[0]),
+                   "certified_accuracy": float(ev.certified_accuracy.get(method.condition)),
+                   "certified_global_accuracy": float(ev.certified_accuracy.get("3.3", float("nan"))),
+                   "train_s": train_s, "epoch_s": time.perf_counter() - t0,
+                   "images_per_s": steps_per_epoch * cfg.batch_size / train_s}
+        history.append(distributed.broadcast_object(row, ctx))
+        if not ctx.is_main:
+            continue
         if progress:
             tqdm.write(f"epoch {epoch + 1}: loss {row['loss']:.4f}  clean {row['clean_accuracy']:.3f}"
                        f"  certified({cfg.eval_patch}x{cfg.eval_patch}) {row['certified_accuracy']:.3f}"
@@ -287,7 +301,7 @@ def train(cfg: TrainConfig, run_dir, *, resume: bool = True, progress: bool = Tr
 
 def _write_records(run_dir, cfg, model, full, train_data, eval_data, history, device, wall,
                    segments):
-    pd.DataFrame(history).to_csv(run_dir / "history.csv", index=False)
+    pd.DataFrame(history).to_csv(run_dir / "history.csv", index=False)     # rank 0 only
     last = history[-1]
     metrics = {k: last[k] for k in ("epoch", "loss", "clean_accuracy", "certified_accuracy",
                                     "certified_global_accuracy")}
@@ -309,6 +323,8 @@ def _write_records(run_dir, cfg, model, full, train_data, eval_data, history, de
             "seconds_per_epoch": float(np.median(train_s)),
             "images_per_s": float(np.median([h["images_per_s"] for h in history])),
             "segments": segments}
+    prov.update({k: segments[-1].get(k, d) for k, d in (("world_size", 1), ("backend", None),
+                                                         ("devices", [prov["device"]]))})
     with open(run_dir / "provenance.json", "w") as f:
         json.dump(prov, f, indent=2, default=str)
 
@@ -318,8 +334,7 @@ def load_checkpoint_model(run_dir, device=None):
     run_dir = Path(run_dir)
     ck = torch.load(run_dir / CHECKPOINT, map_location=device or "cpu", weights_only=True)
     cfg = TrainConfig(**ck["config"])
-    last = "linear.weight" if cfg.smoothing else "classifier.weight"
-    model = build_model(cfg, num_classes=ck["model"][last].shape[0])
+    model = build_model(cfg, num_classes=ck["model"][method_for(cfg).classifier_key].shape[0])
     model.load_state_dict(ck["model"])
     return model.to(device or "cpu").eval(), cfg
 

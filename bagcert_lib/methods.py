@@ -1,0 +1,99 @@
+"""What differs between BagCert and Derandomized Smoothing, behind one interface (issue 14).
+
+The trainer (``train.py``) owns the loop, optimiser, schedule, data order, checkpoints and records;
+a :class:`Method` owns the model, the per-step loss and the certificate. ``method_for(cfg)``
+picks :class:`BagCert` (§3) or :class:`Smoothing` (Levine & Feizi, 2020) from ``cfg.method``.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import pandas as pd
+import torch
+from torch import nn
+
+from . import smoothing
+from .certifier import certify_model
+from .config import TrainConfig
+from .heads import get_head
+from .loss import total_loss
+from .model import cifar_scorer, imagenet_scorer
+from .runtime import autocast
+
+
+class Method(Protocol):
+    """One certified defence: its model, training loss and certificate."""
+
+    #: the ``condition`` row of :meth:`evaluate` reported as an epoch's certified accuracy
+    condition: str
+    #: the state_dict key of the last layer's weight (its rows are the classes)
+    classifier_key: str
+
+    def build_model(self, cfg: TrainConfig, num_classes: int = 10) -> nn.Module: ...
+
+    def prepare(self, x: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+        """The step's random input transform, applied to the *global* batch before it is split
+        over ranks, so a multi-process run draws what a one-process run draws."""
+        ...
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
+             device) -> torch.Tensor: ...
+
+    def evaluate(self, model: nn.Module, batches, patches, cfg: TrainConfig, device,
+                 progress: bool = False) -> pd.DataFrame: ...
+
+
+class BagCert:
+    """§3: region scorer (App. A.1), margin loss L_R + σ L_oh (§3.3), Conditions 3.2 / 3.3 (§3.1)."""
+
+    condition = "3.2"
+    classifier_key = "classifier.weight"
+
+    def build_model(self, cfg, num_classes=10):
+        if cfg.rf in (17, 25, 29):
+            return imagenet_scorer(cfg.rf, num_classes=num_classes)
+        return cifar_scorer(cfg.rf, cfg.width, num_classes=num_classes, shake=cfg.shake)
+
+    def prepare(self, x, cfg):
+        return x
+
+    def loss(self, model, x, y, cfg, device):
+        with autocast(device, cfg.amp):
+            logits = model(x)
+        return total_loss(get_head(cfg.head)(logits.float()), y, cfg.margin, cfg.sigma)
+
+    def evaluate(self, model, batches, patches, cfg, device, progress=False):
+        return certify_model(model, batches, patches, head=cfg.head, device=device, amp=cfg.amp,
+                             progress=progress)
+
+
+class Smoothing:
+    """Derandomized Smoothing (Levine & Feizi, 2020): ResNet-18 on one random block / column
+    ablation per image, cross-entropy; certified by vote counts (condition ``DS``)."""
+
+    condition = "DS"
+    classifier_key = "linear.weight"
+
+    def __init__(self, kind: str):
+        self.kind = kind
+
+    def build_model(self, cfg, num_classes=10):
+        return smoothing.resnet18(num_classes=num_classes, width=cfg.width)
+
+    def prepare(self, x, cfg):
+        return smoothing.random_ablation(x, self.kind, cfg.ablation_size)   # global RNG
+
+    def loss(self, model, x, y, cfg, device):
+        with autocast(device, cfg.amp):
+            logits = model(x)
+        return torch.nn.functional.cross_entropy(logits.float(), y)
+
+    def evaluate(self, model, batches, patches, cfg, device, progress=False):
+        return smoothing.certify_model(model, batches, patches, kind=self.kind,
+                                       size=cfg.ablation_size, theta=cfg.theta, device=device,
+                                       amp=cfg.amp, progress=progress)
+
+
+def method_for(cfg: TrainConfig) -> Method:
+    """The :class:`Method` of ``cfg.method`` (bagcert, ds-block, ds-column)."""
+    return Smoothing(cfg.smoothing) if cfg.smoothing else BagCert()
