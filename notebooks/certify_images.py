@@ -61,7 +61,7 @@ try:
 except FileNotFoundError as e:
     model, cfg = None, None
     display(Markdown(f"**No shipped model yet**, so there is nothing to certify on this page.\n\n"
-                     f"> {e}\n\nOnce a headline run with `model.safetensors` is in `results/runs`, "
+                     f"```text\n{e}\n```\n\nOnce a headline run with `model.safetensors` is in `results/runs`, "
                      "this page shows its certificates."))
 else:
     display(Markdown(f"Model: `{run_dir.name}` (width {cfg.width}, {cfg.epochs} epochs, receptive field "
@@ -187,5 +187,7 @@ for x_uint8, labels, names in batches:
 # end at the largest patch certified.
 
 # %% tags=["hide-input"]
-readable(pd.DataFrame(summary, columns=["image", "class certified", "predicted", "largest patch certified",
-                                        *[f"{p}×{p}" for p in patch_sizes]]), index=False)
+if summary:
+    display(readable(pd.DataFrame(summary), index=False))
+elif model is not None:
+    print("No images were certified.")
