@@ -11,7 +11,7 @@ MARGIN  ?= 0.5
 # make reproduce DEVICES="cpu cpu": two configurations at once, one core each
 DEVICES ?=
 
-.PHONY: setup run test reproduce book screenshots clean
+.PHONY: setup run test reproduce mathjax book publish screenshots clean
 
 setup: $(BIN)/activate
 $(BIN)/activate: pyproject.toml
@@ -30,8 +30,14 @@ reproduce: setup  ## the whole grid (Figures 2 and 8) through the papermill note
 	$(BIN)/pip install -q -e ".[notebooks]"
 	$(BIN)/python -m bagcert_lib.sweep --profile $(PROFILE) --estimate $(if $(DEVICES),--devices $(DEVICES))
 
-book: setup     ## re-plot every figure and table from results/, build the site (warnings are errors)
+mathjax:        ## MathJax 3 (npm package mathjax@3.2.2) into book/_static, so formulas render offline
+	$(BIN)/python book/fetch_mathjax.py
+
+book: setup mathjax  ## re-plot every figure and table from results/, build the site (warnings are errors)
 	$(BIN)/jupyter-book build book/ -W --all   # --all: the pages depend on results/, which Sphinx does not track
+
+publish: book   ## push the built site to the gh-pages branch (ghp-import; CI deploys main with .github/workflows/book.yml)
+	$(BIN)/ghp-import -n -p -f book/_build/html
 
 screenshots:    ## open the built site in headless Chromium (Debian: apt install chromium); PNGs in book/_build/screenshots
 	$(BIN)/python book/screenshots.py

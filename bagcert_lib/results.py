@@ -207,3 +207,38 @@ def scale_label(runs: pd.DataFrame) -> str:
         what = "" if method == "bagcert" else f"{method} ResNet-18 "
         parts.append(f"profile {profile}: {what}width {width}, {epochs} epochs, {int(n):,} training images")
     return "; ".join(parts) or "no runs"
+
+
+#: The shipped model the book's "certify your own images" page uses: the headline configuration
+#: (RF and margin of _config.yml's ``headline``) with the Heaviside head and σ = 0, any seed.
+def shipped_query() -> str:
+    from .config import grids
+
+    h = grids()["headline"]
+    return (f"method == 'bagcert' and rf == {h['rf']} and margin == {h['margin']} "
+            "and head == 'heaviside' and sigma == 0")
+
+
+def shipped_headline(results=None) -> Path:
+    """The run directory of the best shipped headline-configuration model (:func:`shipped_query`)
+    holding ``model.safetensors``: finished runs first, then the most training compute
+    (``provenance.json["training_flops"]`` where every candidate records it, else width × epochs).
+    Raises FileNotFoundError naming the folder it looked in when there is none."""
+    from .pretrained import WEIGHTS
+
+    root = Path(results) if results else results_dir()
+    runs = load_runs(root)
+    cand = runs.query(shipped_query()) if len(runs) else runs
+    cand = cand[[(Path(p) / WEIGHTS).is_file() for p in cand["path"]]]
+    if cand.empty:
+        raise FileNotFoundError(
+            f"no shipped headline model ({shipped_query()}, with {WEIGHTS}) under {root}: train one "
+            f"(python -m bagcert_lib train --rf 7 --margin 0.5) or export one "
+            f"(python -m bagcert_lib export RUN_DIR)")
+    flops = [_json(Path(p) / "provenance.json").get("training_flops") for p in cand["path"]]
+    all_flops = all(f is not None for f in flops)
+    key = [(bool(fin), float(f) if all_flops else 0.0, int(w or 0) * int(e or 0), run)
+           for fin, f, w, e, run in zip(cand["finished"].fillna(False), flops, cand["width"],
+                                        cand["epochs"], cand["run"])]
+    best = max(range(len(key)), key=key.__getitem__)
+    return Path(cand["path"].iloc[best])

@@ -32,6 +32,7 @@ import pandas as pd
 from myst_nb import glue
 
 from bagcert_lib.config import REPO_ROOT, grids
+from bagcert_lib.figures import readable
 from bagcert_lib.model import cifar_scorer, num_parameters
 from bagcert_lib.results import GRID_RUNS, load_certification, load_history, load_runs, run_links, scale_label, select_runs
 
@@ -213,7 +214,7 @@ view = table.assign(paper=[shown(float(v), u) if u in ("accuracy", "seconds") el
                            for v, u in zip(table.paper_value, table.unit)],
                     ours=[shown(v, u) for v, u in zip(table.ours, table.unit)])
 view = view[["claim", "paper", "ours", "verdict", "evidence", "why", "locator"]]
-view.style.hide(axis="index").set_properties(**{"text-align": "left", "vertical-align": "top"})
+readable(view, index=False, words={"why": "why it differs"}).set_properties(**{"text-align": "left", "vertical-align": "top"})
 
 # %% [markdown]
 # Every row above comes from one scale, the grid printed above the table, so rows can be compared

@@ -36,7 +36,7 @@ import pandas as pd
 from myst_nb import glue
 
 from bagcert_lib.config import REPO_ROOT
-from bagcert_lib.figures import smoothing_label
+from bagcert_lib.figures import readable, smoothing_label
 from bagcert_lib.results import grid_runs, load_certification, run_links, scale_label, smoothing_runs
 
 runs = grid_runs(results, profile)
@@ -91,16 +91,15 @@ table = pd.DataFrame({"clean": ours[("clean_accuracy", "3.2")].values,
                       "certified (3.2)": ours[("certified_accuracy", "3.2")].values,
                       "certified (3.3)": ours[("certified_accuracy", "3.3")].values},
                      index=pd.MultiIndex.from_arrays([ours.rf, ours.margin], names=["rf", "margin"]))
-table.sort_index().style.format("{:.1%}")
+readable(table.sort_index())
 
 # %% [markdown]
 # Our Derandomized Smoothing runs against the same patch (DS's certificate; block smoothing is
 # certified on fewer test images, `n`, because it runs 1,024 forward passes per image):
 
 # %% tags=["hide-input"]
-ds.assign(model=[smoothing_label(d) for _, d in ds.iterrows()]).set_index("model")[
-    ["n", "clean_accuracy", "certified_accuracy"]].rename(columns=lambda c: c.replace("_accuracy", "")).style.format(
-    {"clean": "{:.1%}", "certified": "{:.1%}", "n": "{:,}"})
+readable(ds.assign(model=[smoothing_label(d) for _, d in ds.iterrows()]).set_index("model")[
+    ["n", "clean_accuracy", "certified_accuracy"]])
 
 # %% tags=["hide-input"]
 run_links(pd.concat([runs, ds_runs]), "figure2.ipynb")

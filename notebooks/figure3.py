@@ -30,7 +30,7 @@ import matplotlib.pyplot as plt
 from myst_nb import glue
 
 from bagcert_lib.config import grids
-from bagcert_lib.figures import sweep_figure
+from bagcert_lib.figures import readable, sweep_figure
 from bagcert_lib.results import run_links, scale_label
 
 runs, fig, table = sweep_figure(grids()["square_patches"], condition, results, profile)
@@ -42,7 +42,7 @@ plt.show()
 # unless `condition` says otherwise):
 
 # %% tags=["hide-input"]
-table
+readable(table, percent=table.columns, percent_in_header=False)
 
 # %% tags=["hide-input"]
 run_links(runs, "figure3.ipynb")

@@ -29,6 +29,7 @@ profile: str = None  # runs to show; None: the first of paper, cpu, gpu, smoke w
 import matplotlib.pyplot as plt
 from myst_nb import glue
 
+from bagcert_lib.figures import readable
 from bagcert_lib.results import grid_runs, run_links, scale_label
 
 runs = grid_runs(results, profile).dropna(
@@ -49,7 +50,7 @@ table = runs.set_index(["rf", "margin"]).sort_index()[
 table = table.astype({"attack_n": int, "certified_broken": int}).rename(columns={
     "attack_n": "images", "attack_clean_accuracy": "clean", "adversarial_accuracy": "adversarial",
     "attack_certified_accuracy": "certified (3.2)", "certified_broken": "certified but broken"})
-table.style.format({c: "{:.1%}" for c in ("clean", "adversarial", "certified (3.2)")})
+readable(table)
 
 # %% [markdown]
 # The order certified ≤ adversarial ≤ clean, and no certified sample broken, checked by code:

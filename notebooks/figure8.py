@@ -30,6 +30,7 @@ import matplotlib.pyplot as plt
 from myst_nb import glue
 
 from bagcert_lib.config import grids
+from bagcert_lib.figures import readable
 from bagcert_lib.results import load_history, load_runs, run_links, scale_label, select_runs
 
 f8 = grids()["figure8"]
@@ -51,7 +52,7 @@ fig.suptitle(scale_label(runs), fontsize=9)
 glue("figure8_scale", scale_label(runs), display=False)
 plt.show()
 last = hist.groupby(["head", "seed"])[["epoch", "clean_accuracy", "certified_accuracy"]].last()
-last.style.format({"clean_accuracy": "{:.1%}", "certified_accuracy": "{:.1%}"})
+readable(last)
 
 # %% [markdown]
 # Per head, at the last epoch: how many seeds ran, their mean accuracy, how many ended near chance
@@ -64,7 +65,7 @@ per_head = last.groupby("head").agg(
     certified_mean=("certified_accuracy", "mean"),
     near_chance=("clean_accuracy", lambda v: int((v <= f8["near_chance"]).sum())),
     certify_nothing=("certified_accuracy", lambda v: int((v < f8["certifies_nothing"]).sum())))
-per_head.style.format({"clean_mean": "{:.1%}", "certified_mean": "{:.1%}"})
+readable(per_head)
 
 # %% tags=["hide-input"]
 run_links(runs, "figure8.ipynb")

@@ -30,6 +30,7 @@ import matplotlib.pyplot as plt
 from myst_nb import glue
 
 from bagcert_lib.config import grids
+from bagcert_lib.figures import readable
 from bagcert_lib.results import headline_query, load_certification, load_history, load_runs, run_links
 
 h = grids()["headline"]
@@ -75,7 +76,7 @@ if len(table):   # the longest run, glued for the book's front page
                      ("certified_3_3", "certified (3.3)")):
         glue(f"longest_{key}", f"{best[col] * 100:.1f}%", display=False)
 pct = [c for c in table.columns if c == "clean" or c.startswith("certified")]
-table.style.format({**{c: "{:.1%}" for c in pct}, "hours": "{:.2f}"})
+readable(table, percent=pct, formats={"hours": "{:.2f}"})
 
 # %% tags=["hide-input"]
 run_links(runs, "headline.ipynb")

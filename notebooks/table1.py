@@ -33,6 +33,7 @@ from myst_nb import glue
 
 from bagcert_lib.config import REPO_ROOT, grids
 from bagcert_lib.model import cifar_scorer, num_parameters
+from bagcert_lib.figures import readable
 from bagcert_lib.results import grid_runs, load_certification, load_runs, run_links
 
 paper = pd.read_csv(REPO_ROOT / "results" / "paper" / "table1.csv")
@@ -56,7 +57,7 @@ table["ours: parameters at width 768 (M)"] = [round(num_parameters(cifar_scorer(
 
 # %% tags=["hide-input"]
 # NBVAL_CHECK_OUTPUT
-table
+readable(table)
 
 # %% [markdown]
 # Our runs beside them: certification time for the test images (forward pass + 5×5 certificate,
@@ -65,7 +66,7 @@ table
 # %% tags=["hide-input"]
 side = table.join(ours.rename(columns=lambda c: f"ours: {c}"))
 side = side.astype({c: "Int64" for c in ("ours: n", "ours: parameters", "ours: width") if c in side})
-side.style.format(precision=1, na_rep="—", thousands=",")
+readable(side)
 
 # %% [markdown]
 # ## BagCert against Derandomized Smoothing, measured here
@@ -93,10 +94,8 @@ measured["paper: seconds (V100)"] = [paper_seconds.get(m) if m in paper_seconds 
 measured["parameters (M)"] = measured.parameters / 1e6
 glue("bench_device", bench.get("device", "not measured yet"), display=False)
 measured[["method", "model", "n", "seconds for 10,000 images", "paper: seconds (V100)", "parameters (M)",
-          "certify_over_forward", "clean_accuracy", "certified_accuracy_5x5"]].style.hide(axis="index").format(
-    {"seconds for 10,000 images": "{:.1f}", "paper: seconds (V100)": "{:.1f}", "parameters (M)": "{:.2f}",
-     "certify_over_forward": "{:.3f}", "clean_accuracy": "{:.1%}", "certified_accuracy_5x5": "{:.1%}",
-     "n": "{:,}"}, na_rep="—")
+          "certify_over_forward", "clean_accuracy", "certified_accuracy_5x5"]].pipe(
+    readable, index=False, formats={"parameters (M)": "{:.2f}", "certify_over_forward": "{:.3f}"})
 
 # %% [markdown]
 # The ratios of this run next to the paper's (DS block vs BagCert RF 7: 788 s / 40.6 s; DS column:
@@ -116,7 +115,7 @@ ratios = pd.DataFrame([
 ], columns=["ratio", "ours", "paper"]).set_index("ratio")
 for key, value in r.items():
     glue(f"bench_{key}", f"{value:.3g}", display=False)
-ratios.round(3)
+readable(ratios, formats={"ours": "{:.3g}", "paper": "{:.3g}"})
 
 # %% tags=["hide-input"]
 run_links(runs, "table1.ipynb")
@@ -136,6 +135,6 @@ compute = every.groupby(["profile", "method", "device"]).agg(
     certification_hours=("certify_wall_s", hours), attack_hours=("attack_wall_s", hours))
 compute["total_hours"] = compute[["training_hours", "certification_hours", "attack_hours"]].sum(axis=1)
 total = compute.groupby(level="profile").total_hours.sum()   # from the unrounded hours
-glue("compute", compute.round(2))
+glue("compute", readable(compute, formats={c: "{:.2f}" for c in compute.columns if c.endswith("hours")}))
 glue("compute_total", f"{total.sum():.1f} h of wall time over {int(compute.runs.sum())} runs ("
      + ", ".join(f"{p}: {h:.1f} h" for p, h in total.items()) + ")", display=False)

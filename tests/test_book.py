@@ -1,7 +1,9 @@
-"""The book builds with warnings as errors, every figure page shows a figure, and the rendered site
-opens in headless Chromium (screenshots of the front page and a figure page)."""
+"""The book builds with warnings as errors, every figure page shows a figure, every page loads MathJax
+from the site itself, and the rendered site opens in headless Chromium (screenshots of the front
+page and a figure page; the formulas of the method page typeset, no raw TeX)."""
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +26,12 @@ def site(tmp_path_factory):
     jb = Path(sys.executable).with_name("jupyter-book")
     # the book shows the committed results, whatever `pytest --nbval` points the notebooks at
     env = {k: v for k, v in os.environ.items() if k not in ("BAGCERT_RESULTS", "BAGCERT_PROFILE")}
+    # MathJax from its npm package into book/_static, as `make book` does (formulas render offline)
+    import fetch_mathjax
+    try:
+        fetch_mathjax.fetch()
+    except RuntimeError as e:
+        pytest.fail(f"could not put MathJax into the site: {e}")
     run = subprocess.run([str(jb), "build", str(BOOK), "-W", "--path-output", str(out)],
                          capture_output=True, text=True, timeout=1200, env=env)
     assert run.returncode == 0, f"jupyter-book build -W failed:\n{run.stdout[-6000:]}\n{run.stderr[-3000:]}"
@@ -32,7 +40,7 @@ def site(tmp_path_factory):
 
 def test_every_page_is_built(site):
     pages = ["index", "intro", "method", "reproduce", "api", "bibliography",
-             *[f"notebooks/{n}" for n in FIGURES + ["table1", "claims", "headline"]]]
+             *[f"notebooks/{n}" for n in FIGURES + ["table1", "claims", "headline", "certify_images"]]]
     missing = [p for p in pages if not (site / f"{p}.html").is_file()]
     assert not missing, f"pages not built: {missing}"
 
@@ -59,3 +67,51 @@ def test_site_renders_in_chromium(site, tmp_path):
     for name in screenshots.PAGES:
         png = tmp_path / f"{name}.png"
         assert png.stat().st_size > 20_000, f"{png} is suspiciously small"
+
+
+def test_mathjax_is_served_by_the_site(site):
+    """Every page with formulas loads MathJax from the site itself (no CDN), at a path that exists."""
+    pages = sorted(site.rglob("*.html"))
+    pages = [p for p in pages if "_static" not in p.parts and "results" not in p.parts]
+    assert len(pages) > 10
+    checked = []
+    for page in pages:
+        html = page.read_text()
+        if 'class="math' not in html:    # Sphinx loads MathJax only on pages with formulas
+            continue
+        checked.append(page)
+        srcs = re.findall(r'<script[^>]+src="([^"]*(?:tex-svg|mathjax)[^"]*)"', html, flags=re.I)
+        assert srcs, f"{page.relative_to(site)}: no MathJax script"
+        for src in srcs:
+            assert "://" not in src, f"{page.relative_to(site)} loads MathJax from the network: {src}"
+            assert (page.parent / src.split("?")[0]).resolve().is_file(), (
+                f"{page.relative_to(site)}: MathJax path {src} does not resolve")
+    assert any(p.name == "method.html" for p in checked), "method.html has no formulas any more"
+
+
+def test_certify_images_page(site):
+    """The page builds from the committed results: certificates, or a clear note without a model."""
+    html = (site / "notebooks" / "certify_images.html").read_text()
+    assert "Traceback" not in html
+    assert ("<img" in html and ".png" in html) or "No shipped model yet" in html
+
+
+def test_math_renders_in_chromium(site):
+    """method.html typesets its formulas offline: MathJax ran, no TeX delimiters left visible."""
+    import screenshots
+    try:
+        screenshots.chromium()
+    except FileNotFoundError:
+        pytest.skip("no Chromium (Debian: apt install chromium)")
+    for page in screenshots.MATH_PAGES:
+        problems = screenshots.check_math(site / page)
+        assert not problems, f"{page}: " + "; ".join(problems)
+
+
+def test_raw_tex_is_detected():
+    """The check itself: a page whose MathJax did not run fails it."""
+    import screenshots
+    raw = "<html><body><p>An image <span class=\"math\">\\(x \\in [0,1]\\)</span></p></body></html>"
+    assert screenshots.math_problems(raw)
+    ok = "<html><body><p>An image <mjx-container><svg></svg></mjx-container></p><script>a = '\\(';</script></body></html>"
+    assert screenshots.math_problems(ok) == []

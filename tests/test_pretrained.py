@@ -87,3 +87,40 @@ def test_export_from_checkpoint(trained, tmp_path):
     a, _ = read_weights(copy / WEIGHTS)
     b, _ = read_weights(run / WEIGHTS)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _fake_run(root, name, *, rf=7, margin=0.5, head="heaviside", width=8, epochs=2, flops=None,
+              finished=True, weights=True):
+    import json
+
+    import yaml
+
+    run = root / name
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(
+        {"rf": rf, "margin": margin, "head": head, "sigma": 0.0, "seed": 0, "profile": "smoke",
+         "width": width, "epochs": epochs, "train_size": 256, "method": "bagcert"}))
+    (run / "metrics.json").write_text(json.dumps({"finished": finished}))
+    (run / "provenance.json").write_text(json.dumps({} if flops is None else {"training_flops": flops}))
+    if weights:
+        (run / WEIGHTS).write_bytes(b"not read by shipped_headline")
+    return run
+
+
+def test_shipped_headline_picks_the_most_compute(tmp_path):
+    from bagcert_lib.results import shipped_headline
+
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        shipped_headline(tmp_path)
+    _fake_run(tmp_path, "small", width=8, epochs=2)
+    _fake_run(tmp_path, "big-no-weights", width=64, epochs=40, weights=False)
+    _fake_run(tmp_path, "other-rf", rf=9, width=64, epochs=40)
+    _fake_run(tmp_path, "sigmoid", head="sigmoid", width=64, epochs=40)
+    _fake_run(tmp_path, "unfinished", width=64, epochs=40, finished=False)
+    assert shipped_headline(tmp_path).name == "small"          # finished beats bigger, unfinished
+    _fake_run(tmp_path, "wide", width=48, epochs=4)
+    assert shipped_headline(tmp_path).name == "wide"           # width × epochs without FLOPs
+    for run, flops in (("small", 1e9), ("wide", 2e9), ("unfinished", 9e9)):
+        (tmp_path / run / "provenance.json").write_text(f'{{"training_flops": {flops}}}')
+    _fake_run(tmp_path, "long", width=16, epochs=200, flops=5e9)
+    assert shipped_headline(tmp_path).name == "long"           # most training FLOPs
