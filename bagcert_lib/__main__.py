@@ -2,6 +2,7 @@
 
     python -m bagcert_lib train --profile cpu --rf 7 --margin 0.5      # train (resumable) + certify
     python -m bagcert_lib certify results/runs/cpu-rf7-m0.5-heaviside-s0-seed0 --patches 5 2x12
+    python -m bagcert_lib train --profile imagenet --rf 17 --data /data/imagenet   # App. A.1.2
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train one configuration (resumes its run directory), then certify")
-    t.add_argument("--profile", default="auto", help="paper | gpu | cpu | smoke | auto (default)")
+    t.add_argument("--profile", default="auto", help="paper | gpu | cpu | imagenet | smoke | auto (default)")
     t.add_argument("--out", default=str(REPO_ROOT / "results" / "runs"), help="parent of run directories")
     t.add_argument("--name", help="run directory name (default: derived from the config)")
     t.add_argument("--no-certify", action="store_true", help="skip the test-set certification")
@@ -52,7 +53,7 @@ def main(argv=None):
         out = train(cfg, run_dir)
         if out["finished"] and not args.no_certify:
             df = certify_run(run_dir)
-            print(df.query("patch == '5x5'").to_string(index=False))
+            print(df.query(f"patch == '{cfg.eval_patch}x{cfg.eval_patch}'").to_string(index=False))
         print(json.dumps(json.loads((run_dir / "metrics.json").read_text()), indent=2))
     else:
         df = certify_run(args.run_dir, args.patches, args.device)

@@ -102,8 +102,11 @@ def balanced_indices(labels, n, num_classes: int, seed: int = 0, stream: int = 0
 def subset(data: ImageData, n_train=None, n_test=None, seed=0) -> ImageData:
     """Deterministic class-stratified subset (as balanced as possible, original order kept).
 
-    ``None`` keeps a split whole. The same seed gives the same indices.
+    ``None`` keeps a split whole. The same seed gives the same indices. A streamed dataset
+    (:class:`.imagenet.StreamingImages`) subsets its file lists the same way.
     """
+    if not isinstance(data, ImageData):
+        return data.subset(n_train, n_test, seed)
 
     def pick(y: torch.Tensor, n, stream: int) -> torch.Tensor:
         return torch.from_numpy(balanced_indices(y.numpy(), n, len(data.classes), seed, stream))
