@@ -55,7 +55,7 @@ class TrainConfig:
     method: str = "bagcert"
     ablation_size: int = 4           # DS: block side s / column band width b
     theta: float = 0.3               # DS: an ablation votes for every class with softmax >= theta
-    workers: int | None = None       # DataLoader workers for a streamed dataset (None: cores - 1, <= 8)
+    workers: int | None = None       # DataLoader workers, streamed data (None: GPU cores - 1 <= 8; CPU 0)
 
     @property
     def smoothing(self) -> str | None:

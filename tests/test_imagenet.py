@@ -177,6 +177,7 @@ def test_imagenet_profile_is_appendix_a12():
         profile_config("imagenet", rf=7)
     with pytest.raises(ValueError, match="workers"):
         profile_config("imagenet", workers=-1)
+    assert D.default_workers("cpu") == 0 and 0 <= D.default_workers("cuda") <= 8   # workers: null
 
 
 # --------------------------------------------------------------------------------------

@@ -29,8 +29,12 @@ RESIZE = 256  # App. A.1.2: shorter side
 CROP = 224    # App. A.1.2: random (train) or centre (test) crop
 
 
-def default_workers() -> int:
-    """DataLoader workers when the config says None: one core stays with the training process."""
+def default_workers(device="cpu") -> int:
+    """DataLoader workers when the config says None: on a GPU cores - 1, at most 8 (one core stays
+    with the training process; README "ImageNet"); on a CPU 0, since one in-process loader feeds
+    hundreds of training threads (benchmarks/imagenet_loader.py)."""
+    if torch.device(device).type == "cpu":
+        return 0
     return min(8, max(0, (os.cpu_count() or 1) - 1))
 
 
@@ -202,7 +206,7 @@ class StreamingImages:
         """One epoch of ``split`` ('train' or 'test') as float [0, 1] batches on ``device``.
         ``augment``: random crop + flip; else the centre crop."""
         device = torch.device(device)
-        workers = default_workers() if workers is None else int(workers)
+        workers = default_workers(device) if workers is None else int(workers)
         ds = self.dataset(split, augment)
         loader = DataLoader(ds, batch_size=batch_size, sampler=EpochSampler(np.arange(len(ds)), epoch_seed, shuffle),
                             num_workers=workers, drop_last=drop_last, pin_memory=device.type == "cuda",
