@@ -5,6 +5,7 @@
     torchrun --nproc_per_node=4 -m bagcert_lib train --profile paper --rf 7   # DDP, 4 GPUs
     python -m bagcert_lib certify cpu-rf7-m0.5-heaviside-s0-seed0 --patches 5 2x12
     python -m bagcert_lib export results/runs/<run>                    # checkpoint -> model.safetensors
+    python -m bagcert_lib train --profile imagenet --rf 17 --data /data/imagenet   # App. A.1.2
 
 A wrong argument or a missing or corrupt input prints one line on stderr (what was wrong, what
 is allowed, where it looked) and exits with 2; ``--debug`` shows the traceback instead.
@@ -55,7 +56,7 @@ def build_parser() -> Parser:
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=Parser)
     t = sub.add_parser("train", parents=[common],
                        help="train one configuration (resumes its run directory), then certify")
-    t.add_argument("--profile", default="auto", help="paper | gpu | cpu | cpu_long | scaling | smoke | auto")
+    t.add_argument("--profile", default="auto", help="paper | gpu | cpu | cpu_long | scaling | imagenet | smoke | auto")
     t.add_argument("--out", default=str(REPO_ROOT / "results" / "runs"), help="parent of run directories")
     t.add_argument("--name", help="run directory name (default: derived from the config)")
     t.add_argument("--no-certify", action="store_true", help="skip the test-set certification")
@@ -99,7 +100,7 @@ def run(args) -> None:
             return
         if out["finished"] and not args.no_certify:
             df = certify_run(run_dir)
-            print(df.query("patch == '5x5'").to_string(index=False))
+            print(df.query(f"patch == '{cfg.eval_patch}x{cfg.eval_patch}'").to_string(index=False))
         print(json.dumps(json.loads((run_dir / "metrics.json").read_text()), indent=2))
     elif args.cmd == "certify":
         from .runs import certify_run

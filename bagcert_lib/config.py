@@ -29,7 +29,7 @@ class TrainConfig:
     threshold. rf, margin, head and sigma do not apply to it.
     """
 
-    dataset: str = "cifar10"
+    dataset: str = "cifar10"         # cifar10 | imagefolder (in memory) | imagenet (streamed, App. A.1.2)
     data: str | None = None          # data location; else $BAGCERT_DATA; else the defaults
     rf: int = 7
     width: int = 768
@@ -43,7 +43,7 @@ class TrainConfig:
     lr: float = 1e-3
     warmup_epochs: float = 10
     weight_decay: float = 0.0
-    augment: bool = True             # random crop (pad 4) + horizontal flip
+    augment: bool = True             # random crop (pad 4; ImageNet: 224 of 256) + horizontal flip
     train_size: int | None = None    # None: the whole training set
     eval_size: int = 1000            # fixed held-out evaluation set (from the test split)
     test_size: int | None = None     # test images certified/attacked after training (None: all)
@@ -57,6 +57,7 @@ class TrainConfig:
     method: str = "bagcert"
     ablation_size: int = 4           # DS: block side s / column band width b
     theta: float = 0.3               # DS: an ablation votes for every class with softmax >= theta
+    workers: int | None = None       # DataLoader workers, streamed data (None: GPU cores - 1 <= 8; CPU 0)
 
     @property
     def smoothing(self) -> str | None:
@@ -67,9 +68,12 @@ class TrainConfig:
         from .heads import HEADS
         from .model import CIFAR_KERNELS, IMAGENET_KERNELS
 
-        known = CIFAR_KERNELS if self.dataset == "cifar10" else {**CIFAR_KERNELS, **IMAGENET_KERNELS}
-        if self.dataset not in ("cifar10", "imagefolder"):
-            raise ValueError(f"unknown dataset {self.dataset!r}; choose 'cifar10' or 'imagefolder'")
+        known = {"cifar10": CIFAR_KERNELS, "imagenet": IMAGENET_KERNELS}.get(
+            self.dataset, {**CIFAR_KERNELS, **IMAGENET_KERNELS})
+        if self.dataset not in ("cifar10", "imagefolder", "imagenet"):
+            raise ValueError(f"unknown dataset {self.dataset!r}; choose 'cifar10', 'imagefolder' or 'imagenet'")
+        if self.workers is not None and int(self.workers) < 0:
+            raise ValueError(f"workers must be >= 0 or None, got {self.workers!r}")
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {METHODS}")
         if int(self.ablation_size) < 1 or not 0 <= self.theta <= 1:

@@ -23,12 +23,15 @@ from .attack import patch_attack
 from .certifier import _pair, affected_range
 from .config import REPO_ROOT, grids, profile_config
 from .runtime import default_device, device_name, memory_format, region_scores
-from .train import evaluate, git_commit, load_run
+from .train import evaluate_batches, git_commit, load_run, test_batches
 
 
-def figure_patches() -> list:
-    """Every patch shape of Figures 3 and 4: squares 1..16 and the 24-pixel aspect ratios."""
+def figure_patches(dataset: str = "cifar10") -> list:
+    """Every patch shape of Figures 3 and 4: squares 1..16 and the 24-pixel aspect ratios; for
+    ImageNet the 32x32 patch of Figure 2 (2.04 % of 224x224, App. A.1.2)."""
     g = grids()
+    if dataset == "imagenet":
+        return [_pair(p, "patch") for p in g["imagenet_patches"]]
     return [_pair(p, "patch") for p in g["square_patches"] + g["aspect_ratio_patches"]]
 
 
@@ -79,12 +82,14 @@ def _load(run_dir, device, progress, n=None):
 def certify_run(run_dir, patches=None, device=None, progress=True,
                 filename="certification.csv") -> pd.DataFrame:
     """Certify a run's model on the whole test split for ``patches`` (default: every figure's
-    shapes) from one forward pass per batch; writes ``filename`` into the run directory."""
+    shapes) from one forward pass per batch; writes ``filename`` into the run directory.
+    ImageNet's val set is streamed through the DataLoader (centre crop), never held in memory;
+    ``wall_s`` includes its decoding."""
     run_dir = resolve_run_dir(run_dir)
     model, cfg, ds, device = _load(run_dir, device, progress)
     t0 = time.perf_counter()
-    df = evaluate(model, ds.x_test, ds.y_test, cfg, device, patches=patches or figure_patches(),
-                  progress=progress)
+    df = evaluate_batches(model, test_batches(ds, cfg, device), cfg, device,
+                          patches=patches or figure_patches(cfg.dataset), progress=progress)
     df["wall_s"] = time.perf_counter() - t0
     df["device"] = device_name(device)
     df.to_csv(run_dir / filename, index=False)
@@ -106,7 +111,10 @@ def attack_run(run_dir, n: int | None = 1000, patch=5, steps: int = 100, step_si
     gen = torch.Generator().manual_seed(seed)
     git = git_commit()
     rows, t0, example = [], time.perf_counter(), None
-    loader = data_mod.batches(ds.x_test, ds.y_test, batch_size, device=device)
+    if isinstance(ds, data_mod.StreamingImages):     # ImageNet: streamed, centre crop
+        loader = test_batches(ds, cfg, device, batch_size)
+    else:
+        loader = data_mod.batches(ds.x_test, ds.y_test, batch_size, device=device)
     for x, y in tqdm(loader, total=data_mod.num_batches(len(ds.y_test), batch_size, False),
                      desc="attack", disable=not progress):
         res = patch_attack(model, x, y, patch, steps=steps, step_size=step_size, head=cfg.head,

@@ -46,7 +46,8 @@ def build_model(cfg: TrainConfig, num_classes: int = 10):
 
 
 def load_data(cfg: TrainConfig):
-    """The dataset for ``cfg``, subset to train_size, plus the fixed held-out evaluation set."""
+    """The dataset for ``cfg``, subset to train_size, plus the fixed held-out evaluation set
+    (in memory, or for ``imagenet`` file lists streamed batch by batch)."""
     full = data_mod.load_dataset(cfg.dataset, cfg.data)
     train = data_mod.subset(full, n_train=cfg.train_size, seed=0) if cfg.train_size else full
     ev = data_mod.subset(full, n_test=min(cfg.eval_size, len(full.y_test)), seed=0)
@@ -78,13 +79,29 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
 
 
+def test_batches(ds, cfg: TrainConfig, device, batch_size: int | None = None):
+    """The test split of ``ds`` as batches: in memory (500 a batch), or streamed through the
+    DataLoader with the centre crop (App. A.1.2; 100 a batch)."""
+    channels_last = use_channels_last(device, cfg.channels_last)
+    if isinstance(ds, data_mod.StreamingImages):
+        return ds.batches("test", batch_size or 100, device=device, workers=cfg.workers,
+                          channels_last=channels_last)
+    return data_mod.batches(ds.x_test, ds.y_test, batch_size or 500, device=device,
+                            channels_last=channels_last)
+
+
 def evaluate(model, x, y, cfg: TrainConfig, device, patches=None, progress=False):
-    """Clean and certified accuracy on (x, y): the one evaluation loop. BagCert: Conditions 3.2
-    and 3.3 (§3.1); a DS run: the smoothed classifier's certificate (condition ``DS``)."""
-    patches = patches or [cfg.eval_patch]
+    """Clean and certified accuracy on in-memory (x, y); see :func:`evaluate_batches`."""
     loader = data_mod.batches(x, y, 500, device=device,
                               channels_last=use_channels_last(device, cfg.channels_last))
-    return method_for(cfg).evaluate(model, loader, patches, cfg, device, progress=progress)
+    return evaluate_batches(model, loader, cfg, device, patches, progress)
+
+
+def evaluate_batches(model, loader, cfg: TrainConfig, device, patches=None, progress=False):
+    """Clean and certified accuracy over ``loader``'s batches: the one evaluation loop. BagCert:
+    Conditions 3.2 and 3.3 (§3.1); a DS run: the smoothed classifier's certificate (``DS``)."""
+    return method_for(cfg).evaluate(model, loader, patches or [cfg.eval_patch], cfg, device,
+                                     progress=progress)
 
 
 def training_loss(model, x, y, cfg: TrainConfig, head=None, device=None):
@@ -152,21 +169,28 @@ def _sync(device):
 
 
 #: Config fields a run may change when it resumes: the device, the data's location (the dataset
-#: itself is pinned by its sha256 in provenance.json) and the memory format (same numbers).
+#: itself is pinned by its sha256 in provenance.json), the memory format, compilation and the
+#: number of DataLoader workers (same numbers: augmentation is seeded per image, not per worker).
 #: The number of processes is not a config field either: a run may resume with another world size.
-RESUME_MAY_CHANGE = ("device", "data", "channels_last", "compile")
+RESUME_MAY_CHANGE = ("device", "data", "channels_last", "compile", "workers")
 
 
 def epoch_batches(x, y, cfg: TrainConfig, epoch: int, device, channels_last: bool, method=None,
-                  ctx: distributed.Context | None = None):
+                  ctx: distributed.Context | None = None, streamed=None):
     """This process's share of an epoch's training batches: the global batches (order and
-    augmentation seeded by (seed, epoch)), ``method.prepare`` applied to each, then the rank's
-    slice. The slices of all ranks, in rank order, are the one-process run's batches."""
+    augmentation seeded by (seed, epoch); ``streamed``: an ImageNet-style folder decoded in
+    DataLoader workers, App. A.1.2), ``method.prepare`` applied to each, then the rank's slice.
+    The slices of all ranks, in rank order, are the one-process run's batches."""
     method = method or method_for(cfg)
-    gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
-    for xb, yb in data_mod.batches(x, y, cfg.batch_size, shuffle=True, generator=gen,
-                                   device=device, augment=cfg.augment, drop_last=True,
-                                   channels_last=channels_last):
+    if streamed is not None:      # every rank decodes the global batch, then keeps its slice
+        glob = streamed.batches("train", cfg.batch_size, augment=cfg.augment, shuffle=True,
+                                epoch_seed=_epoch_seed(cfg.seed, epoch), device=device,
+                                workers=cfg.workers, drop_last=True, channels_last=channels_last)
+    else:
+        gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
+        glob = data_mod.batches(x, y, cfg.batch_size, shuffle=True, generator=gen, device=device,
+                                augment=cfg.augment, drop_last=True, channels_last=channels_last)
+    for xb, yb in glob:
         xb = method.prepare(xb, cfg)
         yield distributed.shard(xb, ctx), distributed.shard(yb, ctx)
 
@@ -193,7 +217,8 @@ def _train(cfg, run_dir, ctx, *, resume, progress, stop_after):
     device = ctx.device
     configure_backends()
     full, train_data, eval_data = load_data(cfg)           # raises before any training
-    size = tuple(full.x_test.shape[-2:])
+    size = data_mod.image_size(full)
+    streamed = isinstance(full, data_mod.StreamingImages)
     if cfg.eval_patch > min(size):
         raise ValueError(f"eval_patch {cfg.eval_patch} is larger than the image {size[0]}x{size[1]}")
     torch.manual_seed(cfg.seed)             # the same initial weights on every rank
@@ -243,15 +268,18 @@ def _train(cfg, run_dir, ctx, *, resume, progress, stop_after):
                          "torch": str(torch.__version__),
                          "estimated_s_per_epoch": round(est["seconds_per_epoch"], 1),
                          **distributed.describe(ctx, devices)})
-    x_train = train_data.x_train.to(device)
-    y_train = train_data.y_train.to(device)
+    x_train = y_train = None
+    if not streamed:
+        x_train = train_data.x_train.to(device)
+        y_train = train_data.y_train.to(device)
     t_start = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         if stop_after is not None and epoch - start_epoch >= stop_after:
             break
         t0 = time.perf_counter()
         torch.manual_seed(_epoch_seed(cfg.seed, epoch))     # shake-shake noise: same on every rank
-        loader = epoch_batches(x_train, y_train, cfg, epoch, device, channels_last, method, ctx)
+        loader = epoch_batches(x_train, y_train, cfg, epoch, device, channels_last, method, ctx,
+                               streamed=train_data if streamed else None)
         net.train()
         losses = torch.zeros((), device=device)
         bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
@@ -269,7 +297,8 @@ def _train(cfg, run_dir, ctx, *, resume, progress, stop_after):
         train_s = time.perf_counter() - t0
         row = None
         if ctx.is_main:      # rank 0 evaluates and writes; the others wait for its row
-            ev = evaluate(model, eval_data.x_test, eval_data.y_test, cfg, device).set_index("condition")
+            ev = evaluate_batches(model, test_batches(eval_data, cfg, device), cfg,
+                                  device).set_index("condition")
             row = {"epoch": epoch + 1, "loss": (losses / steps_per_epoch).item(),
                    "lr": float(sched.get_last_lr()[0]),
                    "clean_accuracy": float(ev.clean_accuracy.iloc[0]),
@@ -310,7 +339,7 @@ def _write_records(run_dir, cfg, model, full, train_data, eval_data, history, de
     with open(run_dir / "metrics.json", "w") as f:
         json.dump(metrics, f, indent=2)
     train_s = [h["train_s"] for h in history]
-    macs = conv_macs(model, tuple(full.x_test.shape[-2:]))
+    macs = conv_macs(model, data_mod.image_size(full))
     images_seen = len(history) * (len(train_data.y_train) // cfg.batch_size) * cfg.batch_size
     prov = {"git": segments[-1]["git"], "torch": torch.__version__, "device": device_name(device),
             "amp_bf16": use_amp(device, cfg.amp), "cpu": cpu_features(),

@@ -1,5 +1,6 @@
 """Tests for bagcert_lib.data: loaders (fake official files, the real JPEG archive, image
-folders), location precedence, checksums, cache, augmentation and batching."""
+folders), location precedence, checksums, cache, augmentation and batching. data is a package:
+private names are patched in the submodule that looks them up (D.cache, D.cifar, D.folders)."""
 
 import hashlib
 import io
@@ -16,7 +17,7 @@ from PIL import Image
 
 from bagcert_lib import data as D
 
-REPO_ROOT = pathlib.Path(D.__file__).resolve().parent.parent
+REPO_ROOT = pathlib.Path(D.__file__).resolve().parent.parent.parent   # bagcert_lib/data/__init__.py
 JPEG_CANDIDATES = [
     REPO_ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz",
     REPO_ROOT / "shared" / "datasets" / "cifar10-jpeg.tar.gz",
@@ -27,7 +28,7 @@ JPEG_ARCHIVE = next((p for p in JPEG_CANDIDATES if p.is_file()), None)
 @pytest.fixture(autouse=True)
 def isolated(monkeypatch, tmp_path):
     """Fresh in-process memo, a private cache dir and no BAGCERT_DATA for every test."""
-    monkeypatch.setattr(D, "_MEMO", {})
+    monkeypatch.setattr(D.cache, "_MEMO", {})   # where the loaders look it up
     monkeypatch.setenv("BAGCERT_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("BAGCERT_DATA", raising=False)
 
@@ -126,9 +127,9 @@ def test_cache_decodes_once(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(D, "_decode_official", boom)
+    monkeypatch.setattr(D.cifar, "_decode_official", boom)
     d2 = D.load_cifar10(tmp_path / "data", cache_dir=cache, progress=False)  # in-process memo
-    D._MEMO.clear()
+    D.cache._MEMO.clear()
     d3 = D.load_cifar10(tmp_path / "data", cache_dir=cache, progress=False)  # .npz cache
     for d in (d2, d3):
         assert d.sha256 == d1.sha256 and d.classes == d1.classes
@@ -231,7 +232,7 @@ def test_download(monkeypatch, tmp_path):
     assert urls == [D.CIFAR10_URL]
     assert not list((tmp_path / "root").glob("*"))
     # with the matching md5 the archive is kept and loaded
-    monkeypatch.setattr(D, "CIFAR10_MD5", hashlib.md5(payload).hexdigest())
+    monkeypatch.setattr(D.cifar, "CIFAR10_MD5", hashlib.md5(payload).hexdigest())
     d = D.load_cifar10(tmp_path / "root", download=True, progress=False)
     assert (tmp_path / "root" / "cifar-10-python.tar.gz").read_bytes() == payload
     check_matches_fake(d)
@@ -326,11 +327,11 @@ def test_jpeg_archive(jpeg_data):
     def no_decode(*a, **k):
         raise AssertionError("decoded again instead of reading the cache")
     if not list(cache.glob("cifar10-jpeg-*.npz")):   # the fixture's load came from the memo
-        D._MEMO.clear()
+        D.cache._MEMO.clear()
         D.load_cifar10(JPEG_ARCHIVE, cache_dir=cache, progress=False)
-    D._MEMO.clear()
+    D.cache._MEMO.clear()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(D, "_decode_images", no_decode)
+        mp.setattr(D.folders, "_decode_images", no_decode)
         again = D.load_cifar10(JPEG_ARCHIVE, cache_dir=cache, progress=False)
         assert len(list(cache.glob("cifar10-jpeg-*.npz"))) == 1
         assert torch.equal(again.x_train, d.x_train) and torch.equal(again.y_test, d.y_test)

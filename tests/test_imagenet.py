@@ -1,0 +1,242 @@
+"""ImageNet as App. A.1.2 runs it (issue 15): the streamed folder, its transforms, the imagenet
+profile, training RF 17 end to end at 224 px (one CLI command), certifying 32x32 patches,
+resuming, and memory that does not grow with the number of images."""
+import json
+import pathlib
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from bagcert_lib import data as D
+from bagcert_lib import train as train_mod
+from bagcert_lib.config import grids, profile_config
+from bagcert_lib.model import IMAGENET_KERNELS
+
+pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")   # torchvision 0.29
+
+SIZES = [(40, 300), (300, 60), (257, 256), (375, 500)]   # (H, W): varied sizes and aspect ratios
+
+
+def write_folder(root: pathlib.Path, n_train=4, n_val=2, classes=3, sizes=SIZES, seed=0):
+    """``train/<wnid>/*.JPEG`` and ``val/<wnid>/*.JPEG``; class c is a tint of channel c."""
+    rng = np.random.default_rng(seed)
+    k = 0
+    for split, n in (("train", n_train), ("val", n_val)):
+        for c in range(classes):
+            d = root / split / f"n{c:08d}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                h, w = sizes[k % len(sizes)]
+                k += 1
+                img = rng.uniform(0, 0.45, (h, w, 3))
+                img[..., c] += rng.uniform(0.35, 0.55)
+                Image.fromarray((img.clip(0, 1) * 255).astype(np.uint8)).save(
+                    d / f"n{c:08d}_{i}.JPEG", quality=85)
+    return root
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = write_folder(tmp_path_factory.mktemp("imagenet"))
+    cmyk = Image.new("CMYK", (120, 90), (10, 200, 30, 0))     # ImageNet has a few CMYK JPEGs
+    cmyk.save(root / "train" / "n00000002" / "cmyk.JPEG")
+    (root / "train" / "n00000000" / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_listing(folder):
+    ds = D.load_imagenet(folder, progress=False)
+    assert isinstance(ds, D.StreamingImages) and ds.name == "imagenet"
+    assert ds.classes == ["n00000000", "n00000001", "n00000002"]
+    assert len(ds.y_train) == 13 and len(ds.y_test) == 6
+    assert ds.y_train.dtype == torch.int64 and ds.y_train.tolist() == [0] * 4 + [1] * 4 + [2] * 5
+    assert ds.train_files[0].decode() == "train/n00000000/n00000000_0.JPEG"
+    info = ds.describe()
+    assert (info["n_train"], info["n_test"], info["streamed"], len(info["sha256"])) == (13, 6, True, 64)
+    assert D.load_dataset("imagenet", folder, progress=False).sha256 == ds.sha256
+    assert D.image_size(ds) == (224, 224)
+    sub = D.subset(ds, n_train=6, n_test=3)                 # class-balanced, as in memory
+    assert torch.bincount(sub.y_train).tolist() == [2, 2, 2] and sub.y_test.tolist() == [0, 1, 2]
+    assert D.find_imagenet(folder) == folder.resolve()
+    with pytest.raises(D.DataNotFoundError, match="train/<wnid>"):
+        D.load_imagenet(folder / "nowhere")
+
+
+def test_transforms(folder):
+    """Every size and aspect ratio: shorter side 256 (aspect kept), 224 crops, the test crop is the
+    centre and deterministic, the train crop is a function of the seed."""
+    ds = D.load_imagenet(folder, progress=False)
+    train_set, test_set = ds.dataset("train", train=True), ds.dataset("test", train=False)
+    for i in range(len(train_set)):
+        img = D.imagenet.decode(str(folder / train_set.files[i].decode()))
+        assert img.dtype == torch.uint8 and img.shape[0] == 3          # the CMYK one too
+        big = D.rescale(img)
+        (h, w), (h0, w0) = big.shape[-2:], img.shape[-2:]
+        assert min(h, w) == 256 and abs(max(h, w) - 256 * max(h0, w0) / min(h0, w0)) <= 1
+        centre = D.preprocess(img, train=False)
+        top, left = round((h - 224) / 2), round((w - 224) / 2)
+        assert centre.shape == (3, 224, 224)
+        assert torch.equal(centre, big[:, top:top + 224, left:left + 224])
+        assert torch.equal(centre, D.preprocess(img, train=False))
+        crops = [D.preprocess(img, True, torch.Generator().manual_seed(s)) for s in (0, 0, 1)]
+        assert crops[0].shape == (3, 224, 224) and torch.equal(crops[0], crops[1])
+        x, y = train_set[(i, 5)]
+        assert torch.equal(x, D.preprocess(img, True, torch.Generator().manual_seed(5)))
+        assert y == int(ds.y_train[i])
+    for i in range(len(test_set)):              # the test split: never flipped, never shifted
+        assert torch.equal(test_set[(i, 1)][0], test_set[(i, 2)][0])
+
+
+def test_flip_and_crop_only_in_train():
+    """On a 256 x 300 image (rescaling leaves it alone) the train output is exactly the window and
+    flip the seed draws; the test output is the centre window, unflipped."""
+    img = torch.arange(3 * 256 * 300).remainder(251).to(torch.uint8).view(3, 256, 300)
+    assert torch.equal(D.rescale(img), img)
+    windows, flips = set(), 0
+    for s in range(40):
+        out = D.preprocess(img, True, torch.Generator().manual_seed(s))
+        g = torch.Generator().manual_seed(s)
+        top = int(torch.randint(0, 256 - 224 + 1, (), generator=g))
+        left = int(torch.randint(0, 300 - 224 + 1, (), generator=g))
+        flip = bool(torch.rand((), generator=g) < 0.5)
+        want = img[:, top:top + 224, left:left + 224]
+        assert torch.equal(out, want.flip(-1) if flip else want)
+        windows.add((top, left))
+        flips += flip
+    assert len(windows) > 20 and 5 < flips < 35
+    assert torch.equal(D.preprocess(img, train=False), img[:, 16:240, 38:262])
+
+
+def test_batches_seeded_and_worker_independent(folder):
+    ds = D.load_imagenet(folder, progress=False)
+    kw = dict(augment=True, shuffle=True, epoch_seed=7, drop_last=True)
+    a = list(ds.batches("train", 4, workers=0, **kw))
+    b = list(ds.batches("train", 4, workers=1, **kw))
+    assert len(a) == 3
+    for (xa, ya), (xb, yb) in zip(a, b):
+        assert xa.dtype == torch.float32 and xa.shape == (4, 3, 224, 224) and ya.dtype == torch.int64
+        assert 0 <= xa.min() and xa.max() <= 1
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    other = list(ds.batches("train", 4, workers=0, **{**kw, "epoch_seed": 8}))
+    assert not all(torch.equal(x, y) for (x, _), (y, _) in zip(a, other))
+    test = [y for _, y in ds.batches("test", 4, channels_last=True)]
+    assert torch.cat(test).tolist() == ds.y_test.tolist()
+
+
+def _rss_mb() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise OSError
+
+
+@pytest.mark.skipif(not pathlib.Path("/proc/self/status").exists(), reason="needs /proc (Linux)")
+def test_memory_does_not_grow_with_the_folder(tmp_path):
+    """Streaming holds a few batches, never the set: iterating 200 images peaks no higher than 20
+    (holding them would take 200 x 224 x 224 x 3 x 4 B = 120 MB more)."""
+    growth = {}
+    for n in (20, 200, 20):
+        root = write_folder(tmp_path / f"n{n}-{len(growth)}", n_train=1, n_val=n // 2, classes=2,
+                            sizes=[(48, 64), (64, 40)])
+        ds = D.load_imagenet(root, progress=False)
+        base, peak = _rss_mb(), 0.0
+        for x, y in ds.batches("test", 10, workers=0):
+            peak = max(peak, _rss_mb())
+        assert len(ds.y_test) == n
+        growth[n] = max(growth.get(n, 0.0), peak - base)
+    assert growth[200] < growth[20] + 15, growth
+
+
+def test_imagenet_profile_is_appendix_a12():
+    cfg = profile_config("imagenet")
+    assert cfg.dataset == "imagenet" and cfg.rf == 17 and cfg.head == "heaviside"
+    assert cfg.shake is False and cfg.weight_decay == 0.0          # neither shake-shake nor weight decay
+    assert cfg.sigma == 1.0 and cfg.margin == 0.25                 # one-hot penalty; M = 0.25
+    assert (cfg.lr, cfg.batch_size, cfg.epochs, cfg.warmup_epochs) == (0.00033, 64, 60, 10)
+    assert cfg.augment and cfg.eval_patch == 32 and cfg.test_size is None and cfg.train_size is None
+    assert grids()["imagenet_receptive_fields"] == [17, 25, 29] and grids()["imagenet_patches"] == [32]
+    assert cfg.run_name() == "imagenet-rf17-m0.25-heaviside-s1-seed0"
+    for rf in (17, 25, 29):
+        model = train_mod.build_model(profile_config("imagenet", rf=rf), num_classes=1000)
+        convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert model.receptive_field == rf and model.stride == 4
+        assert model.stem[0].out_channels == 64 and model.stem[0].kernel_size == (3, 3)
+        assert [b.path_a[0][0].out_channels for b in model.blocks] == [64, 64, 128, 128, 256, 256, 512, 512]
+        assert [b.path_a[0][0].stride[0] for b in model.blocks] == [2, 1, 2, 1, 1, 1, 1, 1]
+        assert [b.path_a[0][0].kernel_size[0] for b in model.blocks] == list(IMAGENET_KERNELS[rf][1:])
+        assert not any(b.shake for b in model.blocks)
+        assert model.classifier.kernel_size == (1, 1) and model.classifier.out_channels == 1000
+        assert all(any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) for _ in convs[:1])
+    model = train_mod.build_model(cfg, num_classes=3).eval()
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 224, 224)).shape == (1, 3, 56, 56)
+    with pytest.raises(ValueError, match="receptive field"):
+        profile_config("imagenet", rf=7)
+    with pytest.raises(ValueError, match="workers"):
+        profile_config("imagenet", workers=-1)
+    assert D.default_workers("cpu") == 0 and 0 <= D.default_workers("cuda") <= 8   # workers: null
+
+
+# --------------------------------------------------------------------------------------
+# RF 17 end to end at 224 px: one CLI command trains and certifies; resuming equals it
+# --------------------------------------------------------------------------------------
+
+SMALL = ["--epochs", "2", "--train-size", "12", "--batch-size", "4", "--eval-size", "3",
+         "--test-size", "6", "--warmup-epochs", "0.5"]
+
+
+def _cheap_estimate(cfg, n_train=None, device=None, steps=3, epochs_left=None):
+    """estimate_cost times real steps (tested in test_portability); here it would double the cost."""
+    return {"device": "cpu", "cpu_class": None, "bf16": False, "channels_last": False, "steps_timed": 0,
+            "seconds_per_step": 0.0, "seconds_per_epoch": 0.0, "epochs": epochs_left or cfg.epochs,
+            "seconds": 0.0}
+
+
+@pytest.fixture(scope="module")
+def cli_run(folder, tmp_path_factory):
+    from bagcert_lib.__main__ import main
+
+    out = tmp_path_factory.mktemp("runs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train_mod, "estimate_cost", _cheap_estimate)
+
+        def no_in_memory_decode(*a, **k):
+            raise AssertionError("ImageNet must stream, not decode into memory")
+        mp.setattr(D.folders, "_decode_images", no_in_memory_decode)
+        main(["train", "--profile", "imagenet", "--rf", "17", "--data", str(folder), "--out", str(out),
+              "--workers", "0", *SMALL])
+    return out / "imagenet-rf17-m0.25-heaviside-s1-seed0"
+
+
+def test_train_and_certify_rf17_one_command(cli_run):
+    run = cli_run
+    h = pd.read_csv(run / "history.csv")
+    assert len(h) == 2 and h.loss.notna().all()
+    prov = json.loads((run / "provenance.json").read_text())
+    assert prov["dataset"]["name"] == "imagenet" and prov["dataset"]["streamed"]
+    assert (prov["n_train"], prov["n_eval"], prov["receptive_field"], prov["stride"]) == (12, 3, 17, 4)
+    cert = pd.read_csv(run / "certification.csv", dtype={"condition": str})
+    assert set(cert.patch) == {"32x32"} and set(cert.condition) == {"3.2", "3.3"}
+    assert (cert.n == 6).all() and (cert.wall_s > 0).all()
+    assert (cert.certified_accuracy <= cert.clean_accuracy).all()
+    assert json.loads((run / "metrics.json").read_text())["finished"]
+
+
+def test_resume_equals_uninterrupted_with_any_workers(cli_run, folder, monkeypatch, tmp_path):
+    monkeypatch.setattr(train_mod, "estimate_cost", _cheap_estimate)
+    cfg = profile_config("imagenet", rf=17, data=str(folder), epochs=2, train_size=12, batch_size=4,
+                         eval_size=3, test_size=6, warmup_epochs=0.5, workers=1)
+    part = train_mod.train(cfg, tmp_path / "part", progress=False, stop_after=1)   # one worker
+    assert not part["finished"]
+    cfg.workers = 0                                                                   # none
+    rest = train_mod.train(cfg, tmp_path / "part", progress=False)
+    assert rest["finished"]
+    full, _ = train_mod.load_run(cli_run)
+    a, b = full.state_dict(), rest["model"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    drop = ["train_s", "epoch_s", "images_per_s"]
+    pd.testing.assert_frame_equal(pd.read_csv(cli_run / "history.csv").drop(columns=drop),
+                                  pd.read_csv(tmp_path / "part" / "history.csv").drop(columns=drop))
