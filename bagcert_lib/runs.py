@@ -54,11 +54,17 @@ MODEL_FILES = ("model.safetensors", "checkpoint.pt")
 def resolve_run_dir(run_dir=None, needs=MODEL_FILES, results=None) -> Path:
     """A run directory holding one of ``needs``: as given, else relative to the repository root or
     the results folder (so notebooks behave the same whatever directory papermill is started
-    from); None: the headline run of the active profile."""
+    from); None: the headline run of the active profile, else the best shipped headline model."""
     root = Path(results) if results else results_dir()
     needs = (needs,) if isinstance(needs, str) else tuple(needs)
     if run_dir is None:
         run_dir = headline_run_dir()
+        if set(needs) & set(MODEL_FILES) and not any((run_dir / n).is_file() for n in needs):
+            from .results import shipped_headline     # a fresh clone: the best shipped model
+            try:
+                return shipped_headline(root)
+            except FileNotFoundError:
+                pass
     for p in (Path(run_dir), REPO_ROOT / run_dir, root / run_dir):
         if any((p / n).is_file() for n in needs):
             return p

@@ -124,3 +124,31 @@ def test_shipped_headline_picks_the_most_compute(tmp_path):
         (tmp_path / run / "provenance.json").write_text(f'{{"training_flops": {flops}}}')
     _fake_run(tmp_path, "long", width=16, epochs=200, flops=5e9)
     assert shipped_headline(tmp_path).name == "long"           # most training FLOPs
+
+
+def test_a_committed_shipped_model_reproduces_its_numbers():
+    """A fresh clone certifies a committed run with no training: the smallest shipped model,
+    certified again on the whole test set, gives its committed certification.csv (to 0.5 points:
+    an AVX2 machine computes in fp32 where the run used bf16)."""
+    import pandas as pd
+
+    from bagcert_lib import data as data_mod
+    from bagcert_lib.config import REPO_ROOT
+
+    shipped = sorted((REPO_ROOT / "results" / "runs").glob(f"*/{WEIGHTS}"), key=lambda p: p.stat().st_size)
+    if not shipped:
+        pytest.skip("no shipped model committed yet")
+    try:
+        data_mod.load_cifar10(progress=False)
+    except data_mod.DataNotFoundError as e:
+        pytest.skip(f"no CIFAR-10 here: {e}")
+    run = shipped[0].parent
+    committed = pd.read_csv(run / "certification.csv", dtype={"condition": str}).query("patch == '5x5'")
+    df = certify_run(run.name, patches=[(5, 5)], progress=False, filename="certification_check.csv")
+    (run / "certification_check.csv").unlink()
+    for cond in ("3.2", "3.3"):
+        a = committed.query("condition == @cond").iloc[0]
+        b = df.query("condition == @cond").iloc[0]
+        assert a.n == b.n == 10_000
+        assert abs(a.clean_accuracy - b.clean_accuracy) <= 0.005
+        assert abs(a.certified_accuracy - b.certified_accuracy) <= 0.005
