@@ -101,6 +101,7 @@ def select_runs(runs: pd.DataFrame, profile: str | None = None) -> pd.DataFrame:
     means trained and certified (a run still in the middle of its sweep is left out)."""
     done = runs[runs["finished"].fillna(False).astype(bool) & runs["certified"].fillna(False).astype(bool)]
     if profile is None:
+        done = done[done["profile"] != "imagenet"]     # ImageNet: its own panel (imagenet_runs)
         have = set(done["profile"])
         profile = next((p for p in PROFILE_ORDER if p in have), None)
     return done[done["profile"] == profile] if profile else done
@@ -114,6 +115,65 @@ def grid_runs(results=None, profile: str | None = None) -> pd.DataFrame:
 def smoothing_runs(results=None, profile: str | None = None) -> pd.DataFrame:
     """The finished DS runs (:data:`SMOOTHING_RUNS`) of one profile (see :func:`select_runs`)."""
     return select_runs(load_runs(results), profile).query(SMOOTHING_RUNS)
+
+
+#: Images of ImageNet's validation set: what the paper's "roughly 7 minutes" certifies (§4).
+IMAGENET_VAL = 50_000
+
+
+def imagenet_runs(results=None) -> pd.DataFrame:
+    """One row per finished, certified BagCert ImageNet run (profile ``imagenet`` or an ImageNet
+    dataset, RF in ``imagenet_receptive_fields``), with its 32x32 rows of certification.csv side
+    by side: ``clean_accuracy``, ``certified_3_2``, ``certified_3_3``, ``n`` (val images
+    certified), ``certify_wall_s`` (decoding included) and ``seconds_50k`` (that wall time scaled to
+    the 50,000 val images), plus the run's config and ``scale`` (what it was trained and certified
+    on). Sorted so that the largest-scale run of each (rf, margin) comes first. Empty (with these
+    columns) when there is none: the figures then show the paper's values alone."""
+    from .certifier import _pair, patch_label
+    from .config import grids
+
+    g = grids()
+    patch = patch_label(_pair(g["imagenet_patches"][0], "patch"))      # 32x32: 2 % of 224x224
+    cols = ["run", "path", *CONFIG_COLUMNS, "dataset", "n_train", "epochs_done", "device", "patch", "n",
+            "clean_accuracy", "certified_3_2", "certified_3_3", "certify_wall_s", "seconds_50k", "scale"]
+    runs = load_runs(results)
+    if runs.empty:
+        return pd.DataFrame(columns=cols)
+    done = runs[runs["finished"].fillna(False).astype(bool) & runs["certified"].fillna(False).astype(bool)
+                & ((runs["profile"] == "imagenet") | (runs["dataset"] == "imagenet"))
+                & runs["rf"].isin(g["imagenet_receptive_fields"]) & (runs["method"] == "bagcert")]
+    cert = load_certification(results).query("patch == @patch and run in @done.run")
+    if done.empty or cert.empty:
+        return pd.DataFrame(columns=cols)
+    wide = cert.pivot_table(index="run", columns="condition", values="certified_accuracy")
+    first = cert.groupby("run").first()
+    out = done.drop(columns=["device"]).set_index("run").join(
+        first[["patch", "n", "clean_accuracy", "device"]], how="inner")
+    out["certified_3_2"], out["certified_3_3"] = wide.get("3.2"), wide.get("3.3")
+    out["seconds_50k"] = out["certify_wall_s"] / out["n"] * IMAGENET_VAL
+    out["scale"] = [f"{int(t or 0):,} training images, {int(e or 0)} epoch{'' if e == 1 else 's'}, "
+                    f"certified on {int(n):,} val images" for t, e, n in zip(out["n_train"], out["epochs_done"], out["n"])]
+    out = out.reset_index().sort_values(["rf", "margin", "n", "n_train", "epochs_done", "run"],
+                                        ascending=[True, True, False, False, False, True])
+    return out[cols].reset_index(drop=True)
+
+
+def imagenet_claims(inet: pd.DataFrame) -> dict:
+    """Our values of claims.csv's ImageNet rows from :func:`imagenet_runs`' frame ``inet``: §4's
+    configuration (the ``imagenet`` profile's RF 17, M 0.25) from its largest-scale run, and the
+    certification seconds for 50,000 val images from that run (else any ImageNet run). Each value
+    is None when there is no such run; ``run`` / ``timed_run`` are the rows used (or None)."""
+    from .config import profile_config
+
+    ih = profile_config("imagenet")
+    main = inet[(inet["rf"] == ih.rf) & (inet["margin"] == ih.margin)].head(1)
+    timed = main if len(main) else inet.head(1)
+    row = main.iloc[0] if len(main) else None
+    trow = timed.iloc[0] if len(timed) else None
+    return {"imagenet_cond32": None if row is None else float(row.certified_3_2),
+            "imagenet_cond33": None if row is None else float(row.certified_3_3),
+            "imagenet_seconds": None if trow is None else float(trow.seconds_50k),
+            "run": row, "timed_run": trow}
 
 
 def headline_query() -> str:

@@ -39,12 +39,14 @@ from bagcert_lib.runtime import autocast, cpu_class, cpu_features, memory_format
 from bagcert_lib.train import git_commit
 
 
-def write_images(root: Path, n: int, classes: int = 4, size=(375, 500), seed=0) -> float:
-    """``n`` JPEGs in train/ (and a few in val/); returns the mean file size in bytes."""
+def write_images(root: Path, n: int, classes: int = 4, size=(375, 500), seed=0, split=None) -> float:
+    """``n`` JPEGs in train/ (and a few in val/), or all in ``split``; returns the mean file size
+    in bytes."""
     rng = np.random.default_rng(seed)
     sizes = []
+    only = split
     for i in range(n):
-        split = "val" if i % 10 == 9 else "train"
+        split = only or ("val" if i % 10 == 9 else "train")
         d = root / split / f"n{i % classes:08d}"
         d.mkdir(parents=True, exist_ok=True)
         h, w = size

@@ -22,8 +22,10 @@
 # test set (`certification.csv`), and our Derandomized Smoothing runs (block and column smoothing,
 # trained and certified here by `bagcert_lib.smoothing`; crosses). Baselines: the values their papers
 # report, each with its source in `results/baselines/baselines.csv` (values we could not source are
-# left out). ImageNet: the
-# paper's stated numbers only (`results/paper/figure2_imagenet.csv`); we have not run ImageNet.
+# left out). ImageNet: our ImageNet runs (profile `imagenet`, App. A.1.2: RF 17/25/29 against
+# 32×32 patches at 224 px, `bagcert_lib.results.imagenet_runs`) when the results folder holds any,
+# beside the paper's stated numbers (`results/paper/figure2_imagenet.csv`); without one the panel
+# shows the paper's numbers alone, and its title says which.
 
 # %% tags=["parameters"]
 results: str = None  # results folder (default: $BAGCERT_RESULTS, else results/runs)
@@ -37,7 +39,8 @@ from myst_nb import glue
 
 from bagcert_lib.config import REPO_ROOT
 from bagcert_lib.figures import readable, smoothing_label
-from bagcert_lib.results import grid_runs, load_certification, run_links, scale_label, smoothing_runs
+from bagcert_lib.results import (grid_runs, imagenet_runs, load_certification, run_links, scale_label,
+                                 smoothing_runs)
 
 runs = grid_runs(results, profile)
 ds_runs = smoothing_runs(results, runs.profile.iloc[0] if len(runs) else profile)
@@ -47,6 +50,7 @@ ours = cert.pivot_table(index=["run", "rf", "margin"], columns="condition",
                         values=["clean_accuracy", "certified_accuracy"]).reset_index()
 baselines = pd.read_csv(REPO_ROOT / "results" / "baselines" / "baselines.csv")
 imagenet_paper = pd.read_csv(REPO_ROOT / "results" / "paper" / "figure2_imagenet.csv", dtype={"condition": str})
+inet_ours = imagenet_runs(results)   # empty until an ImageNet run is finished and certified
 
 fig, (ax, ax_in) = plt.subplots(1, 2, figsize=(13, 6.5))
 cmap = plt.get_cmap("viridis")
@@ -79,13 +83,24 @@ for marker, (method, b) in zip("^vDPX", inet.groupby("method")):
 for _, p in imagenet_paper.iterrows():
     ax_in.axhline(p.certified_accuracy * 100, color="tab:purple", ls="--" if p.condition == "3.3" else "-",
                   lw=1, label=f"BagCert paper RF {p.rf}, M {p.margin}: Condition {p.condition} (clean not stated)")
+for _, r in inet_ours.iterrows():     # ours, as the CIFAR panel: 3.3 circles, 3.2 stars
+    color = cmap((r.rf - 17) / 12)
+    clean, c32, c33 = r.clean_accuracy * 100, r.certified_3_2 * 100, r.certified_3_3 * 100
+    ax_in.plot([clean, clean], [c33, c32], color=color, lw=0.7)
+    ax_in.scatter(clean, c33, marker="o", color=color, s=30)
+    ax_in.scatter(clean, c32, marker="*", color=color, s=80)
+for (rf, margin), _ in inet_ours.groupby(["rf", "margin"]):
+    ax_in.scatter([], [], marker="s", color=cmap((rf - 17) / 12), label=f"BagCert RF {rf}, M {margin:g} (ours)")
 ax_in.set_xlabel("Clean accuracy (%)")
-ax_in.set_ylabel("Certified accuracy (%), 2% patch")
-ax_in.set_title("ImageNet — reported values only", fontsize=8)
+ax_in.set_ylabel("Certified accuracy (%), 2% patch (32×32 at 224 px)")
+imagenet_shown = ("ours (profile imagenet): " + "; ".join(inet_ours.drop_duplicates(["rf", "margin"]).scale.unique())
+                  + " — beside the reported values") if len(inet_ours) else "reported values only (no ImageNet run yet)"
+ax_in.set_title("ImageNet — " + imagenet_shown, fontsize=8)
 ax_in.grid(alpha=0.3)
 ax_in.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
 fig.tight_layout()
 glue("figure2_scale", scale_label(runs), display=False)
+glue("figure2_imagenet", imagenet_shown, display=False)
 plt.show()
 table = pd.DataFrame({"clean": ours[("clean_accuracy", "3.2")].values,
                       "certified (3.2)": ours[("certified_accuracy", "3.2")].values,
@@ -101,5 +116,14 @@ readable(table.sort_index())
 readable(ds.assign(model=[smoothing_label(d) for _, d in ds.iterrows()]).set_index("model")[
     ["n", "clean_accuracy", "certified_accuracy"]])
 
+# %% [markdown]
+# Our ImageNet runs (32×32 patches on the val images each was certified on; none until one has
+# been trained and certified):
+
 # %% tags=["hide-input"]
-run_links(pd.concat([runs, ds_runs]), "figure2.ipynb")
+readable(inet_ours.set_index(["rf", "margin"])[["n", "clean_accuracy", "certified_3_2", "certified_3_3", "scale"]],
+         percent=["clean_accuracy", "certified_3_2", "certified_3_3"],
+         words={"certified_3_2": "certified (3.2)", "certified_3_3": "certified (3.3)"})
+
+# %% tags=["hide-input"]
+run_links(pd.concat([runs, ds_runs, inet_ours]), "figure2.ipynb")

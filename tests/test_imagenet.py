@@ -240,3 +240,68 @@ def test_resume_equals_uninterrupted_with_any_workers(cli_run, folder, monkeypat
     drop = ["train_s", "epoch_s", "images_per_s"]
     pd.testing.assert_frame_equal(pd.read_csv(cli_run / "history.csv").drop(columns=drop),
                                   pd.read_csv(tmp_path / "part" / "history.csv").drop(columns=drop))
+
+
+# --------------------------------------------------------------------------------------
+# Figure 2's ImageNet panel, the ImageNet claims and Table 1's ImageNet timing read ImageNet runs
+# --------------------------------------------------------------------------------------
+
+def test_imagenet_runs_feed_figure2_claims_and_table1(cli_run, tmp_path):
+    from bagcert_lib.results import (IMAGENET_VAL, imagenet_claims, imagenet_runs, load_runs,
+                                     select_runs)
+
+    results = cli_run.parent
+    inet = imagenet_runs(results)
+    assert list(inet.run) == [cli_run.name]
+    cert = pd.read_csv(cli_run / "certification.csv", dtype={"condition": str}).set_index("condition")
+    r = inet.iloc[0]
+    assert (r.rf, r.margin, r.patch, r.n, r.profile, r.dataset) == (17, 0.25, "32x32", 6, "imagenet", "imagenet")
+    assert r.clean_accuracy == cert.loc["3.2", "clean_accuracy"]
+    assert (r.certified_3_2, r.certified_3_3) == tuple(cert.loc[["3.2", "3.3"], "certified_accuracy"])
+    assert r.seconds_50k == pytest.approx(cert.wall_s.iloc[0] / 6 * IMAGENET_VAL)
+    assert r.scale == "12 training images, 2 epochs, certified on 6 val images"
+    got = imagenet_claims(inet)            # claims.ipynb's rows imagenet_cond32/33, imagenet_seconds
+    assert got["imagenet_cond32"] == r.certified_3_2 and got["imagenet_cond33"] == r.certified_3_3
+    assert got["imagenet_seconds"] == pytest.approx(r.seconds_50k) and got["run"].run == cli_run.name
+    assert select_runs(load_runs(results)).empty       # the CIFAR-10 figures never show it
+
+    # another RF is plotted (Figure 2) and can time certification, but is not §4's RF 17 run
+    other = results.parent / "other"
+    import shutil
+    shutil.copytree(cli_run, other / "imagenet-rf25-m0.25-heaviside-s1-seed0")
+    cfg_file = other / "imagenet-rf25-m0.25-heaviside-s1-seed0" / "config.yaml"
+    cfg_file.write_text(cfg_file.read_text().replace("rf: 17", "rf: 25"))
+    inet25 = imagenet_runs(other)
+    assert list(inet25.rf) == [25]
+    got = imagenet_claims(inet25)
+    assert got["imagenet_cond32"] is None and got["run"] is None and got["imagenet_seconds"] > 0
+
+    # nothing there (or nothing finished): the paper's values alone, "not run"
+    empty = imagenet_runs(tmp_path)
+    assert empty.empty and {"clean_accuracy", "certified_3_2", "certified_3_3", "seconds_50k"} <= set(empty.columns)
+    assert imagenet_claims(empty) == {"imagenet_cond32": None, "imagenet_cond33": None,
+                                      "imagenet_seconds": None, "run": None, "timed_run": None}
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(cli_run, unfinished / cli_run.name)
+    (unfinished / cli_run.name / "metrics.json").write_text(json.dumps({"finished": False}))
+    assert imagenet_runs(unfinished).empty
+
+
+def test_certification_benchmark_at_a_tiny_size(tmp_path):
+    """benchmarks/imagenet_certify.py (the 7-minute claim's measured row) runs on 3 images."""
+    import importlib.util
+
+    from bagcert_lib.config import REPO_ROOT
+    spec = importlib.util.spec_from_file_location("bench_inet", REPO_ROOT / "benchmarks" / "imagenet_certify.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    bench.main(["--images", "3", "--batch", "2", "--classes", "10", "--out", str(out)])
+    r = json.loads(out.read_text())
+    assert r["images"]["n"] == 3 and r["model"]["rf"] == 17 and "untrained" in r["model"]["weights"]
+    assert r["patches"] == ["32x32"] and r["conditions"] == ["3.2", "3.3"] and r["threads"] >= 1
+    for k in ("loading", "forward", "certify", "total"):
+        assert r["seconds_per_image"][k] > 0
+        assert r["extrapolated_50k_s"][k] == pytest.approx(r["seconds_per_image"][k] * 50_000)
+    assert r["seconds"]["total"] >= r["seconds"]["loading"] + r["seconds"]["forward"]
+    assert r["cpu"]["model"] and len(r["load_average_at_start"]) == 3 and r["paper_seconds"] == 420
