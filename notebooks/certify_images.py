@@ -50,7 +50,8 @@ from matplotlib.patches import Rectangle
 
 from bagcert_lib import load_pretrained
 from bagcert_lib.certifier import ScoreMaps, affected_range
-from bagcert_lib.data import CIFAR10_CLASSES, IMAGE_EXTENSIONS, _resize_center_crop, load_dataset, subset
+from bagcert_lib.data import CIFAR10_CLASSES, IMAGE_EXTENSIONS, load_dataset, subset
+from bagcert_lib.data.folders import _resize_center_crop
 from bagcert_lib.figures import readable
 from bagcert_lib.results import shipped_headline
 from bagcert_lib.runtime import region_scores
