@@ -188,7 +188,10 @@ def make_executor(kind: str, folder, gpus_per_job: int = 0, timeout_min: int = 2
     """A submitit executor: ``local`` (LocalExecutor, this machine) or ``slurm`` (job arrays).
     ``gpus_per_job`` > 0: that many GPUs and as many tasks (one process per GPU) per job;
     ``tasks_per_job``: processes per job otherwise (CPU data parallelism over gloo)."""
-    import submitit
+    try:
+        import submitit
+    except ImportError:
+        raise RuntimeError("--executor needs submitit: pip install -e '.[cluster]'") from None
 
     tasks = tasks_per_job or max(1, gpus_per_job)
     params = dict(timeout_min=timeout_min, tasks_per_node=tasks, gpus_per_node=gpus_per_job)

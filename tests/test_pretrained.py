@@ -144,7 +144,7 @@ def test_a_committed_shipped_model_reproduces_its_numbers():
         pytest.skip(f"no CIFAR-10 here: {e}")
     run = shipped[0].parent
     committed = pd.read_csv(run / "certification.csv", dtype={"condition": str}).query("patch == '5x5'")
-    df = certify_run(run.name, patches=[(5, 5)], progress=False, filename="certification_check.csv")
+    df = certify_run(run, patches=[(5, 5)], progress=False, filename="certification_check.csv")
     (run / "certification_check.csv").unlink()
     for cond in ("3.2", "3.3"):
         a = committed.query("condition == @cond").iloc[0]
