@@ -7,7 +7,8 @@ images seen. Accuracies are the 5x5 rows of each run's certification.csv (whole 
 Three curve forms in x = log10(FLOPs), each fitted by least squares to every run (seeds as
 separate points) and bootstrapped over runs for a band:
 
-* ``saturating``: acc = A - B exp(-k x), an asymptote A fitted from the data (the main fit);
+* ``saturating``: acc = A - B exp(-k x), an asymptote A <= 100 % fitted from the data (the main
+  fit);
 * ``power-law error``: 1 - acc = a FLOPs^-alpha (the error shrinks as a power of compute, to 0);
 * ``log-linear``: acc = a + b x (no saturation; capped at 100 %).
 
@@ -115,6 +116,9 @@ def fit(x, y, form: str = "saturating") -> dict:
         x0 = x.min()
         z = np.exp(-_K[:, None] * (x - x0)[None, :])
         a, b = _linear(z, np.broadcast_to(y, z.shape))
+        over = a > 1                      # an accuracy cannot tend above 100 %: refit with A = 1
+        b = np.where(over, ((y - 1) * z).sum(-1) / (z ** 2).sum(-1), b)
+        a = np.where(over, 1.0, a)
         sse = ((a[:, None] + b[:, None] * z - y) ** 2).sum(-1)
         i = int(np.nanargmin(sse))
         return {"form": form, "A": a[i], "B": -b[i], "k": _K[i], "x0": x0}
