@@ -71,13 +71,13 @@ def load_pretrained(run, device=None):
     """The shipped model of ``run`` (a run name or folder) in eval mode, and its TrainConfig.
 
     Reads ``model.safetensors`` and ``config.yaml`` only; never unpickles."""
+    from .methods import method_for
     from .train import build_model
 
     run_dir = find_run(run)
     state, _ = read_weights(run_dir / WEIGHTS)
     cfg = TrainConfig(**yaml.safe_load((run_dir / "config.yaml").read_text()))
-    last = "linear.weight" if cfg.smoothing else "classifier.weight"
-    model = build_model(cfg, num_classes=state[last].shape[0])
+    model = build_model(cfg, num_classes=state[method_for(cfg).classifier_key].shape[0])
     model.load_state_dict(state)
     return model.to(device or "cpu").eval(), cfg
 

@@ -34,12 +34,13 @@ def cpu_features() -> dict:
             **{flag: flag in flags for flag in CPU_FLAGS}}
 
 
-def cpu_class() -> str:
-    """``avx512-bf16`` (native bf16), ``avx512`` or ``avx2-or-older``: the classes we time apart."""
-    f = cpu_features()
-    if f["avx512_bf16"] or f["amx_bf16"]:
+def cpu_class(features: dict | None = None) -> str:
+    """``avx512-bf16`` (native bf16), ``avx512`` or ``avx2-or-older``: the classes we time apart.
+    ``features``: a recorded :func:`cpu_features` (e.g. a run's provenance); default this CPU."""
+    f = features or cpu_features()
+    if f.get("avx512_bf16") or f.get("amx_bf16"):
         return "avx512-bf16"
-    return "avx512" if f["avx512f"] else "avx2-or-older"
+    return "avx512" if f.get("avx512f") else "avx2-or-older"
 
 
 def cpu_supports_bf16() -> bool:

@@ -24,12 +24,13 @@ import pandas as pd
 
 from .config import grids
 from .results import load_certification, load_runs
+from .runtime import cpu_class
 
 #: The paper's CIFAR-10 headline model (App. A.1, §4): width 768, 350 epochs, RF 7, M 0.5.
 PAPER = {"width": 768, "epochs": 350, "rf": 7, "margin": 0.5, "n_train": 50_000, "batch_size": 96,
          "clean": 0.86, "certified": 0.60}
 #: Profiles whose RF 7 / M 0.5 heaviside runs belong to the study.
-STUDY_PROFILES = ("smoke_excluded", "cpu", "cpu_long", "scaling", "gpu", "paper")
+STUDY_PROFILES = ("cpu", "cpu_long", "scaling", "gpu", "paper")
 FORMS = ("saturating", "power-law error", "log-linear")
 #: Columns the study reads from certification.csv: (patch, condition) -> name.
 COLUMNS = {("5x5", "3.2"): "certified", ("5x5", "3.3"): "certified_global",
@@ -48,13 +49,6 @@ def training_flops(width: int, epochs: float, rf: int = 7, n_train: int = 50_000
 
     macs = conv_macs(cifar_scorer(rf, int(width)))
     return flops(macs, int(epochs) * (n_train // batch_size) * batch_size)
-
-
-def _cpu_class(cpu: dict | None):
-    if not cpu:
-        return None        # runs from before CPU flags were recorded
-    return "avx512-bf16" if cpu.get("avx512_bf16") or cpu.get("amx_bf16") else (
-        "avx512" if cpu.get("avx512f") else "avx2-or-older")
 
 
 def paper_flops() -> float:
@@ -83,7 +77,7 @@ def study_runs(results=None) -> pd.DataFrame:
                "epochs": int(r.epochs), "seed": int(r.seed),
                "flops": prov.get("training_flops") or training_flops(r.width, r.epochs, r.rf),
                "wall_h": (r.wall_s or np.nan) / 3600, "device": r.device,
-               "cpu_class": _cpu_class(prov.get("cpu")),
+               "cpu_class": cpu_class(prov["cpu"]) if prov.get("cpu") else None,   # None: not recorded
                "clean": float(five.clean_accuracy.iloc[0]) if len(five) else np.nan}
         for (patch, cond), name in COLUMNS.items():
             v = c[(c.patch == patch) & (c.condition == cond)].certified_accuracy
