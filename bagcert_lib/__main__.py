@@ -5,6 +5,7 @@
     torchrun --nproc_per_node=4 -m bagcert_lib train --profile paper --rf 7   # DDP, 4 GPUs
     python -m bagcert_lib certify cpu-rf7-m0.5-heaviside-s0-seed0 --patches 5 2x12
     python -m bagcert_lib export results/runs/<run>                    # checkpoint -> model.safetensors
+    python -m bagcert_lib list --shipped                                # the runs that ship their model
     python -m bagcert_lib train --profile imagenet --rf 17 --data /data/imagenet   # App. A.1.2
 
 A wrong argument or a missing or corrupt input prints one line on stderr (what was wrong, what
@@ -77,7 +78,33 @@ def build_parser() -> Parser:
     e = sub.add_parser("export", parents=[common],
                        help="write a run's model.safetensors (weights only) from its checkpoint.pt")
     e.add_argument("run_dirs", nargs="+")
+    ls = sub.add_parser("list", parents=[common],
+                        help="the committed runs: test-set accuracy at 5x5 and whether they ship weights")
+    ls.add_argument("--shipped", action="store_true", help="only runs with model.safetensors")
+    ls.add_argument("--results", help="parent of run directories (default: results/runs)")
     return p
+
+
+def list_runs(results=None, shipped_only: bool = False) -> "pd.DataFrame":
+    """One row per run: name, clean and certified (Condition 3.2; a DS run's own certificate)
+    test accuracy against 5x5 patches from certification.csv (blank when not certified), and whether it ships its weights."""
+    import pandas as pd
+
+    from .pretrained import WEIGHTS
+    from .results import load_certification, load_runs
+
+    runs = load_runs(results)
+    if runs.empty:
+        raise FileNotFoundError(f"no runs (config.yaml) under {results or 'results/runs'}")
+    cert = load_certification(results).query("patch == '5x5' and condition in ('3.2', 'DS')")
+    cert = cert.set_index("run")[["clean_accuracy", "certified_accuracy"]]
+    out = pd.DataFrame({
+        "run": runs["run"],
+        "clean (%)": runs["run"].map(cert["clean_accuracy"] * 100).round(1),
+        "certified 5x5 (%)": runs["run"].map(cert["certified_accuracy"] * 100).round(1),
+        "weights": [(Path(p) / WEIGHTS).is_file() for p in runs["path"]],
+    })
+    return out[out["weights"]] if shipped_only else out
 
 
 def run(args) -> None:
@@ -107,6 +134,9 @@ def run(args) -> None:
 
         df = certify_run(args.run_dir, args.patches, args.device)
         print(df.to_string(index=False))
+    elif args.cmd == "list":
+        df = list_runs(args.results, args.shipped)
+        print(df.to_string(index=False, na_rep="") if len(df) else "no run ships its weights yet")
     else:
         from .pretrained import export_run
         from .runs import resolve_run_dir

@@ -4,7 +4,8 @@ Each run directory (see ``train.py`` and ``runs.py``) contributes:
 
 * :func:`load_runs` — one row per run: its config, final metrics, provenance and attack summary;
 * :func:`load_certification` — one row per (run, patch shape, condition) from certification.csv;
-* :func:`load_history` — one row per (run, epoch) from history.csv.
+* :func:`load_history` — one row per (run, epoch) from history.csv;
+* :func:`load_retrained` — runs trained again to ship their weights, before against after.
 
 Every row carries the run's ``run`` name and the config columns (rf, margin, head, sigma, seed,
 profile, width, epochs, train_size), so a figure selects its runs with ordinary pandas queries.
@@ -256,6 +257,35 @@ def load_certification(results=None) -> pd.DataFrame:
 def load_history(results=None) -> pd.DataFrame:
     """One row per (run, epoch): loss, lr, held-out clean / certified accuracy, seconds."""
     return _per_run_csv(results, "history.csv")
+
+
+def load_retrained(results=None) -> pd.DataFrame:
+    """One row per (run, patch, condition) of the runs trained again to ship their weights
+    (``previous.json``, written by ``sweep.retire``): the replaced run's and the new run's test-set
+    clean and certified accuracy (``*_before``, ``*_after``), and the commit and torch of each."""
+    cols = ["run", "profile", "patch", "condition", "clean_accuracy_before", "clean_accuracy_after",
+            "certified_accuracy_before", "certified_accuracy_after", "commit_before",
+            "commit_after", "torch_before", "torch_after"]
+    rows = []
+    for run in run_dirs(results):
+        old, cert = _json(run / "previous.json"), run / "certification.csv"
+        if not old or not cert.is_file():      # not retrained, or not certified again yet
+            continue
+        prov = _json(run / "provenance.json")
+        before = pd.DataFrame(old.get("certification", []), columns=["patch", "condition", "clean_accuracy",
+                                                                     "certified_accuracy"])
+        after = pd.read_csv(cert, dtype={"condition": str, "patch": str})
+        both = before.astype({"condition": str, "patch": str}).merge(
+            after[["patch", "condition", "clean_accuracy", "certified_accuracy"]],
+            on=["patch", "condition"], suffixes=("_before", "_after"))
+        for c in ("clean_accuracy_before", "certified_accuracy_before"):
+            both[c] = both[c].astype(float)
+        both.insert(0, "profile", _config(run)["profile"])
+        both.insert(0, "run", run.name)
+        both["commit_before"], both["commit_after"] = old.get("commit"), prov.get("git", {}).get("commit")
+        both["torch_before"], both["torch_after"] = old.get("torch"), prov.get("torch")
+        rows.append(both[cols])
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=cols)
 
 
 def scale_label(runs: pd.DataFrame) -> str:

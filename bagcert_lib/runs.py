@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 
 from . import data as data_mod
 from .attack import patch_attack
@@ -68,6 +69,16 @@ def resolve_run_dir(run_dir=None, needs=MODEL_FILES, results=None) -> Path:
     for p in (Path(run_dir), REPO_ROOT / run_dir, root / run_dir):
         if any((p / n).is_file() for n in needs):
             return p
+    if set(needs) <= set(MODEL_FILES):
+        for p in (Path(run_dir), REPO_ROOT / run_dir, root / run_dir):
+            if (p / "config.yaml").is_file():
+                profile = yaml.safe_load((p / "config.yaml").read_text()).get("profile", "cpu")
+                raise FileNotFoundError(
+                    f"run {p.name} has no trained weights ({' or '.join(needs)}): it was trained "
+                    "before runs shipped their models, and its checkpoint stayed on the machine "
+                    "that trained it. Train it again with `python -m bagcert_lib.sweep --profile "
+                    f"{profile} --retrain-unshipped`, or use a run that ships {MODEL_FILES[0]} "
+                    "(python -m bagcert_lib list)")
     raise FileNotFoundError(f"no {' or '.join(needs)} in run directory {str(run_dir)!r}; looked in "
                             f"{Path(run_dir).resolve()}, {REPO_ROOT / run_dir} and {root / run_dir}")
 

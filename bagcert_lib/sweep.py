@@ -18,6 +18,11 @@ skipped, so two sweeps may share a results folder.
 configuration, each resuming its run directory); ``--gpus-per-job N`` makes each job N tasks that
 train with DistributedDataParallel (``distributed.py``), then rank 0 certifies and attacks.
 ``--executor local`` runs the same job function through submitit's LocalExecutor.
+
+``--retrain-unshipped`` also trains again every finished run of the grid that has no
+``model.safetensors`` and no checkpoint to export it from (runs committed before models were
+shipped, issue 16). The old run's numbers are kept in ``previous.json`` (see :func:`retire`), so
+the book can compare the retrained run with the one it replaces.
 """
 from __future__ import annotations
 
@@ -26,7 +31,9 @@ import contextlib
 import json
 import os
 import queue
+import shutil
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,6 +116,58 @@ def _done(run_dir: Path, step: str) -> bool:
     return (run_dir / {"certify": "certification.csv", "attack": "attack.json"}[step]).is_file()
 
 
+#: What a retrained run keeps of the run it replaced (:func:`retire`).
+PREVIOUS = "previous.json"
+
+
+def unshipped(run_dir: Path) -> bool:
+    """A finished run with neither ``model.safetensors`` nor a ``checkpoint.pt`` to export it
+    from: the runs committed before models were shipped, whose checkpoints stayed on the machine
+    that trained them. Only training them again gives their weights."""
+    from .pretrained import WEIGHTS
+
+    return (_done(run_dir, "train") and not (run_dir / WEIGHTS).is_file()
+            and not (run_dir / "checkpoint.pt").is_file())
+
+
+def retire(run_dir: Path) -> dict:
+    """Before training an :func:`unshipped` run again: write its summary to ``previous.json`` (the
+    commit, torch and device that made it, its held-out metrics, every certification.csv row and
+    the attack's summary) and delete everything else in the directory (git history keeps it).
+    Returns the summary."""
+    def read(name):
+        f = run_dir / name
+        return json.loads(f.read_text()) if f.is_file() else {}
+
+    prov, attack = read("provenance.json"), read("attack.json")
+    cert = run_dir / "certification.csv"
+    summary = {
+        "retired": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "reason": "no model.safetensors and no checkpoint.pt: trained again to ship its weights",
+        "commit": prov.get("git", {}).get("commit"),
+        "torch": prov.get("torch"),
+        "device": prov.get("device"),
+        "wall_s": prov.get("wall_s"),
+        "metrics": read("metrics.json"),
+        "attack": {k: attack.get(k) for k in ("n", "clean_accuracy", "adversarial_accuracy",
+                                              "certified_accuracy", "certified_broken")} if attack else {},
+        "certification": _csv_rows(cert) if cert.is_file() else [],
+    }
+    for p in run_dir.iterdir():
+        if p.name != ".lock":
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    (run_dir / PREVIOUS).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _csv_rows(path: Path) -> list[dict]:
+    import csv
+
+    keep = ("patch", "condition", "n", "clean_accuracy", "certified_accuracy")
+    with open(path, newline="") as f:
+        return [{k: r[k] for k in keep if k in r} for r in csv.DictReader(f)]
+
+
 @contextlib.contextmanager
 def run_lock(run_dir: Path):
     """Hold an exclusive lock on ``run_dir`` (``flock`` on ``run_dir/.lock``); yields False when
@@ -128,9 +187,12 @@ def run_lock(run_dir: Path):
         yield True
 
 
-def run_job(job: Job, profile: str, results: Path, device: str | None, log=print, **overrides):
+def run_job(job: Job, profile: str, results: Path, device: str | None, log=print,
+            retrain_unshipped: bool = False, **overrides):
     """Train, certify and attack one configuration through papermill (skipping finished steps).
-    Returns the run directory, or None when another process is running this configuration."""
+    A finished run without ``model.safetensors`` gets it from its checkpoint; with
+    ``retrain_unshipped``, one without a checkpoint either is retired (:func:`retire`) and trained
+    again. Returns the run directory, or None when another process is running this configuration."""
     import papermill as pm
 
     # progress bars redraw every 30 s, not 10 times a second: the executed notebooks kept beside
@@ -150,6 +212,14 @@ def run_job(job: Job, profile: str, results: Path, device: str | None, log=print
         if not mine:
             log(f"[busy] {run_dir.name}: another process is running it; skipped")
             return None
+        if _done(run_dir, "train") and (run_dir / "checkpoint.pt").is_file():
+            from .pretrained import WEIGHTS, export_run
+            if not (run_dir / WEIGHTS).is_file():
+                log(f"[ship] {run_dir.name}: {export_run(run_dir).name} from its checkpoint")
+        if retrain_unshipped and unshipped(run_dir):
+            old = retire(run_dir)
+            log(f"[redo] {run_dir.name}: no weights and no checkpoint; training it again "
+                f"(the run of commit {str(old['commit'])[:7]} is summarised in {PREVIOUS})")
         for step in job.steps:
             if _done(run_dir, step):
                 log(f"[skip] {run_dir.name}: {step} done")
@@ -234,7 +304,8 @@ def submit(jobs: list[Job], profile: str, results: Path, executor, wait: bool = 
     return done
 
 
-def estimate_grid(jobs: list[Job], profile: str, results: Path, **overrides) -> float:
+def estimate_grid(jobs: list[Job], profile: str, results: Path, retrain_unshipped: bool = False,
+                  **overrides) -> float:
     """Print each configuration's training cost on this machine (a few timed steps each, see
     :func:`bagcert_lib.train.estimate_cost`; finished epochs excluded) and return the total s."""
     from .train import describe_cost, estimate_cost
@@ -245,6 +316,8 @@ def estimate_grid(jobs: list[Job], profile: str, results: Path, **overrides) -> 
                              seed=j.seed, **{**j.extra, **overrides})
         m = results / cfg.run_name() / "metrics.json"
         done = json.loads(m.read_text()).get("epoch", 0) if m.is_file() else 0
+        if retrain_unshipped and unshipped(m.parent):
+            done = 0
         est = estimate_cost(cfg, epochs_left=max(0, cfg.epochs - done))
         total += est["seconds"]
         print(f"   {cfg.run_name()}: {est['epochs']} epochs left, {est['seconds'] / 3600:.2f} h")
@@ -254,22 +327,27 @@ def estimate_grid(jobs: list[Job], profile: str, results: Path, **overrides) -> 
 
 def sweep(profile: str = "cpu", grid: str = "all", results=None, devices=None,
           attack_n: int | None = 1000, dry_run: bool = False, estimate: bool = False,
-          executor=None, wait: bool = True, **overrides) -> list[Path]:
+          executor=None, wait: bool = True, retrain_unshipped: bool = False,
+          **overrides) -> list[Path]:
     """Run every job of ``grid``; one worker thread per device (None: the default device), or,
     with ``executor`` (:func:`make_executor`), one submitit job per configuration.
     ``estimate``: print what each configuration costs on this machine first (and stop if
-    ``dry_run``)."""
+    ``dry_run``). ``retrain_unshipped``: see :func:`run_job`."""
     profile = resolve_profile(profile)
     results = Path(results) if results else results_dir()
     jobs = grid_jobs(grid, attack_n, profile)
     print(f"sweep: {len(jobs)} configurations, profile {profile}, results in {results}")
     if estimate:
-        estimate_grid(jobs, profile, results, **overrides)
+        estimate_grid(jobs, profile, results, retrain_unshipped, **overrides)
     if dry_run:
         for j in jobs:
-            print("  ", j.name(profile), *(["attack n =", j.attack_n or "all"] if "attack" in j.steps else []))
+            redo = retrain_unshipped and unshipped(results / j.name(profile))
+            print("  ", j.name(profile), *(["attack n =", j.attack_n or "all"] if "attack" in j.steps else []),
+                  *(["(retrain: no weights)"] if redo else []))
         return [results / j.name(profile) for j in jobs]
     if executor is not None:
+        if retrain_unshipped:
+            raise ValueError("--retrain-unshipped runs on this machine only (--executor threads)")
         return submit(jobs, profile, results, executor, wait, **overrides)
     cpu_workers = sum(1 for d in (devices or [None]) if str(d).startswith("cpu"))
     if cpu_workers > 1 and "OMP_NUM_THREADS" not in os.environ:
@@ -289,7 +367,8 @@ def sweep(profile: str = "cpu", grid: str = "all", results=None, devices=None,
             except queue.Empty:
                 return
             try:
-                out = run_job(job, profile, results, device, **overrides)
+                out = run_job(job, profile, results, device, retrain_unshipped=retrain_unshipped,
+                              **overrides)
                 with lock:
                     done.extend([out] if out else [])
             except Exception as e:  # keep the other configurations going; report at the end
@@ -321,6 +400,9 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, help="override the profile's epochs")
     p.add_argument("--width", type=int, help="override the profile's width")
     p.add_argument("--dry-run", action="store_true", help="list the configurations and stop")
+    p.add_argument("--retrain-unshipped", action="store_true",
+                   help="train again the finished runs that have no model.safetensors and no "
+                   "checkpoint.pt (their old numbers go to previous.json)")
     p.add_argument("--estimate", action="store_true",
                    help="time a few training steps per configuration and print the grid's cost")
     c = p.add_argument_group("cluster (submitit)")
@@ -346,7 +428,7 @@ def main(argv=None):
                                  a.gpus_per_job, a.timeout_min, a.slurm_partition,
                                  a.cpus_per_task, a.array_parallelism, a.tasks_per_job)
     sweep(a.profile, a.grid, a.results, a.devices, a.attack_n, a.dry_run, a.estimate,
-          executor=executor, wait=not a.no_wait, **overrides)
+          executor=executor, wait=not a.no_wait, retrain_unshipped=a.retrain_unshipped, **overrides)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,10 @@ ds_runs = smoothing_runs(results, runs.profile.iloc[0] if len(runs) else profile
 cert = load_certification(results).query("patch == @patch and run in @runs.run")
 ds = load_certification(results).query("patch == @patch and condition == 'DS' and run in @ds_runs.run")
 ours = cert.pivot_table(index=["run", "rf", "margin"], columns="condition",
-                        values=["clean_accuracy", "certified_accuracy"]).reset_index()
+                        values=["clean_accuracy", "certified_accuracy"]).reset_index() if len(cert) else (
+    pd.DataFrame(columns=pd.MultiIndex.from_tuples(        # nothing certified yet: an empty panel
+        [("run", ""), ("rf", ""), ("margin", "")] + [(v, c) for v in ("clean_accuracy", "certified_accuracy")
+                                                    for c in ("3.2", "3.3")])))
 baselines = pd.read_csv(REPO_ROOT / "results" / "baselines" / "baselines.csv")
 imagenet_paper = pd.read_csv(REPO_ROOT / "results" / "paper" / "figure2_imagenet.csv", dtype={"condition": str})
 inet_ours = imagenet_runs(results)   # empty until an ImageNet run is finished and certified

@@ -66,3 +66,30 @@ def test_estimate_prints_the_cost(capsys):
     main(["train", "--profile", "smoke", "--estimate"])
     out = capsys.readouterr().out
     assert "estimated cost on" in out and "s/step" in out and "for 2 epochs" in out
+
+
+def test_a_run_without_weights_says_how_to_get_them(tmp_path, capsys):
+    """A finished run committed before models were shipped: the error says why there is no model
+    and the command that trains it again."""
+    (tmp_path / "config.yaml").write_text("rf: 7\nprofile: cpu\n")
+    (tmp_path / "metrics.json").write_text('{"finished": true}')
+    with pytest.raises(SystemExit) as exit_:
+        main(["certify", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1
+    assert "has no trained weights" in err and "sweep --profile cpu --retrain-unshipped" in err
+
+
+def test_list_names_the_shipped_models(capsys):
+    """``list --shipped``: every row ships model.safetensors (the committed scaling runs do)."""
+    from bagcert_lib.__main__ import list_runs
+
+    shipped = list_runs(shipped_only=True)
+    assert len(shipped) and shipped["weights"].all()
+    assert "scaling-w16-e6-rf7-m0.5-heaviside-s0-seed0" in set(shipped["run"])
+    main(["list", "--shipped"])
+    out = capsys.readouterr().out
+    assert "certified 5x5 (%)" in out and "scaling-w16-e6" in out
+    with pytest.raises(SystemExit) as exit_:
+        main(["list", "--results", "/no/such/folder"])
+    assert exit_.value.code == 2 and "no runs" in capsys.readouterr().err

@@ -79,3 +79,97 @@ def test_submitit_job_of_two_tasks_trains_with_ddp(tmp_path):
     assert (prov["world_size"], prov["backend"], len(prov["devices"])) == (2, "gloo", 2)
     assert json.loads((run_dir / "metrics.json").read_text())["finished"]
     assert (run_dir / "certification.csv").is_file() and (run_dir / "attack.json").is_file()
+
+
+def _finished_run_without_weights(run_dir):
+    """The files a run committed before models were shipped holds: no weights, no checkpoint."""
+    import json
+
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("rf: 7\nmargin: 0.5\nprofile: smoke\n")
+    (run_dir / "metrics.json").write_text(json.dumps({"finished": True, "clean_accuracy": 0.41}))
+    (run_dir / "provenance.json").write_text(json.dumps(
+        {"git": {"commit": "7211e83"}, "torch": "2.13.0+cpu", "device": "CPU", "wall_s": 1381.0}))
+    (run_dir / "certification.csv").write_text(
+        "patch,patch_h,patch_w,condition,n,clean_accuracy,certified_accuracy\n"
+        "5x5,5,5,3.2,10000,0.4146,0.1025\n5x5,5,5,3.3,10000,0.4146,0.0896\n")
+    (run_dir / "attack.json").write_text(json.dumps({"n": 10000, "adversarial_accuracy": 0.23,
+                                                     "certified_broken": 0, "seconds": 554.1}))
+    (run_dir / "train.ipynb").write_text("{}")
+
+
+def test_retrain_unshipped_keeps_the_old_numbers_and_runs_every_step(tmp_path, monkeypatch):
+    """``--retrain-unshipped``: a finished run with no weights and no checkpoint is summarised in
+    previous.json, cleared, and trained, certified and attacked again; without the flag it is left
+    alone. (papermill is replaced by a recorder: the steps themselves are tested elsewhere.)"""
+    import json
+
+    import papermill
+
+    from bagcert_lib.sweep import PREVIOUS, Job, run_job, sweep, unshipped
+
+    job = Job(7, 0.5)
+    run_dir = tmp_path / job.name("smoke")
+    _finished_run_without_weights(run_dir)
+    assert unshipped(run_dir)
+    executed = []
+    monkeypatch.setattr(papermill, "execute_notebook",
+                        lambda nb, out, parameters, **kw: executed.append(parameters))
+
+    log = []
+    run_job(job, "smoke", tmp_path, "cpu", log=log.append)            # no flag: nothing to do
+    assert executed == [] and not (run_dir / PREVIOUS).exists()
+    assert [line.split(":")[0] for line in log] == [f"[skip] {run_dir.name}"] * 3
+    log.clear()
+    listed = []
+    monkeypatch.setattr("builtins.print", lambda *a, **k: listed.append(" ".join(map(str, a))))
+    sweep("smoke", "headline", results=tmp_path, dry_run=True, retrain_unshipped=True)
+    monkeypatch.undo()
+    assert any("(retrain: no weights)" in line for line in listed)
+
+    monkeypatch.setattr(papermill, "execute_notebook",
+                        lambda nb, out, parameters, **kw: executed.append(parameters))
+    run_job(job, "smoke", tmp_path, "cpu", log=log.append, retrain_unshipped=True)
+    assert log[0].startswith(f"[redo] {run_dir.name}") and "7211e83" in log[0]
+    assert len(executed) == 3 and executed[0]["rf"] == 7 and executed[2]["n"] == 1000
+    assert sorted(p.name for p in run_dir.iterdir()) == [".lock", PREVIOUS]   # the old files gone
+    old = json.loads((run_dir / PREVIOUS).read_text())
+    assert (old["commit"], old["torch"], old["metrics"]["clean_accuracy"]) == ("7211e83", "2.13.0+cpu", 0.41)
+    assert old["certification"][1] == {"patch": "5x5", "condition": "3.3", "n": "10000",
+                                       "clean_accuracy": "0.4146", "certified_accuracy": "0.0896"}
+    assert old["attack"]["adversarial_accuracy"] == 0.23 and old["attack"]["certified_broken"] == 0
+
+
+def test_a_finished_run_with_a_checkpoint_exports_instead(tmp_path, colour_folder):
+    """A finished run that has its checkpoint but no model.safetensors (trained by older code)
+    gets its weights exported, not retrained."""
+    from bagcert_lib.config import profile_config
+    from bagcert_lib.pretrained import WEIGHTS
+    from bagcert_lib.sweep import Job, run_job, unshipped
+    from bagcert_lib.train import train
+
+    job = Job(5, 0.5, extra=dict(dataset="imagefolder", data=str(colour_folder), epochs=1,
+                                 eval_size=12, test_size=24))
+    run_dir = tmp_path / job.name("smoke")
+    train(profile_config("smoke", rf=5, margin=0.5, **job.extra), run_dir, progress=False)
+    (run_dir / WEIGHTS).unlink()
+    for f in ("certification.csv", "attack.json"):
+        (run_dir / f).write_text("{}")
+    assert not unshipped(run_dir)              # its checkpoint still has the weights
+    log = []
+    run_job(job, "smoke", tmp_path, "cpu", log=log.append, retrain_unshipped=True)
+    assert log[0] == f"[ship] {run_dir.name}: {WEIGHTS} from its checkpoint"
+    assert (run_dir / WEIGHTS).is_file() and all(line.startswith(("[ship]", "[skip]")) for line in log)
+    # once certified again, the book compares the two runs (results.load_retrained)
+    from bagcert_lib.results import load_retrained
+
+    (run_dir / "config.yaml").write_text("rf: 7\nmargin: 0.5\nprofile: smoke\n")
+    (run_dir / "provenance.json").write_text(json.dumps({"git": {"commit": "abc1234"}, "torch": "2.14.1"}))
+    (run_dir / "certification.csv").write_text(
+        "patch,patch_h,patch_w,condition,n,clean_accuracy,certified_accuracy\n"
+        "5x5,5,5,3.2,10000,0.4200,0.1100\n5x5,5,5,3.3,10000,0.4200,0.0950\n")
+    again = load_retrained(tmp_path).set_index("condition")
+    assert list(again.index) == ["3.2", "3.3"]
+    assert again.loc["3.2", ["clean_accuracy_before", "clean_accuracy_after"]].tolist() == [0.4146, 0.42]
+    assert again.loc["3.3", ["certified_accuracy_before", "certified_accuracy_after"]].tolist() == [0.0896, 0.095]
+    assert again.loc["3.2", ["commit_before", "commit_after", "torch_after"]].tolist() == ["7211e83", "abc1234", "2.14.1"]
