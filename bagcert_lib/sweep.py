@@ -199,6 +199,8 @@ def run_job(job: Job, profile: str, results: Path, device: str | None, log=print
     # each run stay small (tqdm reads TQDM_* from the environment the kernels inherit)
     os.environ.setdefault("TQDM_MININTERVAL", "30")
 
+    # absolute: the notebooks run in notebooks/, where a relative folder would name another place
+    results = Path(results).resolve()
     run_dir = results / job.name(profile)
     run_dir.mkdir(parents=True, exist_ok=True)
     params = {

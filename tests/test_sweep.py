@@ -173,3 +173,20 @@ def test_a_finished_run_with_a_checkpoint_exports_instead(tmp_path, colour_folde
     assert again.loc["3.2", ["clean_accuracy_before", "clean_accuracy_after"]].tolist() == [0.4146, 0.42]
     assert again.loc["3.3", ["certified_accuracy_before", "certified_accuracy_after"]].tolist() == [0.0896, 0.095]
     assert again.loc["3.2", ["commit_before", "commit_after", "torch_after"]].tolist() == ["7211e83", "abc1234", "2.14.1"]
+
+
+def test_a_relative_results_folder_reaches_the_notebooks_absolute(tmp_path, monkeypatch):
+    """papermill runs the notebooks in notebooks/: a relative results folder must not become
+    notebooks/<folder> there (a resumed run would start again from epoch 0 elsewhere)."""
+    import papermill
+
+    from bagcert_lib.sweep import Job, run_job
+
+    executed = []
+    monkeypatch.setattr(papermill, "execute_notebook",
+                        lambda nb, out, parameters, **kw: executed.append(parameters))
+    monkeypatch.chdir(tmp_path)
+    run_dir = run_job(Job(7, 0.5), "smoke", "runs", "cpu", log=lambda _: None)
+    assert run_dir == tmp_path / "runs" / Job(7, 0.5).name("smoke")
+    assert executed[0]["results"] == str(tmp_path / "runs")
+    assert executed[1]["run_dir"] == executed[2]["run_dir"] == str(run_dir)
