@@ -217,6 +217,13 @@ def run_job(job: Job, profile: str, results: Path, device: str | None, log=print
         if _done(run_dir, "train") and (run_dir / "checkpoint.pt").is_file():
             from .pretrained import WEIGHTS, export_run
             if not (run_dir / WEIGHTS).is_file():
+                import torch
+
+                ck = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+                if ck["epoch"] + 1 != ck["config"]["epochs"]:      # not this run's last epoch
+                    raise RuntimeError(f"{run_dir}: its checkpoint is at epoch {ck['epoch'] + 1} of "
+                                       f"{ck['config']['epochs']} but metrics.json says finished; "
+                                       "remove one of them")
                 log(f"[ship] {run_dir.name}: {export_run(run_dir).name} from its checkpoint")
         if retrain_unshipped and unshipped(run_dir):
             old = retire(run_dir)

@@ -138,6 +138,19 @@ def test_retrain_unshipped_keeps_the_old_numbers_and_runs_every_step(tmp_path, m
     assert old["certification"][1] == {"patch": "5x5", "condition": "3.3", "n": "10000",
                                        "clean_accuracy": "0.4146", "certified_accuracy": "0.0896"}
     assert old["attack"]["adversarial_accuracy"] == 0.23 and old["attack"]["certified_broken"] == 0
+    # once certified again, the book compares the two runs (results.load_retrained)
+    from bagcert_lib.results import load_retrained
+
+    (run_dir / "config.yaml").write_text("rf: 7\nmargin: 0.5\nprofile: smoke\n")
+    (run_dir / "provenance.json").write_text(json.dumps({"git": {"commit": "abc1234"}, "torch": "2.14.1"}))
+    (run_dir / "certification.csv").write_text(
+        "patch,patch_h,patch_w,condition,n,clean_accuracy,certified_accuracy\n"
+        "5x5,5,5,3.2,10000,0.4200,0.1100\n5x5,5,5,3.3,10000,0.4200,0.0950\n")
+    again = load_retrained(tmp_path).set_index("condition")
+    assert list(again.index) == ["3.2", "3.3"]
+    assert again.loc["3.2", ["clean_accuracy_before", "clean_accuracy_after"]].tolist() == [0.4146, 0.42]
+    assert again.loc["3.3", ["certified_accuracy_before", "certified_accuracy_after"]].tolist() == [0.0896, 0.095]
+    assert again.loc["3.2", ["commit_before", "commit_after", "torch_after"]].tolist() == ["7211e83", "abc1234", "2.14.1"]
 
 
 def test_a_finished_run_with_a_checkpoint_exports_instead(tmp_path, colour_folder):
@@ -160,19 +173,17 @@ def test_a_finished_run_with_a_checkpoint_exports_instead(tmp_path, colour_folde
     run_job(job, "smoke", tmp_path, "cpu", log=log.append, retrain_unshipped=True)
     assert log[0] == f"[ship] {run_dir.name}: {WEIGHTS} from its checkpoint"
     assert (run_dir / WEIGHTS).is_file() and all(line.startswith(("[ship]", "[skip]")) for line in log)
-    # once certified again, the book compares the two runs (results.load_retrained)
-    from bagcert_lib.results import load_retrained
+    # a checkpoint that is not the finished run's (a retrain stopped half-way beside old files)
+    # is never shipped as its weights
+    import pytest
+    import torch
 
-    (run_dir / "config.yaml").write_text("rf: 7\nmargin: 0.5\nprofile: smoke\n")
-    (run_dir / "provenance.json").write_text(json.dumps({"git": {"commit": "abc1234"}, "torch": "2.14.1"}))
-    (run_dir / "certification.csv").write_text(
-        "patch,patch_h,patch_w,condition,n,clean_accuracy,certified_accuracy\n"
-        "5x5,5,5,3.2,10000,0.4200,0.1100\n5x5,5,5,3.3,10000,0.4200,0.0950\n")
-    again = load_retrained(tmp_path).set_index("condition")
-    assert list(again.index) == ["3.2", "3.3"]
-    assert again.loc["3.2", ["clean_accuracy_before", "clean_accuracy_after"]].tolist() == [0.4146, 0.42]
-    assert again.loc["3.3", ["certified_accuracy_before", "certified_accuracy_after"]].tolist() == [0.0896, 0.095]
-    assert again.loc["3.2", ["commit_before", "commit_after", "torch_after"]].tolist() == ["7211e83", "abc1234", "2.14.1"]
+    ck = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    torch.save({**ck, "config": {**ck["config"], "epochs": 3}}, run_dir / "checkpoint.pt")
+    (run_dir / WEIGHTS).unlink()
+    with pytest.raises(RuntimeError, match="checkpoint is at epoch 1 of 3"):
+        run_job(job, "smoke", tmp_path, "cpu", log=log.append)
+    assert not (run_dir / WEIGHTS).exists()
 
 
 def test_a_relative_results_folder_reaches_the_notebooks_absolute(tmp_path, monkeypatch):
