@@ -10,6 +10,7 @@ code. The resume checkpoint (``checkpoint.pt``: optimizer and history too) stays
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -35,6 +36,9 @@ def save_weights(model, cfg: TrainConfig, path, **metadata) -> Path:
             **{k: str(v) for k, v in metadata.items()}}
     tmp = path.with_suffix(".tmp")
     save_file(state, str(tmp), metadata=meta)
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o666 & ~umask)      # safetensors writes 0600; readable like every other result file
     tmp.replace(path)              # atomic: a kill never leaves a half-written file
     return path
 

@@ -30,6 +30,7 @@ def test_every_run_ships_its_weights(trained):
     assert torch.allclose(shipped(x), model(x), atol=1e-5)    # same weights (memory formats differ)
     state, meta = read_weights(run / WEIGHTS)
     assert meta["format"] == "bagcert" and "optimizer" not in " ".join(state)
+    assert (run / WEIGHTS).stat().st_mode & 0o044 == (run / "config.yaml").stat().st_mode & 0o044
 
 
 def test_certify_needs_no_checkpoint(trained, tmp_path, monkeypatch):
