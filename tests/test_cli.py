@@ -83,11 +83,13 @@ def test_a_run_without_weights_says_how_to_get_them(tmp_path, capsys):
 def test_list_names_the_shipped_models(capsys):
     """``list --shipped``: every row ships model.safetensors (the committed scaling runs do)."""
     from bagcert_lib.__main__ import list_runs
+    from bagcert_lib.config import REPO_ROOT
 
-    shipped = list_runs(shipped_only=True)
+    committed = str(REPO_ROOT / "results" / "runs")     # other tests point BAGCERT_RESULTS elsewhere
+    shipped = list_runs(committed, shipped_only=True)
     assert len(shipped) and shipped["weights"].all()
     assert "scaling-w16-e6-rf7-m0.5-heaviside-s0-seed0" in set(shipped["run"])
-    main(["list", "--shipped"])
+    main(["list", "--shipped", "--results", committed])
     out = capsys.readouterr().out
     assert "certified 5x5 (%)" in out and "scaling-w16-e6" in out
     with pytest.raises(SystemExit) as exit_:
