@@ -39,6 +39,7 @@ from pathlib import Path
 
 from .config import REPO_ROOT, grids, profile_config, resolve_profile
 from .runs import results_dir
+from .train import CHECKPOINT
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 
@@ -127,7 +128,7 @@ def unshipped(run_dir: Path) -> bool:
     from .pretrained import WEIGHTS
 
     return (_done(run_dir, "train") and not (run_dir / WEIGHTS).is_file()
-            and not (run_dir / "checkpoint.pt").is_file())
+            and not (run_dir / CHECKPOINT).is_file())
 
 
 def retire(run_dir: Path) -> dict:
@@ -135,11 +136,9 @@ def retire(run_dir: Path) -> dict:
     commit, torch and device that made it, its held-out metrics, every certification.csv row and
     the attack's summary) and delete everything else in the directory (git history keeps it).
     Returns the summary."""
-    def read(name):
-        f = run_dir / name
-        return json.loads(f.read_text()) if f.is_file() else {}
+    from .results import _json as read_json
 
-    prov, attack = read("provenance.json"), read("attack.json")
+    prov, attack = read_json(run_dir / "provenance.json"), read_json(run_dir / "attack.json")
     cert = run_dir / "certification.csv"
     summary = {
         "retired": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
@@ -148,7 +147,7 @@ def retire(run_dir: Path) -> dict:
         "torch": prov.get("torch"),
         "device": prov.get("device"),
         "wall_s": prov.get("wall_s"),
-        "metrics": read("metrics.json"),
+        "metrics": read_json(run_dir / "metrics.json"),
         "attack": {k: attack.get(k) for k in ("n", "clean_accuracy", "adversarial_accuracy",
                                               "certified_accuracy", "certified_broken")} if attack else {},
         "certification": _csv_rows(cert) if cert.is_file() else [],
@@ -214,12 +213,12 @@ def run_job(job: Job, profile: str, results: Path, device: str | None, log=print
         if not mine:
             log(f"[busy] {run_dir.name}: another process is running it; skipped")
             return None
-        if _done(run_dir, "train") and (run_dir / "checkpoint.pt").is_file():
+        if _done(run_dir, "train") and (run_dir / CHECKPOINT).is_file():
             from .pretrained import WEIGHTS, export_run
             if not (run_dir / WEIGHTS).is_file():
                 import torch
 
-                ck = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+                ck = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=True)
                 if ck["epoch"] + 1 != ck["config"]["epochs"]:      # not this run's last epoch
                     raise RuntimeError(f"{run_dir}: its checkpoint is at epoch {ck['epoch'] + 1} of "
                                        f"{ck['config']['epochs']} but metrics.json says finished; "
