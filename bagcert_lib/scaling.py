@@ -56,6 +56,18 @@ def paper_flops() -> float:
     return training_flops(p["width"], p["epochs"], p["rf"], p["n_train"], p["batch_size"])
 
 
+def run_cpu_class(prov: dict) -> str | None:
+    """The CPU class a run trained on (``runtime.cpu_class``); ``"mixed: a, b"`` when its
+    segments (resumed on other machines) differ; None when not recorded."""
+    classes = [s["cpu_class"] for s in prov.get("segments", []) if s.get("cpu_class")]
+    if len(classes) < len(prov.get("segments", [])) or not classes:   # some segment predates it
+        classes.append(cpu_class(prov["cpu"]) if prov.get("cpu") else None)
+    classes = list(dict.fromkeys(c for c in classes if c))
+    if not classes:
+        return None
+    return classes[0] if len(classes) == 1 else "mixed: " + ", ".join(classes)
+
+
 def study_runs(results=None) -> pd.DataFrame:
     """One row per finished, certified run at the headline setting (RF 7, M 0.5, heaviside, σ 0):
     config, training FLOPs, wall-hours and CPU, and its 5x5 (and 10x10, aspect-ratio) accuracies."""
@@ -77,7 +89,7 @@ def study_runs(results=None) -> pd.DataFrame:
                "epochs": int(r.epochs), "seed": int(r.seed),
                "flops": prov.get("training_flops") or training_flops(r.width, r.epochs, r.rf),
                "wall_h": (r.wall_s or np.nan) / 3600, "device": r.device,
-               "cpu_class": cpu_class(prov["cpu"]) if prov.get("cpu") else None,   # None: not recorded
+               "cpu_class": run_cpu_class(prov),
                "clean": float(five.clean_accuracy.iloc[0]) if len(five) else np.nan}
         for (patch, cond), name in COLUMNS.items():
             v = c[(c.patch == patch) & (c.condition == cond)].certified_accuracy

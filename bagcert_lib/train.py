@@ -264,8 +264,10 @@ def _train(cfg, run_dir, ctx, *, resume, progress, stop_after):
         est = estimate_cost(cfg, len(train_data.y_train), device, epochs_left=cfg.epochs - start_epoch)
         if progress:
             print(describe_cost(est), flush=True)
+        if segments and "cpu_class" not in segments[-1]:
+            _backfill_segments(segments, run_dir)
         segments.append({"from_epoch": start_epoch + 1, "git": git, "device": device_name(device),
-                         "torch": str(torch.__version__),
+                         "torch": str(torch.__version__), **_precision(device, cfg),
                          "estimated_s_per_epoch": round(est["seconds_per_epoch"], 1),
                          **distributed.describe(ctx, devices)})
     x_train = y_train = None
@@ -326,6 +328,30 @@ def _train(cfg, run_dir, ctx, *, resume, progress, stop_after):
                        segments)
     return {"model": model, "history": pd.DataFrame(history), "run_dir": run_dir,
             "finished": len(history) == cfg.epochs}
+
+
+def _precision(device, cfg: TrainConfig) -> dict:
+    """What decides a segment's speed: CPU class (or GPU), bf16 or fp32, memory format."""
+    on_cpu = torch.device(device).type == "cpu"
+    return {"cpu_class": cpu_class() if on_cpu else "cuda", "cpu": cpu_features() if on_cpu else None,
+            "amp_bf16": use_amp(device, cfg.amp),
+            "channels_last": use_channels_last(device, cfg.channels_last)}
+
+
+def _backfill_segments(segments: list, run_dir: Path):
+    """Segments written before they recorded their CPU class take it from the run's last
+    provenance.json (written by the last of them). Marked ``"precision_from": "provenance.json"``."""
+    try:
+        prov = json.loads((run_dir / "provenance.json").read_text())
+    except (OSError, ValueError):
+        return
+    if not prov.get("cpu"):
+        return
+    for seg in segments:
+        if "cpu_class" not in seg:
+            seg.update(cpu_class=cpu_class(prov["cpu"]), cpu=prov["cpu"],
+                       amp_bf16=prov.get("amp_bf16"), channels_last=prov.get("channels_last"),
+                       precision_from="provenance.json")
 
 
 def _write_records(run_dir, cfg, model, full, train_data, eval_data, history, device, wall,

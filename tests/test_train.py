@@ -95,6 +95,37 @@ def test_resume_equals_uninterrupted_run(tmp_path, colour_folder):
     assert loaded_cfg == cfg and model.receptive_field == 5
 
 
+def test_segments_record_cpu_class_and_precision(tmp_path, colour_folder):
+    """Each (re)start records what sets its speed; segments older than that take it from the
+    run's last provenance.json, and the study names a run resumed on another CPU class 'mixed'."""
+    from bagcert_lib.runtime import cpu_class
+    from bagcert_lib.scaling import run_cpu_class
+    cfg = profile_config("smoke", dataset="imagefolder", data=str(colour_folder), rf=5, epochs=2,
+                         train_size=None, eval_size=30)
+    run = tmp_path / "run"
+    train(cfg, run, progress=False, stop_after=1)
+    ck = torch.load(run / CHECKPOINT, weights_only=True)        # as written before this existed
+    for seg in ck["segments"]:
+        for key in ("cpu_class", "cpu", "amp_bf16", "channels_last"):
+            seg.pop(key)
+    torch.save(ck, run / CHECKPOINT)
+    prov = json.loads((run / "provenance.json").read_text())
+    bf16_cpu = {"model": "elsewhere", "avx2": True, "avx512f": True, "avx512_bf16": True,
+                "amx_bf16": False, "amx_tile": False}
+    prov.update(cpu=bf16_cpu, amp_bf16=True, channels_last=True)
+    (run / "provenance.json").write_text(json.dumps(prov))
+    train(cfg, run, progress=False)
+    prov = json.loads((run / "provenance.json").read_text())
+    old, new = prov["segments"]
+    assert old["cpu_class"] == "avx512-bf16" and old["amp_bf16"] and old["precision_from"]
+    assert new["cpu_class"] == cpu_class() and "precision_from" not in new
+    assert isinstance(new["amp_bf16"], bool) and isinstance(new["channels_last"], bool)
+    here = cpu_class()
+    assert run_cpu_class(prov) == (here if here == "avx512-bf16" else f"mixed: avx512-bf16, {here}")
+    assert run_cpu_class({"cpu": bf16_cpu, "segments": [{"from_epoch": 1}]}) == "avx512-bf16"
+    assert run_cpu_class({}) is None
+
+
 def test_resume_refuses_a_different_config(tmp_path, colour_folder):
     cfg = profile_config("smoke", dataset="imagefolder", data=str(colour_folder), rf=5, epochs=1,
                          train_size=None, eval_size=30)
