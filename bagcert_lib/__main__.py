@@ -87,7 +87,9 @@ def build_parser() -> Parser:
 
 def list_runs(results=None, shipped_only: bool = False) -> "pd.DataFrame":
     """One row per run: name, clean and certified (Condition 3.2; a DS run's own certificate)
-    test accuracy against 5x5 patches from certification.csv (blank when not certified), and whether it ships its weights."""
+    test accuracy against 5x5 patches from certification.csv (blank when not certified), and whether it ships its weights.
+    ``epochs``: done / planned, marked "(training)" for an unfinished run, whose weights are its
+    last epoch's, not the finished model."""
     import pandas as pd
 
     from .pretrained import WEIGHTS
@@ -98,8 +100,10 @@ def list_runs(results=None, shipped_only: bool = False) -> "pd.DataFrame":
         raise FileNotFoundError(f"no runs (config.yaml) under {results or 'results/runs'}")
     cert = load_certification(results).query("patch == '5x5' and condition in ('3.2', 'DS')")
     cert = cert.set_index("run")[["clean_accuracy", "certified_accuracy"]]
+    done = runs["epochs_done"].fillna(0).astype(int).astype(str) + "/" + runs["epochs"].astype(str)
     out = pd.DataFrame({
         "run": runs["run"],
+        "epochs": done.where(runs["finished"].fillna(False).astype(bool), done + " (training)"),
         "clean (%)": runs["run"].map(cert["clean_accuracy"] * 100).round(1),
         "certified 5x5 (%)": runs["run"].map(cert["certified_accuracy"] * 100).round(1),
         "weights": [(Path(p) / WEIGHTS).is_file() for p in runs["path"]],

@@ -49,7 +49,7 @@ class TrainConfig:
     test_size: int | None = None     # test images certified/attacked after training (None: all)
     eval_patch: int = 5              # patch size of the per-epoch certified accuracy
     amp: bool | None = None          # bf16 autocast; None: when the device supports it
-    channels_last: bool | None = None  # None: on CUDA and AVX-512 CPUs (runtime.use_channels_last)
+    channels_last: bool | None = None  # None: CUDA, AVX-512 CPUs, AVX2 where the model is safe (runtime.use_channels_last)
     device: str | None = None        # None: cuda if available else cpu
     sync_bn: bool = True             # several processes: BatchNorm over the global batch (issue 14)
     compile: bool = False            # torch.compile the training model (opt-in; unmeasured here)

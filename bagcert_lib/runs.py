@@ -23,7 +23,7 @@ from . import data as data_mod
 from .attack import patch_attack
 from .certifier import _pair, affected_range
 from .config import REPO_ROOT, grids, profile_config
-from .runtime import default_device, device_name, memory_format, region_scores
+from .runtime import default_device, device_name, memory_format, region_scores, use_channels_last
 from .train import evaluate_batches, git_commit, load_run, test_batches
 
 
@@ -88,7 +88,7 @@ def _load(run_dir, device, progress, n=None):
     fixed class-balanced subset; all of them when both are None)."""
     device = torch.device(device) if device else default_device()
     model, cfg = load_run(run_dir, device)
-    model = model.to(memory_format=memory_format(device, cfg.channels_last))
+    model = model.to(memory_format=memory_format(device, cfg.channels_last, model))
     ds = data_mod.load_dataset(cfg.dataset, cfg.data, progress=progress)
     n = min(x for x in (n, cfg.test_size, len(ds.y_test)) if x)
     if n < len(ds.y_test):
@@ -105,7 +105,7 @@ def certify_run(run_dir, patches=None, device=None, progress=True,
     run_dir = resolve_run_dir(run_dir)
     model, cfg, ds, device = _load(run_dir, device, progress)
     t0 = time.perf_counter()
-    df = evaluate_batches(model, test_batches(ds, cfg, device), cfg, device,
+    df = evaluate_batches(model, test_batches(ds, cfg, device, model=model), cfg, device,
                           patches=patches or figure_patches(cfg.dataset), progress=progress)
     df["wall_s"] = time.perf_counter() - t0
     df["device"] = device_name(device)
@@ -129,9 +129,10 @@ def attack_run(run_dir, n: int | None = 1000, patch=5, steps: int = 100, step_si
     git = git_commit()
     rows, t0, example = [], time.perf_counter(), None
     if isinstance(ds, data_mod.StreamingImages):     # ImageNet: streamed, centre crop
-        loader = test_batches(ds, cfg, device, batch_size)
+        loader = test_batches(ds, cfg, device, batch_size, model=model)
     else:
-        loader = data_mod.batches(ds.x_test, ds.y_test, batch_size, device=device)
+        loader = data_mod.batches(ds.x_test, ds.y_test, batch_size, device=device,
+                                  channels_last=use_channels_last(device, cfg.channels_last, model))
     for x, y in tqdm(loader, total=data_mod.num_batches(len(ds.y_test), batch_size, False),
                      desc="attack", disable=not progress):
         res = patch_attack(model, x, y, patch, steps=steps, step_size=step_size, head=cfg.head,

@@ -49,21 +49,49 @@ def cpu_supports_bf16() -> bool:
     return f["avx512_bf16"] or f["amx_bf16"]
 
 
-def use_channels_last(device, channels_last: bool | None = None) -> bool:
-    """channels_last by default on CUDA and on CPUs with AVX-512; contiguous elsewhere.
+#: On AVX2-only CPUs torch 2.13/2.14 crash (SIGSEGV, SIGABRT) or spin forever in the channels_last
+#: backward of a strided convolution with few input channels. Measured on an AMD EPYC without
+#: AVX-512, torch 2.14.1, one child process per shape, fp32, 8 steps (session 8): every 1x1
+#: stride-2 convolution with 2-7 input channels crashed; 1, 8 and 16 input channels, every stride-1
+#: convolution and every 3x3 stride-2 one passed. A model is kept contiguous there when any strided
+#: convolution has fewer input channels than this.
+AVX2_SAFE_STRIDED_IN_CHANNELS = 8
+
+
+def channels_last_safe_on_avx2(model: torch.nn.Module) -> bool:
+    """True when ``model`` has no strided convolution with fewer than
+    :data:`AVX2_SAFE_STRIDED_IN_CHANNELS` input channels (the layers that crash on AVX2 CPUs)."""
+    return not any(isinstance(m, torch.nn.Conv2d) and max(m.stride) > 1
+                   and m.in_channels < AVX2_SAFE_STRIDED_IN_CHANNELS for m in model.modules())
+
+
+def use_channels_last(device, channels_last: bool | None = None,
+                      model: torch.nn.Module | None = None) -> bool:
+    """channels_last by default on CUDA and on CPUs with AVX-512; on AVX2-only CPUs for a
+    ``model`` that :func:`channels_last_safe_on_avx2` passes; contiguous elsewhere (and on AVX2
+    when no model is named).
 
     On AVX2-only CPUs, torch 2.13/2.14's channels_last backward of a 1x1 stride-2 convolution with
-    2-4 input channels crashes or spins forever (issue 12), and channels_last does not help there.
-    With AVX-512 it is safe and faster (``benchmarks/memory_format.py``). ``channels_last``
-    overrides the choice (True or False)."""
+    2-7 input channels crashes or spins forever (issue 12; DS's ResNet-18 shortcut at small widths).
+    Everywhere else channels_last is faster: 1.26-1.61x with AVX-512 at widths 24-96, 1.16-1.66x
+    fp32 on AVX2 at widths 32-64 for the region scorer (``benchmarks/train_throughput.py --formats``;
+    results/benchmarks/train_throughput*.json). ``channels_last`` overrides the choice."""
     if channels_last is not None:
         return bool(channels_last)
     device = torch.device(device)
-    return device.type == "cuda" or (device.type == "cpu" and cpu_features()["avx512f"])
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    if cpu_features()["avx512f"]:
+        return True
+    return model is not None and channels_last_safe_on_avx2(model)
 
 
-def memory_format(device, channels_last: bool | None = None) -> torch.memory_format:
-    return torch.channels_last if use_channels_last(device, channels_last) else torch.contiguous_format
+def memory_format(device, channels_last: bool | None = None,
+                  model: torch.nn.Module | None = None) -> torch.memory_format:
+    return (torch.channels_last if use_channels_last(device, channels_last, model)
+            else torch.contiguous_format)
 
 
 def default_device() -> torch.device:

@@ -79,10 +79,10 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
 
 
-def test_batches(ds, cfg: TrainConfig, device, batch_size: int | None = None):
+def test_batches(ds, cfg: TrainConfig, device, batch_size: int | None = None, model=None):
     """The test split of ``ds`` as batches: in memory (500 a batch), or streamed through the
-    DataLoader with the centre crop (App. A.1.2; 100 a batch)."""
-    channels_last = use_channels_last(device, cfg.channels_last)
+    DataLoader with the centre crop (App. A.1.2; 100 a batch); in ``model``'s memory format."""
+    channels_last = use_channels_last(device, cfg.channels_last, model)
     if isinstance(ds, data_mod.StreamingImages):
         return ds.batches("test", batch_size or 100, device=device, workers=cfg.workers,
                           channels_last=channels_last)
@@ -93,7 +93,7 @@ def test_batches(ds, cfg: TrainConfig, device, batch_size: int | None = None):
 def evaluate(model, x, y, cfg: TrainConfig, device, patches=None, progress=False):
     """Clean and certified accuracy on in-memory (x, y); see :func:`evaluate_batches`."""
     loader = data_mod.batches(x, y, 500, device=device,
-                              channels_last=use_channels_last(device, cfg.channels_last))
+                              channels_last=use_channels_last(device, cfg.channels_last, model))
     return evaluate_batches(model, loader, cfg, device, patches, progress)
 
 
@@ -123,7 +123,7 @@ def estimate_cost(cfg: TrainConfig, n_train: int | None = None, device=None, ste
     size = (224, 224) if cfg.rf in (17, 25, 29) else (32, 32)
     gen = torch.Generator().manual_seed(0)
     model = build_model(cfg).to(device)
-    channels_last = use_channels_last(device, cfg.channels_last)
+    channels_last = use_channels_last(device, cfg.channels_last, model)
     model = model.to(memory_format=memory_format(device, channels_last)).train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     x = torch.rand(cfg.batch_size, 3, *size, generator=gen).to(device)
@@ -225,7 +225,7 @@ def _train(cfg, run_dir, ctx, *, resume, progress, stop_after):
     method = method_for(cfg)
     model = method.build_model(cfg, num_classes=len(full.classes)).to(device)
     model = distributed.sync_batchnorm(model, ctx, cfg.sync_bn)    # BN over the global batch
-    channels_last = use_channels_last(device, cfg.channels_last)   # never on AVX2-only CPUs
+    channels_last = use_channels_last(device, cfg.channels_last, model)   # AVX2: only if safe
     model = model.to(memory_format=memory_format(device, channels_last))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = data_mod.num_batches(len(train_data.y_train), cfg.batch_size, drop_last=True)
@@ -267,7 +267,7 @@ def _train(cfg, run_dir, ctx, *, resume, progress, stop_after):
         if segments and "cpu_class" not in segments[-1]:
             _backfill_segments(segments, run_dir)
         segments.append({"from_epoch": start_epoch + 1, "git": git, "device": device_name(device),
-                         "torch": str(torch.__version__), **_precision(device, cfg),
+                         "torch": str(torch.__version__), **_precision(device, cfg, channels_last),
                          "estimated_s_per_epoch": round(est["seconds_per_epoch"], 1),
                          **distributed.describe(ctx, devices)})
     x_train = y_train = None
@@ -299,7 +299,7 @@ def _train(cfg, run_dir, ctx, *, resume, progress, stop_after):
         train_s = time.perf_counter() - t0
         row = None
         if ctx.is_main:      # rank 0 evaluates and writes; the others wait for its row
-            ev = evaluate_batches(model, test_batches(eval_data, cfg, device), cfg,
+            ev = evaluate_batches(model, test_batches(eval_data, cfg, device, model=model), cfg,
                                   device).set_index("condition")
             row = {"epoch": epoch + 1, "loss": (losses / steps_per_epoch).item(),
                    "lr": float(sched.get_last_lr()[0]),
@@ -330,12 +330,11 @@ def _train(cfg, run_dir, ctx, *, resume, progress, stop_after):
             "finished": len(history) == cfg.epochs}
 
 
-def _precision(device, cfg: TrainConfig) -> dict:
+def _precision(device, cfg: TrainConfig, channels_last: bool) -> dict:
     """What decides a segment's speed: CPU class (or GPU), bf16 or fp32, memory format."""
     on_cpu = torch.device(device).type == "cpu"
     return {"cpu_class": cpu_class() if on_cpu else "cuda", "cpu": cpu_features() if on_cpu else None,
-            "amp_bf16": use_amp(device, cfg.amp),
-            "channels_last": use_channels_last(device, cfg.channels_last)}
+            "amp_bf16": use_amp(device, cfg.amp), "channels_last": channels_last}
 
 
 def _backfill_segments(segments: list, run_dir: Path):
@@ -369,7 +368,7 @@ def _write_records(run_dir, cfg, model, full, train_data, eval_data, history, de
     images_seen = len(history) * (len(train_data.y_train) // cfg.batch_size) * cfg.batch_size
     prov = {"git": segments[-1]["git"], "torch": torch.__version__, "device": device_name(device),
             "amp_bf16": use_amp(device, cfg.amp), "cpu": cpu_features(),
-            "channels_last": use_channels_last(device, cfg.channels_last), "dataset": full.describe(),
+            "channels_last": use_channels_last(device, cfg.channels_last, model), "dataset": full.describe(),
             "n_train": len(train_data.y_train), "n_eval": len(eval_data.y_test),
             "parameters": num_parameters(model), "macs_per_image": macs,
             "images_seen": images_seen, "training_flops": training_flops(macs, images_seen),

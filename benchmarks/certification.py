@@ -50,9 +50,9 @@ def trained_or_fresh(cfg, device):
 
 
 def bagcert_row(model, x, y, device, batch, patches, label, run):
-    cl = use_channels_last(device)
+    cl = use_channels_last(device, model=model)
     loader = data_mod.batches(x, y, batch, device=device, channels_last=cl)
-    model = model.to(memory_format=memory_format(device))
+    model = model.to(memory_format=memory_format(device, model=model))
     certify_model(model, data_mod.batches(x[:batch], y[:batch], batch, device=device,
                                           channels_last=cl), patches, progress=False)   # warm-up
     t0 = time.perf_counter()
@@ -88,7 +88,7 @@ def ds_row(model, x, y, device, kind, cfg, patches, run):
 
 
 def summed_area_vs_loop(model, x, y, device, patch=(5, 5)):
-    s = region_scores(model, x.to(device).contiguous(memory_format=memory_format(device)))
+    s = region_scores(model, x.to(device).contiguous(memory_format=memory_format(device, model=model)))
     y = y.to(device)
     t0 = time.perf_counter()
     fast = ScoreMaps(s, y).worst_case(patch, model.receptive_field, model.stride)[0]
@@ -126,7 +126,7 @@ def training(device, width, steps, train_size):
     only where it is native (on an AVX2 CPU it is emulated and no run uses it); the trainer's own
     precision is what its ratio to the bare step compares with."""
     cfg = profile_config("cpu", rf=7, margin=0.5, width=width, device=str(device))
-    mf = memory_format(device)
+    mf = memory_format(device, model=cifar_scorer(7, width))   # the trainer's choice for it
     x = torch.rand(cfg.batch_size, 3, 32, 32, device=device).contiguous(memory_format=mf)
     y = torch.randint(0, 10, (cfg.batch_size,), device=device)
     trainer_prec = "bf16" if use_amp(device) else "fp32"

@@ -89,9 +89,10 @@ def per_image_ms(ds, k=40) -> dict:
 def train_rate(rf, batch, steps, warmup, num_classes=1000) -> dict:
     torch.manual_seed(0)
     device = torch.device("cpu")
-    bf16, cl = use_amp(device), use_channels_last(device)
-    mf = memory_format(device)
-    model = imagenet_scorer(rf, num_classes=num_classes).to(memory_format=mf).train()
+    model = imagenet_scorer(rf, num_classes=num_classes)
+    bf16, cl = use_amp(device), use_channels_last(device, model=model)
+    mf = memory_format(device, model=model)
+    model = model.to(memory_format=mf).train()
     opt = torch.optim.Adam(model.parameters(), 3.3e-4)
     x = torch.rand(batch, 3, 224, 224).contiguous(memory_format=mf)
     y = torch.randint(0, num_classes, (batch,))

@@ -117,13 +117,14 @@ else:
 # ## The runs
 #
 # Every run of the study, with its compute, the hours it trained and the CPU it ran on (one
-# thread each). Width 32 at 6 epochs is Figure 8's five Heaviside seeds: their spread is the
+# thread each; CPU class as in the README: "mixed" when a run was resumed on another class, whose
+# hours then add up epochs of different speeds). Width 32 at 6 epochs is Figure 8's five Heaviside seeds: their spread is the
 # run-to-run noise drawn as error bars above. 10×10 and the smallest 24-pixel aspect-ratio patch
 # show whether the claims that do not hold at our scale start to hold as compute grows.
 
 # %% tags=["hide-input"]
 cols = {"run": "run", "width": "width", "epochs": "epochs", "seed": "seed", "flops": "training FLOPs",
-        "wall_h": "training hours", "device": "machine", "clean": "clean",
+        "wall_h": "training hours", "device": "machine", "cpu_class": "CPU class", "clean": "clean",
         "certified": "certified 5×5 (3.2)", "certified_global": "certified 5×5 (3.3)",
         "certified_10x10": "certified 10×10 (3.2)", "certified_aspect_min": "certified, worst 24-pixel aspect ratio (3.2)"}
 view = study[list(cols)].rename(columns=cols)

@@ -92,6 +92,8 @@ def test_list_names_the_shipped_models(capsys):
     main(["list", "--shipped", "--results", committed])
     out = capsys.readouterr().out
     assert "certified 5x5 (%)" in out and "scaling-w16-e6" in out
+    row = shipped.set_index("run").loc["scaling-w16-e6-rf7-m0.5-heaviside-s0-seed0"]
+    assert row["epochs"] == "6/6"          # finished; an unfinished run reads "18/48 (training)"
     with pytest.raises(SystemExit) as exit_:
         main(["list", "--results", "/no/such/folder"])
     assert exit_.value.code == 2 and "no runs" in capsys.readouterr().err
