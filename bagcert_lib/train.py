@@ -64,13 +64,16 @@ def cosine_warmup(total_steps: int, warmup_steps: int):
     return factor
 
 
-def git_commit() -> dict:
+def git_commit(root=REPO_ROOT) -> dict:
+    """The commit this code runs from; ``dirty``: a tracked file outside ``results/`` differs from
+    it (the code, not the result files other runs are writing beside this one)."""
     def git(*args):
-        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
                               timeout=10).stdout.strip()
     try:
         return {"commit": git("rev-parse", "HEAD") or None,
-                "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+                "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                                  ":(exclude)results"))}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
 

@@ -126,6 +126,26 @@ def test_segments_record_cpu_class_and_precision(tmp_path, colour_folder):
     assert run_cpu_class({}) is None
 
 
+def test_git_commit_is_dirty_only_when_code_differs(tmp_path):
+    """Result files written by other runs do not make a run's code 'dirty'; edited code does."""
+    import subprocess
+    from bagcert_lib.train import git_commit
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
+                       check=True, capture_output=True)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "code.py").write_text("a = 1\n")
+    (tmp_path / "results" / "metrics.json").write_text("{}")
+    git("init", "-q"), git("add", "."), git("commit", "-qm", "x")
+    clean = git_commit(tmp_path)
+    assert clean["commit"] and clean["dirty"] is False
+    (tmp_path / "results" / "metrics.json").write_text('{"epoch": 2}')
+    assert git_commit(tmp_path)["dirty"] is False
+    (tmp_path / "code.py").write_text("a = 2\n")
+    assert git_commit(tmp_path)["dirty"] is True
+
+
 def test_resume_refuses_a_different_config(tmp_path, colour_folder):
     cfg = profile_config("smoke", dataset="imagefolder", data=str(colour_folder), rf=5, epochs=1,
                          train_size=None, eval_size=30)
