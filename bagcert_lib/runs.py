@@ -23,7 +23,7 @@ from . import data as data_mod
 from .attack import patch_attack
 from .certifier import _pair, affected_range
 from .config import REPO_ROOT, grids, profile_config
-from .runtime import default_device, device_name, memory_format, region_scores, use_channels_last
+from .runtime import default_device, device_name, memory_format, region_scores
 from .train import evaluate_batches, git_commit, load_run, test_batches
 
 
@@ -128,11 +128,7 @@ def attack_run(run_dir, n: int | None = 1000, patch=5, steps: int = 100, step_si
     gen = torch.Generator().manual_seed(seed)
     git = git_commit()
     rows, t0, example = [], time.perf_counter(), None
-    if isinstance(ds, data_mod.StreamingImages):     # ImageNet: streamed, centre crop
-        loader = test_batches(ds, cfg, device, batch_size, model=model)
-    else:
-        loader = data_mod.batches(ds.x_test, ds.y_test, batch_size, device=device,
-                                  channels_last=use_channels_last(device, cfg.channels_last, model))
+    loader = test_batches(ds, cfg, device, batch_size, model=model)   # ImageNet: streamed, centre crop
     for x, y in tqdm(loader, total=data_mod.num_batches(len(ds.y_test), batch_size, False),
                      desc="attack", disable=not progress):
         res = patch_attack(model, x, y, patch, steps=steps, step_size=step_size, head=cfg.head,

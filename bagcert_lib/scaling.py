@@ -59,9 +59,8 @@ def paper_flops() -> float:
 def run_cpu_class(prov: dict) -> str | None:
     """The CPU class a run trained on (``runtime.cpu_class``); ``"mixed: a, b"`` when its
     segments (resumed on other machines) differ; None when not recorded."""
-    classes = [s["cpu_class"] for s in prov.get("segments", []) if s.get("cpu_class")]
-    if len(classes) < len(prov.get("segments", [])) or not classes:   # some segment predates it
-        classes.append(cpu_class(prov["cpu"]) if prov.get("cpu") else None)
+    recorded = cpu_class(prov["cpu"]) if prov.get("cpu") else None   # segments that predate it
+    classes = [s.get("cpu_class") or recorded for s in prov.get("segments", [])] or [recorded]
     classes = list(dict.fromkeys(c for c in classes if c))
     if not classes:
         return None

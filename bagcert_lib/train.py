@@ -370,8 +370,8 @@ def _write_records(run_dir, cfg, model, full, train_data, eval_data, history, de
     macs = conv_macs(model, data_mod.image_size(full))
     images_seen = len(history) * (len(train_data.y_train) // cfg.batch_size) * cfg.batch_size
     prov = {"git": segments[-1]["git"], "torch": torch.__version__, "device": device_name(device),
-            "amp_bf16": use_amp(device, cfg.amp), "cpu": cpu_features(),
-            "channels_last": use_channels_last(device, cfg.channels_last, model), "dataset": full.describe(),
+            "amp_bf16": segments[-1]["amp_bf16"], "cpu": cpu_features(),
+            "channels_last": segments[-1]["channels_last"], "dataset": full.describe(),
             "n_train": len(train_data.y_train), "n_eval": len(eval_data.y_test),
             "parameters": num_parameters(model), "macs_per_image": macs,
             "images_seen": images_seen, "training_flops": training_flops(macs, images_seen),

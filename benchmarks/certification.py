@@ -52,7 +52,7 @@ def trained_or_fresh(cfg, device):
 def bagcert_row(model, x, y, device, batch, patches, label, run):
     cl = use_channels_last(device, model=model)
     loader = data_mod.batches(x, y, batch, device=device, channels_last=cl)
-    model = model.to(memory_format=memory_format(device, model=model))
+    model = model.to(memory_format=memory_format(device, cl))
     certify_model(model, data_mod.batches(x[:batch], y[:batch], batch, device=device,
                                           channels_last=cl), patches, progress=False)   # warm-up
     t0 = time.perf_counter()

@@ -89,12 +89,13 @@ def main(argv=None):
         assert len(ds.y_test) == a.images
         torch.manual_seed(0)
         model = build_model(cfg, num_classes=a.classes).to(device).eval()      # untrained: timing only
-        model = model.to(memory_format=memory_format(device, cfg.channels_last, model))
+        cl = use_channels_last(device, cfg.channels_last, model)
+        model = model.to(memory_format=memory_format(device, cl))
         # warm-up, untimed: the decoder's imports and the forward pass's first allocations
         D.preprocess(D.imagenet.decode(os.path.join(ds.source, ds.test_files[0].decode())), False)
         with torch.no_grad():
             region_scores(model, torch.rand(2, 3, 224, 224).contiguous(
-                memory_format=memory_format(device, cfg.channels_last, model)), cfg.head, cfg.amp)
+                memory_format=memory_format(device, cl)), cfg.head, cfg.amp)
         loader = TimedLoader(test_batches(ds, cfg, device, a.batch, model=model))
         t0 = time.perf_counter()
         df = evaluate_batches(model, loader, cfg, device, patches=figure_patches("imagenet"))
@@ -113,7 +114,7 @@ def main(argv=None):
                    "generated": "smooth random fields with fine noise, JPEG quality 90 (imagenet_loader.py)"},
         "model": {"rf": a.rf, "num_classes": a.classes, "stride": model.stride,
                   "weights": "untrained (random initialisation, seed 0): timing only, no accuracies",
-                  "bf16": use_amp(device, cfg.amp), "channels_last": use_channels_last(device, cfg.channels_last, model),
+                  "bf16": use_amp(device, cfg.amp), "channels_last": cl,
                   "macs_per_image": conv_macs(model, (224, 224))},
         "patches": sorted(set(df.patch)), "conditions": sorted(set(df.condition)), "batch": a.batch,
         "seconds": seconds, "seconds_per_image": per_image,

@@ -91,7 +91,7 @@ def train_rate(rf, batch, steps, warmup, num_classes=1000) -> dict:
     device = torch.device("cpu")
     model = imagenet_scorer(rf, num_classes=num_classes)
     bf16, cl = use_amp(device), use_channels_last(device, model=model)
-    mf = memory_format(device, model=model)
+    mf = memory_format(device, cl)
     model = model.to(memory_format=mf).train()
     opt = torch.optim.Adam(model.parameters(), 3.3e-4)
     x = torch.rand(batch, 3, 224, 224).contiguous(memory_format=mf)
