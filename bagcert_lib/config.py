@@ -58,6 +58,7 @@ class TrainConfig:
     ablation_size: int = 4           # DS: block side s / column band width b
     theta: float = 0.3               # DS: an ablation votes for every class with softmax >= theta
     workers: int | None = None       # DataLoader workers, streamed data (None: GPU cores - 1 <= 8; CPU 0)
+    checkpoint_minutes: float = 10.0  # also save the resume checkpoint mid-epoch this often (0: epoch ends only)
 
     @property
     def smoothing(self) -> str | None:
@@ -74,6 +75,9 @@ class TrainConfig:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose 'cifar10', 'imagefolder' or 'imagenet'")
         if self.workers is not None and int(self.workers) < 0:
             raise ValueError(f"workers must be >= 0 or None, got {self.workers!r}")
+        if not float(self.checkpoint_minutes) >= 0:
+            raise ValueError(f"checkpoint_minutes must be >= 0 (0: at epoch ends only), "
+                             f"got {self.checkpoint_minutes!r}")
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {METHODS}")
         if int(self.ablation_size) < 1 or not 0 <= self.theta <= 1:

@@ -87,10 +87,15 @@ def load_pretrained(run, device=None):
 
 
 def export_run(run_dir) -> Path:
-    """Write ``model.safetensors`` of a run from its resume checkpoint (weights only)."""
-    from .train import CHECKPOINT, load_checkpoint_model
+    """Write ``model.safetensors`` of a run from its resume checkpoint (weights only); refused
+    for a checkpoint written mid-epoch, whose weights no epoch's numbers describe."""
+    from .train import CHECKPOINT, checkpoint_position, load_checkpoint_model
 
     run_dir = Path(run_dir)
+    epochs_done, step = checkpoint_position(run_dir)
+    if step:
+        raise ValueError(f"{run_dir / CHECKPOINT} was written {step} steps into epoch "
+                         f"{epochs_done + 1}; resume the run to the end of an epoch before exporting")
     model, cfg = load_checkpoint_model(run_dir)
     prov = run_dir / "provenance.json"
     commit = json.loads(prov.read_text()).get("git", {}).get("commit") if prov.is_file() else None

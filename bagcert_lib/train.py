@@ -7,12 +7,14 @@
     metrics.json      the last epoch's numbers
     provenance.json   git commit, torch version, device, dataset name + sha256, wall time, s/epoch;
                       segments: the commit and machine of every (re)start and its first epoch
-    checkpoint.pt     model, optimizer, scheduler, epoch, history (every epoch; resumes the run)
+    checkpoint.pt     model, optimizer, scheduler, epoch, history (every epoch, and every
+                      ``checkpoint_minutes`` within one: then also the step and RNG state)
     model.safetensors the weights only, shipped with the run (``pretrained.load_pretrained``)
 
 Rerunning with the same run directory resumes from checkpoint.pt and ends at the same result as an
 uninterrupted run: every epoch reseeds its shuffling, augmentation and shake-shake noise from
-(seed, epoch).
+(seed, epoch); a checkpoint written mid-epoch also holds the step reached and the RNG state, and
+the resumed epoch skips the batches already trained on (drawing their augmentation numbers).
 """
 from __future__ import annotations
 
@@ -173,48 +175,54 @@ def _sync(device):
 
 #: Config fields a run may change when it resumes: the device, the data's location (the dataset
 #: itself is pinned by its sha256 in provenance.json), the memory format, compilation and the
-#: number of DataLoader workers (same numbers: augmentation is seeded per image, not per worker).
-#: The number of processes is not a config field either: a run may resume with another world size.
-RESUME_MAY_CHANGE = ("device", "data", "channels_last", "compile", "workers")
+#: number of DataLoader workers (same numbers: augmentation is seeded per image, not per worker)
+#: and how often it checkpoints. The number of processes is not a config field either: a run may
+#: resume with another world size.
+RESUME_MAY_CHANGE = ("device", "data", "channels_last", "compile", "workers", "checkpoint_minutes")
 
 
 def epoch_batches(x, y, cfg: TrainConfig, epoch: int, device, channels_last: bool, method=None,
-                  ctx: distributed.Context | None = None, streamed=None):
+                  ctx: distributed.Context | None = None, streamed=None, start: int = 0):
     """This process's share of an epoch's training batches: the global batches (order and
     augmentation seeded by (seed, epoch); ``streamed``: an ImageNet-style folder decoded in
     DataLoader workers, App. A.1.2), ``method.prepare`` applied to each, then the rank's slice.
-    The slices of all ranks, in rank order, are the one-process run's batches."""
+    The slices of all ranks, in rank order, are the one-process run's batches. ``start``: from
+    the epoch's batch ``start`` on (a run resumed mid-epoch)."""
     method = method or method_for(cfg)
     if streamed is not None:      # every rank decodes the global batch, then keeps its slice
         glob = streamed.batches("train", cfg.batch_size, augment=cfg.augment, shuffle=True,
                                 epoch_seed=_epoch_seed(cfg.seed, epoch), device=device,
-                                workers=cfg.workers, drop_last=True, channels_last=channels_last)
+                                workers=cfg.workers, drop_last=True, channels_last=channels_last,
+                                start=start)
     else:
         gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
         glob = data_mod.batches(x, y, cfg.batch_size, shuffle=True, generator=gen, device=device,
-                                augment=cfg.augment, drop_last=True, channels_last=channels_last)
+                                augment=cfg.augment, drop_last=True, channels_last=channels_last,
+                                start=start)
     for xb, yb in glob:
         xb = method.prepare(xb, cfg)
         yield distributed.shard(xb, ctx), distributed.shard(yb, ctx)
 
 
 def train(cfg: TrainConfig, run_dir, *, resume: bool = True, progress: bool = True,
-          stop_after: int | None = None) -> dict:
+          stop_after: int | None = None, stop_after_steps: int | None = None) -> dict:
     """Train one configuration into ``run_dir`` (resuming if a checkpoint is there).
 
-    ``stop_after``: return after that many epochs of this call (to test resuming). Under torchrun
-    every process calls this; rank 0 alone writes the run directory (``distributed.py``).
+    ``stop_after``: return after that many epochs of this call; ``stop_after_steps``: after that
+    many training steps, as if killed just after its last mid-epoch checkpoint (both to test
+    resuming). Under torchrun every process calls this; rank 0 alone writes the run directory
+    (``distributed.py``).
     """
     cfg.validate()
     ctx = distributed.setup(cfg.device, cfg.batch_size)    # world size 1 without torchrun
     try:
         return _train(cfg, run_dir, ctx, resume=resume, progress=progress and ctx.is_main,
-                      stop_after=stop_after)
+                      stop_after=stop_after, stop_after_steps=stop_after_steps)
     finally:
         distributed.teardown(ctx)
 
 
-def _train(cfg, run_dir, ctx, *, resume, progress, stop_after):
+def _train(cfg, run_dir, ctx, *, resume, progress, stop_after, stop_after_steps=None):
     git = git_commit()      # the code this process runs, recorded once at start
     run_dir = Path(run_dir)
     device = ctx.device
@@ -240,6 +248,7 @@ def _train(cfg, run_dir, ctx, *, resume, progress, stop_after):
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / CHECKPOINT
     start_epoch, history, wall_before, segments = 0, [], 0.0, []
+    start_step, partial = 0, None           # a checkpoint written mid-epoch: where in the epoch
     if resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=device, weights_only=True)   # never unpickles
         old, new = TrainConfig(**ck["config"]).to_dict(), cfg.to_dict()   # fields added later: defaults
@@ -254,8 +263,11 @@ def _train(cfg, run_dir, ctx, *, resume, progress, stop_after):
         sched.load_state_dict(ck["scheduler"])
         start_epoch, history, wall_before = ck["epoch"] + 1, ck["history"], ck["wall_s"]
         segments = ck.get("segments", [])
+        start_step, partial = ck.get("step", 0), ck.get("partial")
         if progress:
-            print(f"resuming {run_dir} at epoch {start_epoch}/{cfg.epochs}")
+            within = (f", {start_step}/{steps_per_epoch} steps into epoch {start_epoch + 1}"
+                      if start_step else "")
+            print(f"resuming {run_dir} at epoch {start_epoch}/{cfg.epochs}{within}")
     if ctx.is_main:
         with open(run_dir / "config.yaml", "w") as f:
             yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
@@ -269,7 +281,8 @@ def _train(cfg, run_dir, ctx, *, resume, progress, stop_after):
             print(describe_cost(est), flush=True)
         if segments and "cpu_class" not in segments[-1]:
             _backfill_segments(segments, run_dir)
-        segments.append({"from_epoch": start_epoch + 1, "git": git, "device": device_name(device),
+        segments.append({"from_epoch": start_epoch + 1, **({"from_step": start_step + 1} if start_step else {}),
+                         "git": git, "device": device_name(device),
                          "torch": str(torch.__version__), **_precision(device, cfg, channels_last),
                          "estimated_s_per_epoch": round(est["seconds_per_epoch"], 1),
                          **distributed.describe(ctx, devices)})
@@ -278,26 +291,50 @@ def _train(cfg, run_dir, ctx, *, resume, progress, stop_after):
         x_train = train_data.x_train.to(device)
         y_train = train_data.y_train.to(device)
     t_start = time.perf_counter()
+    every_s = 60 * float(cfg.checkpoint_minutes)
+    steps_done = 0                                          # in this call (stop_after_steps)
     for epoch in range(start_epoch, cfg.epochs):
-        if stop_after is not None and epoch - start_epoch >= stop_after:
+        if (stop_after is not None and epoch - start_epoch >= stop_after
+                or stop_after_steps is not None and steps_done >= stop_after_steps):
             break
-        t0 = time.perf_counter()
+        first = start_step if epoch == start_epoch else 0
         torch.manual_seed(_epoch_seed(cfg.seed, epoch))     # shake-shake noise: same on every rank
-        loader = epoch_batches(x_train, y_train, cfg, epoch, device, channels_last, method, ctx,
-                               streamed=train_data if streamed else None)
-        net.train()
         losses = torch.zeros((), device=device)
-        bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        t0 = time.perf_counter()
+        if first:          # resumed mid-epoch: the RNG, loss sum and seconds of the steps before
+            _set_rng_state(partial["rng"], device)
+            losses += partial["loss_sum"].to(device)
+            t0 -= partial["train_s"]
+        loader = epoch_batches(x_train, y_train, cfg, epoch, device, channels_last, method, ctx,
+                               streamed=train_data if streamed else None, start=first)
+        net.train()
+        bar = tqdm(loader, total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    disable=not progress, leave=False)
-        for step, (x, y) in enumerate(bar):
+        t_saved = time.perf_counter()
+        for step, (x, y) in enumerate(bar, start=first):
             loss = method.loss(net, x, y, cfg, device)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             losses += loss.detach()
+            steps_done += 1
             if progress and step % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
+            if (every_s and ctx.is_main and step + 1 < steps_per_epoch
+                    and time.perf_counter() - t_saved >= every_s):
+                # rank 0's loss sum and RNG (the RNG is the same on every rank, the loss sum is
+                # rank 0's share: a resumed epoch's logged loss may differ, its training not)
+                _save_checkpoint(ckpt_path, model, opt, sched, cfg, history, segments,
+                                 epoch=epoch - 1, wall=wall_before + time.perf_counter() - t_start,
+                                 step=step + 1, partial={"rng": _rng_state(device),
+                                                         "loss_sum": losses.detach().cpu(),
+                                                         "train_s": time.perf_counter() - t0})
+                t_saved = time.perf_counter()
+            if stop_after_steps is not None and steps_done >= stop_after_steps:
+                break
+        if stop_after_steps is not None and steps_done >= stop_after_steps and step + 1 < steps_per_epoch:
+            break                   # as if killed mid-epoch: the last checkpoint stands
         losses = distributed.all_reduce_mean(losses, ctx)    # mean over the global batches
         train_s = time.perf_counter() - t0
         row = None
@@ -319,18 +356,40 @@ def _train(cfg, run_dir, ctx, *, resume, progress, stop_after):
                        f"  certified({cfg.eval_patch}x{cfg.eval_patch}) {row['certified_accuracy']:.3f}"
                        f"  {row['images_per_s']:.0f} img/s")
         wall = wall_before + time.perf_counter() - t_start
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(), "epoch": epoch,
-                    "history": history, "config": cfg.to_dict(), "wall_s": wall,
-                    "segments": segments},
-                   ckpt_path.with_suffix(".tmp"))
-        ckpt_path.with_suffix(".tmp").replace(ckpt_path)     # atomic: a kill never corrupts it
+        _save_checkpoint(ckpt_path, model, opt, sched, cfg, history, segments, epoch=epoch, wall=wall)
         save_weights(model, cfg, run_dir / WEIGHTS, run=run_dir.name, epoch=epoch + 1,
                      git_commit=git.get("commit"))         # the shipped model (issue 16)
         _write_records(run_dir, cfg, model, full, train_data, eval_data, history, device, wall,
                        segments)
     return {"model": model, "history": pd.DataFrame(history), "run_dir": run_dir,
             "finished": len(history) == cfg.epochs}
+
+
+def _save_checkpoint(path: Path, model, opt, sched, cfg, history, segments, *, epoch: int,
+                     wall: float, step: int = 0, partial: dict | None = None):
+    """checkpoint.pt after ``epoch`` (0-based; -1: none yet) and ``step`` steps into the next, with
+    that epoch's RNG state, loss sum and seconds in ``partial``. Written atomically: a kill
+    never corrupts it."""
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(),
+             "scheduler": sched.state_dict(), "epoch": epoch, "history": history,
+             "config": cfg.to_dict(), "wall_s": wall, "segments": segments}
+    if step:
+        state.update(step=step, partial=partial)
+    torch.save(state, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)
+
+
+def _rng_state(device) -> dict:
+    """The generator that shake-shake noise (and DS's ablations) draw from, on ``device``."""
+    device = torch.device(device)
+    return {"cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def _set_rng_state(state: dict, device):
+    torch.set_rng_state(state["cpu"])
+    if state.get("cuda") is not None and torch.device(device).type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], torch.device(device))
 
 
 def _precision(device, cfg: TrainConfig, channels_last: bool) -> dict:
@@ -384,6 +443,12 @@ def _write_records(run_dir, cfg, model, full, train_data, eval_data, history, de
                                                          ("devices", [prov["device"]]))})
     with open(run_dir / "provenance.json", "w") as f:
         json.dump(prov, f, indent=2, default=str)
+
+
+def checkpoint_position(run_dir) -> tuple[int, int]:
+    """(epochs done, steps into the next epoch) of a run's resume checkpoint."""
+    ck = torch.load(Path(run_dir) / CHECKPOINT, map_location="cpu", weights_only=True)
+    return ck["epoch"] + 1, ck.get("step", 0)
 
 
 def load_checkpoint_model(run_dir, device=None):

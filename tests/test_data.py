@@ -450,6 +450,21 @@ def test_batches_augment_channels_last():
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
+@pytest.mark.parametrize("augment", [True, False])
+def test_batches_from_a_start_are_the_epochs_tail(augment):
+    """A run resumed mid-epoch skips the batches it trained on: batch k onwards, augmentation
+    included, is exactly what the epoch iterated from the beginning yields there."""
+    x = torch.randint(0, 256, (45, 3, 8, 8), dtype=torch.uint8)
+    y = torch.arange(45)
+    kw = dict(shuffle=True, augment=augment, drop_last=False)
+    whole = list(D.batches(x, y, 8, generator=gen(3), **kw))
+    for start in (1, 3, 5):
+        tail = list(D.batches(x, y, 8, generator=gen(3), start=start, **kw))
+        assert len(tail) == len(whole) - start
+        for (xa, ya), (xb, yb) in zip(whole[start:], tail):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_augment_and_batches_on_cuda():
     x = torch.rand(16, 3, 8, 8, device="cuda")

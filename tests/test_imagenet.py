@@ -124,6 +124,9 @@ def test_batches_seeded_and_worker_independent(folder):
     assert not all(torch.equal(x, y) for (x, _), (y, _) in zip(a, other))
     test = [y for _, y in ds.batches("test", 4, channels_last=True)]
     assert torch.cat(test).tolist() == ds.y_test.tolist()
+    tail = list(ds.batches("train", 4, workers=0, start=1, **kw))     # resumed mid-epoch
+    assert len(tail) == 2
+    assert all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a[1:], tail))
 
 
 def _rss_mb() -> float:

@@ -90,6 +90,18 @@ def test_export_from_checkpoint(trained, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_export_refuses_a_mid_epoch_checkpoint(trained, tmp_path):
+    """Weights saved between epochs' ends match no epoch's numbers: they are not shipped."""
+    run, _, _ = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    ck = torch.load(copy / CHECKPOINT, weights_only=True)
+    ck.update(epoch=0, step=3)
+    torch.save(ck, copy / CHECKPOINT)
+    with pytest.raises(ValueError, match="3 steps into epoch 2"):
+        export_run(copy)
+
+
 def _fake_run(root, name, *, rf=7, margin=0.5, head="heaviside", width=8, epochs=2, flops=None,
               finished=True, weights=True):
     import json

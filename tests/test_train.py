@@ -95,6 +95,35 @@ def test_resume_equals_uninterrupted_run(tmp_path, colour_folder):
     assert loaded_cfg == cfg and model.receptive_field == 5
 
 
+def test_resume_mid_epoch_equals_uninterrupted_run(tmp_path, colour_folder):
+    """A run killed between epochs' ends resumes from its last mid-epoch checkpoint (step, RNG,
+    loss sum) and ends bit for bit where the uninterrupted run does, loss history included."""
+    cfg = profile_config("smoke", dataset="imagefolder", data=str(colour_folder), rf=5, epochs=2,
+                         train_size=None, eval_size=30)
+    full = train(cfg, tmp_path / "full", progress=False)
+    steps = cfg.train_size // cfg.batch_size    # 256 // 32: 8 steps an epoch
+    cfg.checkpoint_minutes = 1e-9               # a checkpoint after every step
+    part = tmp_path / "part"
+    for stop in (4, steps):                     # killed 4 steps into epoch 1, then 4 into epoch 2
+        out = train(cfg, part, progress=False, stop_after_steps=stop)
+        assert not out["finished"]
+        ck = torch.load(part / CHECKPOINT, weights_only=True)
+        assert (ck["epoch"], ck["step"]) == ((-1, 4) if stop == 4 else (0, 4))
+    rest = train(cfg, part, progress=False)
+    assert rest["finished"]
+    a, b = full["model"].state_dict(), rest["model"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    pd.testing.assert_frame_equal(_history(tmp_path / "full"), _history(part))
+    segments = json.loads((part / "provenance.json").read_text())["segments"]
+    assert [(s["from_epoch"], s.get("from_step")) for s in segments] == [(1, None), (1, 5), (2, 5)]
+    assert "step" not in torch.load(part / CHECKPOINT, weights_only=True)   # ended at an epoch end
+
+
+def test_checkpoint_minutes_must_not_be_negative():
+    with pytest.raises(ValueError, match="checkpoint_minutes"):
+        profile_config("smoke", checkpoint_minutes=-1).validate()
+
+
 def test_segments_record_cpu_class_and_precision(tmp_path, colour_folder):
     """Each (re)start records what sets its speed; segments older than that take it from the
     run's last provenance.json, and the study names a run resumed on another CPU class 'mixed'."""
@@ -180,8 +209,9 @@ def test_smoke_profile_on_cifar(tmp_path):
 @pytest.mark.subprocess(timeout=400)      # issue 12: a native crash here fails this test only
 @pytest.mark.parametrize("method", ["ds-block", "ds-column"])
 def test_smoothing_run_trains_resumes_and_certifies(tmp_path, colour_folder, method):
-    """A Derandomized Smoothing base classifier goes through the same trainer, resumes exactly,
-    and is certified by DS's vote-count certificate (condition 'DS') in certification.csv."""
+    """A Derandomized Smoothing base classifier goes through the same trainer, resumes exactly
+    (here mid-epoch: its random ablations come from the RNG state in the checkpoint), and is
+    certified by DS's vote-count certificate (condition 'DS') in certification.csv."""
     from bagcert_lib.runs import certify_run
     from bagcert_lib.smoothing import CifarResNet18
 
@@ -189,10 +219,13 @@ def test_smoothing_run_trains_resumes_and_certifies(tmp_path, colour_folder, met
                          epochs=2, eval_size=12, test_size=12)
     assert cfg.width == 4 and cfg.run_name().startswith(f"smoke-{method}4-theta0.3")
     full = train(cfg, tmp_path / "full", progress=False)
-    train(cfg, tmp_path / "part", progress=False, stop_after=1)
+    cfg.checkpoint_minutes = 1e-9
+    train(cfg, tmp_path / "part", progress=False, stop_after_steps=3)
+    assert torch.load(tmp_path / "part" / CHECKPOINT, weights_only=True)["step"] == 3
     rest = train(cfg, tmp_path / "part", progress=False)
     a, b = full["model"].state_dict(), rest["model"].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    cfg.checkpoint_minutes = 10.0
     h = full["history"]
     assert h.certified_accuracy.notna().all() and h.certified_global_accuracy.isna().all()
     model, loaded = load_run(tmp_path / "full")

@@ -19,18 +19,27 @@ def augment(x: torch.Tensor, generator: torch.Generator | None = None, *, pad: i
     dev = x.device
     rows = torch.arange(h, device=dev).expand(b, h)
     cols = torch.arange(w, device=dev).expand(b, w)
+    dy, dx, flipped = _draws(b, generator, dev, pad, flip)
     if pad > 0:
         x = F.pad(x, (pad, pad, pad, pad))
-        dy = torch.randint(0, 2 * pad + 1, (b, 1), generator=generator, device=dev)
-        dx = torch.randint(0, 2 * pad + 1, (b, 1), generator=generator, device=dev)
         rows = rows + dy
         cols = cols + dx
     if flip:
-        flipped = torch.randint(0, 2, (b, 1), generator=generator, device=dev).bool()
         cols = torch.where(flipped, cols.flip(1), cols)
     batch = torch.arange(b, device=dev)[:, None, None, None]
     channel = torch.arange(x.shape[1], device=dev)[None, :, None, None]
     return x[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def _draws(b: int, generator, device, pad: int, flip: bool):
+    """The random numbers of :func:`augment` for a batch of ``b``, in the order it draws them."""
+    dy = dx = flipped = None
+    if pad > 0:
+        dy = torch.randint(0, 2 * pad + 1, (b, 1), generator=generator, device=device)
+        dx = torch.randint(0, 2 * pad + 1, (b, 1), generator=generator, device=device)
+    if flip:
+        flipped = torch.randint(0, 2, (b, 1), generator=generator, device=device).bool()
+    return dy, dx, flipped
 
 
 _augment = augment  # `batches` has a parameter named `augment`
@@ -42,12 +51,14 @@ def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
 
 
 def batches(x_uint8, y, batch_size, *, shuffle=False, generator=None, device="cpu",
-            augment=False, drop_last=False, channels_last=False):
+            augment=False, drop_last=False, channels_last=False, start=0):
     """Yield (float32 images in [0, 1], int64 labels) on ``device``, one epoch.
 
     Shuffling uses ``torch.randperm`` with the CPU ``generator``. With ``augment=True``
     applies :func:`augment` (pad 4, flip; App. A.1) on ``device``; its random numbers come
-    from ``generator`` (on a GPU: from a device generator seeded by it).
+    from ``generator`` (on a GPU: from a device generator seeded by it). ``start``: skip the
+    epoch's first ``start`` batches, drawing their augmentation numbers so that the rest are
+    the very batches of an epoch iterated from the beginning (a run resumed mid-epoch).
     """
     device = torch.device(device)
     n = len(x_uint8)
@@ -60,6 +71,10 @@ def batches(x_uint8, y, batch_size, *, shuffle=False, generator=None, device="cp
             seed = int(torch.randint(0, 2**62, (1,), generator=generator))
             aug_gen = torch.Generator(device=device).manual_seed(seed)
     for i in range(num_batches(n, batch_size, drop_last)):
+        if i < start:
+            if augment:
+                _draws(min(batch_size, n - i * batch_size), aug_gen, device, 4, True)
+            continue
         if order is None:
             xb, yb = x_uint8[i * batch_size:(i + 1) * batch_size], y[i * batch_size:(i + 1) * batch_size]
         else:

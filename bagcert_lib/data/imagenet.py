@@ -117,19 +117,21 @@ class FolderDataset(Dataset):
 
 class EpochSampler(Sampler):
     """Yields ``(index, seed)`` over ``indices``: shuffled by a generator seeded with
-    ``epoch_seed`` (or in order), each image with :func:`sample_seed`."""
+    ``epoch_seed`` (or in order), each image with :func:`sample_seed`. ``start``: leave out the
+    order's first ``start`` images (a run resumed mid-epoch; the rest are unchanged)."""
 
-    def __init__(self, indices: np.ndarray, epoch_seed: int, shuffle: bool):
+    def __init__(self, indices: np.ndarray, epoch_seed: int, shuffle: bool, start: int = 0):
         self.indices, self.epoch_seed, self.shuffle = np.asarray(indices), int(epoch_seed), shuffle
+        self.start = int(start)
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return max(0, len(self.indices) - self.start)
 
     def __iter__(self):
         n = len(self.indices)
         order = (torch.randperm(n, generator=torch.Generator().manual_seed(self.epoch_seed)).numpy()
                  if self.shuffle else np.arange(n))
-        for j in order:
+        for j in order[self.start:]:
             i = int(self.indices[j])
             yield i, sample_seed(self.epoch_seed, i)
 
@@ -202,13 +204,15 @@ class StreamingImages:
 
     def batches(self, split: str, batch_size: int, *, augment: bool = False, shuffle: bool = False,
                 epoch_seed: int = 0, device="cpu", workers: int | None = 0, drop_last: bool = False,
-                channels_last: bool = False):
+                channels_last: bool = False, start: int = 0):
         """One epoch of ``split`` ('train' or 'test') as float [0, 1] batches on ``device``.
-        ``augment``: random crop + flip; else the centre crop."""
+        ``augment``: random crop + flip; else the centre crop. ``start``: skip the first
+        ``start`` batches (each image's crop is seeded by itself, so the rest are unchanged)."""
         device = torch.device(device)
         workers = default_workers(device) if workers is None else int(workers)
         ds = self.dataset(split, augment)
-        loader = DataLoader(ds, batch_size=batch_size, sampler=EpochSampler(np.arange(len(ds)), epoch_seed, shuffle),
+        sampler = EpochSampler(np.arange(len(ds)), epoch_seed, shuffle, start=start * batch_size)
+        loader = DataLoader(ds, batch_size=batch_size, sampler=sampler,
                             num_workers=workers, drop_last=drop_last, pin_memory=device.type == "cuda",
                             generator=torch.Generator().manual_seed(int(epoch_seed)),
                             prefetch_factor=4 if workers else None)
