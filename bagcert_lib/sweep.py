@@ -260,6 +260,21 @@ def cluster_job(job: Job, profile: str, results: str, overrides: dict) -> str | 
     return str(out) if out else None
 
 
+class ClusterJob:
+    """:func:`cluster_job` as the callable submitit runs, requeued with the same arguments after a
+    preemption or at its time limit (submitit's checkpointing; SLURM: up to
+    ``slurm_max_num_timeout`` times). The requeued job resumes from the run's last checkpoint,
+    at most ``checkpoint_minutes`` of training behind."""
+
+    def __call__(self, job: Job, profile: str, results: str, overrides: dict) -> str | None:
+        return cluster_job(job, profile, results, overrides)
+
+    def __submitit_checkpoint__(self, *args, **kwargs):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
 def make_executor(kind: str, folder, gpus_per_job: int = 0, timeout_min: int = 24 * 60,
                   partition: str | None = None, cpus_per_task: int | None = None,
                   array_parallelism: int | None = None, tasks_per_job: int | None = None):
@@ -292,7 +307,7 @@ def submit(jobs: list[Job], profile: str, results: Path, executor, wait: bool = 
            **overrides) -> list[Path]:
     """Submit one job per configuration (a job array where the executor supports it)."""
     n = len(jobs)
-    handles = executor.map_array(cluster_job, jobs, [profile] * n, [str(results)] * n,
+    handles = executor.map_array(ClusterJob(), jobs, [profile] * n, [str(results)] * n,
                                  [overrides] * n)
     print(f"sweep: submitted {n} jobs ({', '.join(str(h.job_id) for h in handles[:3])}"
           f"{', ...' if n > 3 else ''}); logs in {executor.folder}")

@@ -1,5 +1,7 @@
 """The sweep's grids come from _config.yml: Figure 2's RF x M, Figure 8's heads x seeds, the
 headline first (attacked on every test image), and, under `cpu`, the longer headline run last."""
+import pytest
+
 from bagcert_lib.config import grids
 from bagcert_lib.sweep import grid_jobs, sweep
 
@@ -62,6 +64,22 @@ def test_submitit_local_executor_runs_the_headline(tmp_path):
                  "certification.csv", "attack.json", "train.ipynb"):
         assert (run_dir / name).is_file(), name
     assert (tmp_path / "submitit").is_dir()          # submitit's logs beside the runs
+
+
+def test_cluster_jobs_are_requeued_with_their_arguments():
+    """At a preemption or its time limit, submitit asks the job's callable for the submission to
+    requeue: the same configuration, which resumes from the run's last checkpoint."""
+    import pickle
+
+    submitit = pytest.importorskip("submitit")
+    from bagcert_lib.sweep import ClusterJob, grid_jobs
+
+    job = grid_jobs("headline", 1000, "smoke")[0]
+    first = submitit.helpers.DelayedSubmission(ClusterJob(), job, "smoke", "/results", {"epochs": 1})
+    again = first._checkpoint_function()          # what submitit's signal handler calls
+    assert isinstance(again, submitit.helpers.DelayedSubmission)
+    assert isinstance(again.function, ClusterJob) and again.args == first.args
+    assert pickle.loads(pickle.dumps(again)).args == first.args     # submitit pickles it
 
 
 def test_submitit_job_of_two_tasks_trains_with_ddp(tmp_path):
