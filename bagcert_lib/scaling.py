@@ -67,16 +67,61 @@ def run_cpu_class(prov: dict) -> str | None:
     return classes[0] if len(classes) == 1 else "mixed: " + ", ".join(classes)
 
 
-def study_runs(results=None) -> pd.DataFrame:
-    """One row per finished, certified run at the headline setting (RF 7, M 0.5, heaviside, σ 0):
-    config, training FLOPs, wall-hours and CPU, and its 5x5 (and 10x10, aspect-ratio) accuracies."""
+def _headline_runs(results=None) -> pd.DataFrame:
+    """load_runs' rows of the study's profiles at the headline setting (RF 7, M 0.5, heaviside, σ 0)."""
     h = grids()["headline"]
     runs = load_runs(results)
     if runs.empty:
+        return runs
+    return runs[runs.profile.isin(STUDY_PROFILES) & (runs.method == "bagcert") & (runs.rf == h["rf"])
+                & (runs.margin == h["margin"]) & (runs["head"] == "heaviside") & (runs.sigma == 0)]
+
+
+def learning_curves(results=None) -> pd.DataFrame:
+    """Per epoch of every headline-setting run, finished or still training: held-out clean and
+    certified 5x5 accuracy (history.csv: the fixed 1,000-image subset of the test set) at the
+    training FLOPs spent so far. A point inside a run is not what a run of that compute ends at:
+    its cosine schedule has not yet decayed."""
+    rows = []
+    for r in _headline_runs(results).itertuples():
+        hist = Path(r.path) / "history.csv"
+        if not hist.is_file():
+            continue
+        h = pd.read_csv(hist)
+        planned = training_flops(r.width, r.epochs, r.rf)
+        rows.append(pd.DataFrame({
+            "run": r.run, "width": int(r.width), "epochs": int(r.epochs), "seed": int(r.seed),
+            "finished": bool(r.finished), "epoch": h.epoch,
+            "flops": planned * h.epoch / int(r.epochs), "clean": h.clean_accuracy,
+            "certified": h.certified_accuracy, "certified_global": h.certified_global_accuracy}))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+
+
+def runs_in_progress(results=None) -> pd.DataFrame:
+    """The headline-setting runs still training: epochs done of planned, FLOPs so far and planned,
+    the last held-out accuracies, hours so far and the CPU class (they join the study when done)."""
+    curves = learning_curves(results)
+    if curves.empty:
+        return curves
+    runs = _headline_runs(results).set_index("run")
+    last = curves[~curves.finished].groupby("run").tail(1)
+    rows = []
+    for r in last.itertuples():
+        prov = json.loads((Path(runs.loc[r.run, "path"]) / "provenance.json").read_text())
+        rows.append({"run": r.run, "width": r.width, "epochs_done": r.epoch, "epochs": r.epochs,
+                     "flops": r.flops, "planned_flops": r.flops * r.epochs / r.epoch,
+                     "clean": r.clean, "certified": r.certified,
+                     "wall_h": prov.get("wall_s", np.nan) / 3600, "cpu_class": run_cpu_class(prov)})
+    return pd.DataFrame(rows)
+
+
+def study_runs(results=None) -> pd.DataFrame:
+    """One row per finished, certified run at the headline setting (RF 7, M 0.5, heaviside, σ 0):
+    config, training FLOPs, wall-hours and CPU, and its 5x5 (and 10x10, aspect-ratio) accuracies."""
+    runs = _headline_runs(results)
+    if runs.empty:
         return pd.DataFrame(columns=STUDY_COLUMNS)
-    runs = runs[runs.profile.isin(STUDY_PROFILES) & (runs.method == "bagcert") & (runs.rf == h["rf"])
-                & (runs.margin == h["margin"]) & (runs["head"] == "heaviside") & (runs.sigma == 0)
-                & runs.finished.fillna(False).astype(bool) & runs.certified.fillna(False).astype(bool)]
+    runs = runs[runs.finished.fillna(False).astype(bool) & runs.certified.fillna(False).astype(bool)]
     cert = load_certification(results)
     cert = cert[cert.run.isin(runs.run)]
     rows = []

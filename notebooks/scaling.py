@@ -134,3 +134,42 @@ view.style.format({**{c: "{:.1%}" for c in pct}, "training FLOPs": "{:.2e}", "tr
 
 # %% tags=["hide-input"]
 run_links(study, "scaling.ipynb")
+
+# %% [markdown]
+# ## Runs still training
+#
+# Runs of the study that have not finished yet, and where they stand. A run's curve is its
+# accuracy on the fixed held-out set (1,000 test images, `history.csv`) after each epoch, at the
+# training compute spent by then; the points above are each run's *final* accuracy on the whole
+# test set. A point inside a run is not what a run of that compute ends at: its learning rate has
+# not yet decayed to zero (cosine schedule). These runs join the fit when they finish.
+
+# %% tags=["hide-input"]
+curves = scaling.learning_curves(results)
+training = scaling.runs_in_progress(results)
+if len(training):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharex=True)
+    for ax, (metric, name) in zip(axes, [("clean", "Clean"), ("certified", "Certified 5×5 (3.2)")]):
+        for _, g in curves.groupby(["width", "epochs", "run"]):
+            r = g.iloc[0]
+            if r.seed != 0:
+                continue                    # one seed of Figure 8's five
+            live = not r.finished
+            ax.plot(g.flops, g[metric] * 100, "-" if live else ":", lw=2 if live else 1,
+                    label=f"width {r.width}, {r.epochs} epochs" + (f" (training: {len(g)}/{r.epochs})" if live else ""))
+        ax.set_xscale("log")
+        ax.set_xlabel("Training compute so far (FLOPs)")
+        ax.set_ylabel(f"{name}, held-out (%)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Learning curves on the held-out set: solid, still training; dotted, finished", fontsize=10)
+    fig.tight_layout()
+    plt.show()
+    cols = {"run": "run", "epochs_done": "epochs done", "epochs": "of", "flops": "FLOPs so far",
+            "planned_flops": "FLOPs planned", "clean": "clean (held-out)",
+            "certified": "certified 5×5 (held-out)", "wall_h": "training hours so far", "cpu_class": "CPU class"}
+    display(training[list(cols)].rename(columns=cols).style.format(
+        {"FLOPs so far": "{:.2e}", "FLOPs planned": "{:.2e}", "clean (held-out)": "{:.1%}",
+         "certified 5×5 (held-out)": "{:.1%}", "training hours so far": "{:.1f}"}).hide(axis="index"))
+else:
+    print("Every run of the study has finished.")

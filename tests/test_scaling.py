@@ -50,3 +50,39 @@ def test_bootstrap_band_contains_the_fit_and_needs_three_computes():
     assert (lo <= p + 1e-9).all() and (p <= hi + 1e-9).all() and (hi - lo)[1] >= (hi - lo)[0]
     with pytest.raises(ValueError, match="3 or more computes"):
         scaling.bootstrap([13, 13, 14], [0.1, 0.2, 0.3], [15.0])
+
+
+def test_learning_curves_and_runs_in_progress(tmp_path):
+    """Runs still training are shown where they stand (held-out history at the FLOPs spent so
+    far), and only finished, certified runs enter the fit."""
+    import json
+
+    import pandas as pd
+    import yaml
+
+    def run(name, profile, width, epochs, done, finished):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.yaml").write_text(yaml.safe_dump(
+            {"profile": profile, "rf": 7, "margin": 0.5, "head": "heaviside", "sigma": 0.0,
+             "seed": 0, "width": width, "epochs": epochs, "method": "bagcert"}))
+        (d / "metrics.json").write_text(json.dumps({"finished": finished}))
+        (d / "provenance.json").write_text(json.dumps({"wall_s": 7200.0, "epochs_done": done}))
+        pd.DataFrame({"epoch": range(1, done + 1), "clean_accuracy": np.linspace(0.2, 0.5, done),
+                      "certified_accuracy": np.linspace(0.0, 0.2, done),
+                      "certified_global_accuracy": np.linspace(0.0, 0.1, done)}).to_csv(d / "history.csv", index=False)
+
+    run("scaling-w16-e4", "scaling", 16, 4, 4, True)
+    run("scaling-w64-e48", "scaling", 64, 48, 3, False)
+    run("smoke-other", "smoke", 8, 2, 2, True)              # not a profile of the study
+    curves = scaling.learning_curves(tmp_path)
+    assert sorted(curves.run.unique()) == ["scaling-w16-e4", "scaling-w64-e48"]
+    live = curves[curves.run == "scaling-w64-e48"]
+    planned = scaling.training_flops(64, 48)
+    assert np.allclose(live.flops, planned * np.arange(1, 4) / 48) and not live.finished.any()
+    now = scaling.runs_in_progress(tmp_path)
+    assert now.run.tolist() == ["scaling-w64-e48"]
+    r = now.iloc[0]
+    assert (r.epochs_done, r.epochs, r.wall_h) == (3, 48, 2.0)
+    assert np.isclose(r.planned_flops, planned) and np.isclose(r.certified, 0.2)
+    assert scaling.study_runs(tmp_path).empty          # nothing certified: no fit points
