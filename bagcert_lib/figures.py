@@ -96,7 +96,7 @@ WORDS = {
     "certified_broken": "certified but broken", "certified but broken": "certified but broken",
     "clean_mean": "mean clean accuracy", "certified_mean": "mean certified accuracy",
     "near_chance": "seeds near chance", "certify_nothing": "seeds certifying nothing",
-    "hours": "training hours", "wall_s": "training seconds", "seconds": "seconds",
+    "hours": "training hours", "wall_s": "training seconds", "training_flops": "training FLOPs", "seconds": "seconds",
     "forward_s": "forward pass (s)", "certify_s": "certification (s)",
     "seconds_per_epoch": "seconds per epoch", "training_hours": "training (h)",
     "certification_hours": "certification (h)", "attack_hours": "attack (h)", "total_hours": "total (h)",

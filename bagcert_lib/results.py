@@ -52,7 +52,7 @@ def _json(path: Path) -> dict:
 
 RUN_COLUMNS = ["run", "path", *CONFIG_COLUMNS, "finished", "certified", "epochs_done", "eval_clean_accuracy",
                "eval_certified_accuracy", "parameters", "n_train", "device", "dataset",
-               "dataset_sha256", "commit", "wall_s", "seconds_per_epoch", "attack_n",
+               "dataset_sha256", "commit", "wall_s", "seconds_per_epoch", "training_flops", "attack_n",
                "adversarial_accuracy", "attack_clean_accuracy", "attack_certified_accuracy",
                "certified_broken", "certify_wall_s", "attack_wall_s"]
 
@@ -85,6 +85,7 @@ def load_runs(results=None) -> pd.DataFrame:
             "commit": prov.get("git", {}).get("commit"),
             "wall_s": prov.get("wall_s"),
             "seconds_per_epoch": prov.get("seconds_per_epoch"),
+            "training_flops": prov.get("training_flops"),
             "attack_n": attack.get("n"),
             "adversarial_accuracy": attack.get("adversarial_accuracy"),
             "attack_clean_accuracy": attack.get("clean_accuracy"),

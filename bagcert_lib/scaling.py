@@ -51,6 +51,18 @@ def training_flops(width: int, epochs: float, rf: int = 7, n_train: int = 50_000
     return flops(macs, int(epochs) * (n_train // batch_size) * batch_size)
 
 
+def run_flops(runs: pd.DataFrame) -> pd.Series:
+    """Training FLOPs of each :func:`~bagcert_lib.results.load_runs` row: its provenance.json's
+    count, else (runs that predate the count) counted from the model and config (CIFAR-10 region
+    scorer, batch 96, its training images)."""
+    def one(r):
+        if pd.notna(r.training_flops):
+            return float(r.training_flops)
+        n = r.n_train if pd.notna(r.n_train) else r.train_size if pd.notna(r.train_size) else 50_000
+        return training_flops(r.width, r.epochs, r.rf, int(n))
+    return runs.apply(one, axis=1).astype(float) if len(runs) else pd.Series(dtype=float)
+
+
 def paper_flops() -> float:
     p = PAPER
     return training_flops(p["width"], p["epochs"], p["rf"], p["n_train"], p["batch_size"])
@@ -124,6 +136,7 @@ def study_runs(results=None) -> pd.DataFrame:
     runs = runs[runs.finished.fillna(False).astype(bool) & runs.certified.fillna(False).astype(bool)]
     cert = load_certification(results)
     cert = cert[cert.run.isin(runs.run)]
+    runs = runs.assign(flops=run_flops(runs))
     rows = []
     for r in runs.itertuples():
         prov = json.loads((Path(r.path) / "provenance.json").read_text())
@@ -131,7 +144,7 @@ def study_runs(results=None) -> pd.DataFrame:
         five = c[(c.patch == "5x5") & (c.condition == "3.2")]
         row = {"run": r.run, "path": r.path, "profile": r.profile, "width": int(r.width),
                "epochs": int(r.epochs), "seed": int(r.seed),
-               "flops": prov.get("training_flops") or training_flops(r.width, r.epochs, r.rf),
+               "flops": r.flops,
                "wall_h": (r.wall_s or np.nan) / 3600, "device": r.device,
                "cpu_class": run_cpu_class(prov),
                "clean": float(five.clean_accuracy.iloc[0]) if len(five) else np.nan}

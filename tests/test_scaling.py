@@ -86,3 +86,8 @@ def test_learning_curves_and_runs_in_progress(tmp_path):
     assert (r.epochs_done, r.epochs, r.wall_h) == (3, 48, 2.0)
     assert np.isclose(r.planned_flops, planned) and np.isclose(r.certified, 0.2)
     assert scaling.study_runs(tmp_path).empty          # nothing certified: no fit points
+    from bagcert_lib.results import load_runs
+    runs = load_runs(tmp_path).set_index("run")         # no count in provenance: from the config
+    assert np.isclose(scaling.run_flops(runs).loc["scaling-w16-e4"], scaling.training_flops(16, 4))
+    runs.loc["scaling-w16-e4", "training_flops"] = 123.0
+    assert scaling.run_flops(runs).loc["scaling-w16-e4"] == 123.0
