@@ -40,6 +40,9 @@ h = grids()["headline"]
 runs = load_runs(results)
 runs = runs[runs.finished.fillna(False).astype(bool) & runs.certified.astype(bool)].query(headline_query())
 runs = runs.assign(training_flops=run_flops(runs))     # counted by older runs' configs where missing
+if runs.empty:
+    raise FileNotFoundError(f"no finished, certified run of the headline setting (RF {h['rf']}, "
+                            f"M {h['margin']}) under {results or 'results/runs'}: train one with `make run`")
 if (runs.profile != "smoke").any():   # smoke runs only exercise the pipeline: not a scale to compare
     runs = runs.query("profile != 'smoke'")
 hist = load_history(results).query("run in @runs.run").copy()
