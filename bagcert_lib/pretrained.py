@@ -92,7 +92,7 @@ def export_run(run_dir) -> Path:
     from .train import CHECKPOINT, checkpoint_position, load_checkpoint_model
 
     run_dir = Path(run_dir)
-    epochs_done, step = checkpoint_position(run_dir)
+    epochs_done, step, _ = checkpoint_position(run_dir)
     if step:
         raise ValueError(f"{run_dir / CHECKPOINT} was written {step} steps into epoch "
                          f"{epochs_done + 1}; resume the run to the end of an epoch before exporting")

@@ -215,13 +215,13 @@ def run_job(job: Job, profile: str, results: Path, device: str | None, log=print
             return None
         if _done(run_dir, "train") and (run_dir / CHECKPOINT).is_file():
             from .pretrained import WEIGHTS, export_run
+            from .train import checkpoint_position
             if not (run_dir / WEIGHTS).is_file():
-                import torch
-
-                ck = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=True)
-                if ck["epoch"] + 1 != ck["config"]["epochs"]:      # not this run's last epoch
-                    raise RuntimeError(f"{run_dir}: its checkpoint is at epoch {ck['epoch'] + 1} of "
-                                       f"{ck['config']['epochs']} but metrics.json says finished; "
+                at = checkpoint_position(run_dir)
+                if not at.finished:                      # not this run's last epoch
+                    into = f" and {at.step} steps" if at.step else ""
+                    raise RuntimeError(f"{run_dir}: its checkpoint is at epoch {at.epochs_done}"
+                                       f"{into} of {at.epochs} but metrics.json says finished; "
                                        "remove one of them")
                 log(f"[ship] {run_dir.name}: {export_run(run_dir).name} from its checkpoint")
         if retrain_unshipped and unshipped(run_dir):

@@ -23,6 +23,7 @@ import math
 import subprocess
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -445,10 +446,22 @@ def _write_records(run_dir, cfg, model, full, train_data, eval_data, history, de
         json.dump(prov, f, indent=2, default=str)
 
 
-def checkpoint_position(run_dir) -> tuple[int, int]:
-    """(epochs done, steps into the next epoch) of a run's resume checkpoint."""
+class CheckpointPosition(NamedTuple):
+    """Where a resume checkpoint stands: ``epochs_done`` whole epochs, ``step`` steps into the
+    next one (0 at an epoch's end), of the ``epochs`` its run plans."""
+    epochs_done: int
+    step: int
+    epochs: int
+
+    @property
+    def finished(self) -> bool:
+        return self.step == 0 and self.epochs_done == self.epochs
+
+
+def checkpoint_position(run_dir) -> CheckpointPosition:
+    """Where a run's resume checkpoint stands (:class:`CheckpointPosition`)."""
     ck = torch.load(Path(run_dir) / CHECKPOINT, map_location="cpu", weights_only=True)
-    return ck["epoch"] + 1, ck.get("step", 0)
+    return CheckpointPosition(ck["epoch"] + 1, ck.get("step", 0), ck["config"]["epochs"])
 
 
 def load_checkpoint_model(run_dir, device=None):

@@ -202,6 +202,11 @@ def test_a_finished_run_with_a_checkpoint_exports_instead(tmp_path, colour_folde
     with pytest.raises(RuntimeError, match="checkpoint is at epoch 1 of 3"):
         run_job(job, "smoke", tmp_path, "cpu", log=log.append)
     assert not (run_dir / WEIGHTS).exists()
+    # nor is one written mid-epoch, even with as many whole epochs as the run plans
+    torch.save({**ck, "step": 5}, run_dir / "checkpoint.pt")
+    with pytest.raises(RuntimeError, match="checkpoint is at epoch 1 and 5 steps of 1"):
+        run_job(job, "smoke", tmp_path, "cpu", log=log.append)
+    assert not (run_dir / WEIGHTS).exists()
 
 
 def test_a_relative_results_folder_reaches_the_notebooks_absolute(tmp_path, monkeypatch):
