@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -69,16 +70,22 @@ def cosine_warmup(total_steps: int, warmup_steps: int):
 
 def git_commit(root=REPO_ROOT) -> dict:
     """The commit this code runs from; ``dirty``: a tracked file outside ``results/`` differs from
-    it (the code, not the result files other runs are writing beside this one)."""
+    it (the code, not the result files other runs are writing beside this one). A copy of the
+    tree without ``.git`` (a lent GPU machine, a cluster's staging copy) names its commit in
+    ``$BAGCERT_GIT_COMMIT``; whether that copy was dirty is then unknown (None)."""
     def git(*args):
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
                               timeout=10).stdout.strip()
     try:
-        return {"commit": git("rev-parse", "HEAD") or None,
-                "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", ".",
-                                  ":(exclude)results"))}
+        commit = git("rev-parse", "HEAD") or None
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                         ":(exclude)results")) if commit else None
     except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
+        commit, dirty = None, None
+    if commit is None and os.environ.get("BAGCERT_GIT_COMMIT"):
+        return {"commit": os.environ["BAGCERT_GIT_COMMIT"], "dirty": None,
+                "from": "BAGCERT_GIT_COMMIT"}
+    return {"commit": commit, "dirty": dirty}
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:

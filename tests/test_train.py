@@ -175,6 +175,18 @@ def test_git_commit_is_dirty_only_when_code_differs(tmp_path):
     assert git_commit(tmp_path)["dirty"] is True
 
 
+def test_a_copy_without_git_names_its_commit_from_the_environment(tmp_path, monkeypatch):
+    """A lent GPU machine gets the tree without .git: the commit comes from $BAGCERT_GIT_COMMIT,
+    and whether the copy was dirty is unknown, not False."""
+    from bagcert_lib.train import git_commit
+
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))    # no repository above it
+    monkeypatch.delenv("BAGCERT_GIT_COMMIT", raising=False)
+    assert git_commit(tmp_path) == {"commit": None, "dirty": None}
+    monkeypatch.setenv("BAGCERT_GIT_COMMIT", "f1d0831")
+    assert git_commit(tmp_path) == {"commit": "f1d0831", "dirty": None, "from": "BAGCERT_GIT_COMMIT"}
+
+
 def test_resume_refuses_a_different_config(tmp_path, colour_folder):
     cfg = profile_config("smoke", dataset="imagefolder", data=str(colour_folder), rf=5, epochs=1,
                          train_size=None, eval_size=30)
