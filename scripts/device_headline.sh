@@ -3,9 +3,8 @@
 # within the device tool's limits: 10 minutes a command, 30 s warm between commands, at most 8
 # files of 16 MiB back from $OUT, and a bare machine with no .git and no ../shared.
 #
-# Here, once per session (the dataset travels in an ignored folder named in `carry`):
+# Here, once per session (the dataset travels in .devdata/, which .gitignore names, via `carry`):
 #   mkdir -p .devdata && cp ../shared/datasets/cifar10-jpeg.tar.gz .devdata/
-#   grep -qx '/.devdata/' .git/info/exclude || echo /.devdata/ >> .git/info/exclude
 # Then the device tool's `run`, carry [".devdata"], each call at once after the one before:
 #   BAGCERT_GIT_COMMIT=<git rev-parse HEAD here> scripts/device_headline.sh start    # timeout_s 600
 #   scripts/device_headline.sh wait                                                # again while it says "running"
