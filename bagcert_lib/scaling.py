@@ -105,25 +105,37 @@ def learning_curves(results=None) -> pd.DataFrame:
             "run": r.run, "width": int(r.width), "epochs": int(r.epochs), "seed": int(r.seed),
             "finished": bool(r.finished), "epoch": h.epoch,
             "flops": planned * h.epoch / int(r.epochs), "clean": h.clean_accuracy,
-            "certified": h.certified_accuracy, "certified_global": h.certified_global_accuracy}))
+            "certified": h.certified_accuracy, "certified_global": h.certified_global_accuracy,
+            "epoch_s": h.epoch_s if "epoch_s" in h else np.nan}))
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+
+
+#: Epochs whose mean duration is the pace of a run still training.
+PACE_EPOCHS = 3
 
 
 def runs_in_progress(results=None) -> pd.DataFrame:
     """The headline-setting runs still training: epochs done of planned, FLOPs so far and planned,
-    the last held-out accuracies, hours so far and the CPU class (they join the study when done)."""
+    the last held-out accuracies, hours so far and the CPU class (they join the study when done),
+    and the hours still to go at the pace of the last :data:`PACE_EPOCHS` epochs, on the CPU
+    class of the latest segment (``pace_cpu_class``; another class trains at another pace)."""
     curves = learning_curves(results)
     if curves.empty:
         return curves
     runs = _headline_runs(results).set_index("run")
-    last = curves[~curves.finished].groupby("run").tail(1)
+    live = curves[~curves.finished]
     rows = []
-    for r in last.itertuples():
-        prov = json.loads((Path(runs.loc[r.run, "path"]) / "provenance.json").read_text())
-        rows.append({"run": r.run, "width": r.width, "epochs_done": r.epoch, "epochs": r.epochs,
+    for run, g in live.groupby("run", sort=False):
+        r = g.iloc[-1]
+        prov = json.loads((Path(runs.loc[run, "path"]) / "provenance.json").read_text())
+        latest = (prov.get("segments") or [{}])[-1]
+        pace = g.epoch_s.tail(PACE_EPOCHS).mean()
+        rows.append({"run": run, "width": r.width, "epochs_done": r.epoch, "epochs": r.epochs,
                      "flops": r.flops, "planned_flops": r.flops * r.epochs / r.epoch,
                      "clean": r.clean, "certified": r.certified,
-                     "wall_h": prov.get("wall_s", np.nan) / 3600, "cpu_class": run_cpu_class(prov)})
+                     "wall_h": prov.get("wall_s", np.nan) / 3600, "cpu_class": run_cpu_class(prov),
+                     "to_go_h": (r.epochs - r.epoch) * pace / 3600,
+                     "pace_cpu_class": latest.get("cpu_class")})
     return pd.DataFrame(rows)
 
 

@@ -142,7 +142,10 @@ run_links(study, "scaling.ipynb")
 # accuracy on the fixed held-out set (1,000 test images, `history.csv`) after each epoch, at the
 # training compute spent by then; the points above are each run's *final* accuracy on the whole
 # test set. A point inside a run is not what a run of that compute ends at: its learning rate has
-# not yet decayed to zero (cosine schedule). These runs join the fit when they finish.
+# not yet decayed to zero (cosine schedule). These runs join the fit when they finish. The hours
+# to go are the mean of the last three epochs times the epochs left, on the CPU class that ran
+# those epochs: the other class trains at another pace (width 64 on one core: about 45 min an
+# epoch on AVX2, 12–16 min on AVX512-BF16).
 
 # %% tags=["hide-input"]
 curves = scaling.learning_curves(results)
@@ -167,9 +170,12 @@ if len(training):
     plt.show()
     cols = {"run": "run", "epochs_done": "epochs done", "epochs": "of", "flops": "FLOPs so far",
             "planned_flops": "FLOPs planned", "clean": "clean (held-out)",
-            "certified": "certified 5×5 (held-out)", "wall_h": "training hours so far", "cpu_class": "CPU class"}
+            "certified": "certified 5×5 (held-out)", "wall_h": "training hours so far", "cpu_class": "CPU class",
+            "to_go_h": f"hours to go (pace of the last {scaling.PACE_EPOCHS} epochs)",
+            "pace_cpu_class": "pace measured on"}
     display(training[list(cols)].rename(columns=cols).style.format(
         {"FLOPs so far": "{:.2e}", "FLOPs planned": "{:.2e}", "clean (held-out)": "{:.1%}",
-         "certified 5×5 (held-out)": "{:.1%}", "training hours so far": "{:.1f}"}).hide(axis="index"))
+         "certified 5×5 (held-out)": "{:.1%}", "training hours so far": "{:.1f}",
+         cols["to_go_h"]: "{:.1f}"}, na_rep="—").hide(axis="index"))
 else:
     print("Every run of the study has finished.")

@@ -67,10 +67,14 @@ def test_learning_curves_and_runs_in_progress(tmp_path):
             {"profile": profile, "rf": 7, "margin": 0.5, "head": "heaviside", "sigma": 0.0,
              "seed": 0, "width": width, "epochs": epochs, "method": "bagcert"}))
         (d / "metrics.json").write_text(json.dumps({"finished": finished}))
-        (d / "provenance.json").write_text(json.dumps({"wall_s": 7200.0, "epochs_done": done}))
+        (d / "provenance.json").write_text(json.dumps(
+            {"wall_s": 7200.0, "epochs_done": done,
+             "segments": [{"from_epoch": 0, "cpu_class": "avx512-bf16"},
+                          {"from_epoch": 1, "cpu_class": "avx2-or-older"}]}))
         pd.DataFrame({"epoch": range(1, done + 1), "clean_accuracy": np.linspace(0.2, 0.5, done),
                       "certified_accuracy": np.linspace(0.0, 0.2, done),
-                      "certified_global_accuracy": np.linspace(0.0, 0.1, done)}).to_csv(d / "history.csv", index=False)
+                      "certified_global_accuracy": np.linspace(0.0, 0.1, done),
+                      "epoch_s": [900.0] + [3600.0] * (done - 1)}).to_csv(d / "history.csv", index=False)
 
     run("scaling-w16-e4", "scaling", 16, 4, 4, True)
     run("scaling-w64-e48", "scaling", 64, 48, 3, False)
@@ -85,6 +89,9 @@ def test_learning_curves_and_runs_in_progress(tmp_path):
     r = now.iloc[0]
     assert (r.epochs_done, r.epochs, r.wall_h) == (3, 48, 2.0)
     assert np.isclose(r.planned_flops, planned) and np.isclose(r.certified, 0.2)
+    # 45 epochs to go at the last 3 epochs' pace (900, 3600, 3600 s), on the latest segment's class
+    assert np.isclose(r.to_go_h, 45 * 2700 / 3600) and r.pace_cpu_class == "avx2-or-older"
+    assert r.cpu_class == "mixed: avx512-bf16, avx2-or-older"
     assert scaling.study_runs(tmp_path).empty          # nothing certified: no fit points
     from bagcert_lib.results import load_runs
     runs = load_runs(tmp_path).set_index("run")         # no count in provenance: from the config
