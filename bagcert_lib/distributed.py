@@ -154,6 +154,24 @@ def describe(ctx: Context, device_names: list) -> dict:
     return {"world_size": ctx.world_size, "backend": ctx.backend, "devices": device_names}
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the ranks, differentiable: the gradient is summed over the ranks too (each rank's
+    loss depends on every rank's input). What ``torch.distributed.nn.functional.all_reduce`` does
+    for SUM, which torch 2.14 deprecates for a private module; this uses public ``dist`` only."""
+
+    @staticmethod
+    def forward(ctx, x):
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
 class CpuSyncBatchNorm(nn.BatchNorm2d):
     """BatchNorm2d with statistics over the global batch, for gloo on CPUs (torch's
     SyncBatchNorm runs on GPUs only). Differentiable all-reduces; eval mode is plain BN."""
@@ -162,8 +180,7 @@ class CpuSyncBatchNorm(nn.BatchNorm2d):
         if not (self.training and dist.is_available() and dist.is_initialized()
                 and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
+        all_reduce = _AllReduceSum.apply
         C, dims = x.shape[1], [0, *range(2, x.dim())]
         shape = [1, C] + [1] * (x.dim() - 2)
         xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x    # stats in >= fp32
