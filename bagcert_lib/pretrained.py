@@ -92,10 +92,10 @@ def export_run(run_dir) -> Path:
     from .train import CHECKPOINT, checkpoint_position, load_checkpoint_model
 
     run_dir = Path(run_dir)
-    epochs_done, step, _ = checkpoint_position(run_dir)
-    if step:
-        raise ValueError(f"{run_dir / CHECKPOINT} was written {step} steps into epoch "
-                         f"{epochs_done + 1}; resume the run to the end of an epoch before exporting")
+    at = checkpoint_position(run_dir)
+    if at.step:
+        raise ValueError(f"{run_dir / CHECKPOINT} was written {at.step} steps into epoch "
+                         f"{at.epochs_done + 1}; resume the run to the end of an epoch before exporting")
     model, cfg = load_checkpoint_model(run_dir)
     prov = run_dir / "provenance.json"
     commit = json.loads(prov.read_text()).get("git", {}).get("commit") if prov.is_file() else None

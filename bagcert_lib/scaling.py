@@ -68,12 +68,16 @@ def paper_flops() -> float:
     return training_flops(p["width"], p["epochs"], p["rf"], p["n_train"], p["batch_size"])
 
 
+def _segment_classes(prov: dict) -> list:
+    """The CPU class of each training segment of a run, oldest first (None: not recorded)."""
+    recorded = cpu_class(prov["cpu"]) if prov.get("cpu") else None   # segments that predate it
+    return [s.get("cpu_class") or recorded for s in prov.get("segments", [])] or [recorded]
+
+
 def run_cpu_class(prov: dict) -> str | None:
     """The CPU class a run trained on (``runtime.cpu_class``); ``"mixed: a, b"`` when its
     segments (resumed on other machines) differ; None when not recorded."""
-    recorded = cpu_class(prov["cpu"]) if prov.get("cpu") else None   # segments that predate it
-    classes = [s.get("cpu_class") or recorded for s in prov.get("segments", [])] or [recorded]
-    classes = list(dict.fromkeys(c for c in classes if c))
+    classes = list(dict.fromkeys(c for c in _segment_classes(prov) if c))
     if not classes:
         return None
     return classes[0] if len(classes) == 1 else "mixed: " + ", ".join(classes)
@@ -128,14 +132,13 @@ def runs_in_progress(results=None) -> pd.DataFrame:
     for run, g in live.groupby("run", sort=False):
         r = g.iloc[-1]
         prov = json.loads((Path(runs.loc[run, "path"]) / "provenance.json").read_text())
-        latest = (prov.get("segments") or [{}])[-1]
         pace = g.epoch_s.tail(PACE_EPOCHS).mean()
         rows.append({"run": run, "width": r.width, "epochs_done": r.epoch, "epochs": r.epochs,
                      "flops": r.flops, "planned_flops": r.flops * r.epochs / r.epoch,
                      "clean": r.clean, "certified": r.certified,
                      "wall_h": prov.get("wall_s", np.nan) / 3600, "cpu_class": run_cpu_class(prov),
                      "to_go_h": (r.epochs - r.epoch) * pace / 3600,
-                     "pace_cpu_class": latest.get("cpu_class")})
+                     "pace_cpu_class": _segment_classes(prov)[-1]})
     return pd.DataFrame(rows)
 
 

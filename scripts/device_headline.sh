@@ -36,7 +36,6 @@ OUT=${OUT:?OUT is the device tool\'s folder of files to return}
 export BAGCERT_DATA=${BAGCERT_DATA:-$PWD/.devdata/cifar10-jpeg.tar.gz}
 export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30
 PY=${PYTHON:-python3}
-RUN=$PROFILE-rf7-m0.5-heaviside-s0-seed0
 RESULTS=$WORK/runs
 mkdir -p "$WORK" "$OUT"
 
@@ -53,6 +52,9 @@ EOF
 }
 
 if [ "$MODE" = start ]; then
+  if [ -f "$WORK/pid" ] && kill -0 "$(cat "$WORK/pid")" 2>/dev/null; then
+    echo "error: the pipeline already runs on this machine (pid $(cat "$WORK/pid")); call 'wait'" >&2; exit 2
+  fi
   [ -n "${TRAIN_ARGS:-}" ] || [ -f "$BAGCERT_DATA" ] || { echo "error: no dataset at $BAGCERT_DATA (carry .devdata; see the header)" >&2; exit 2; }
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
   "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
@@ -60,13 +62,11 @@ if [ "$MODE" = start ]; then
     timeout 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py > "$OUT/test_cuda.txt" 2>&1
     echo "tests/test_cuda.py: exit $? ($(tail -n 1 "$OUT/test_cuda.txt"))"
   fi
-  if [ -f "$WORK/pid" ] && kill -0 "$(cat "$WORK/pid")" 2>/dev/null; then
-    echo "error: the pipeline already runs on this machine (pid $(cat "$WORK/pid")); call 'wait'" >&2; exit 2
-  fi
+  RUN=$("$PY" -c "from bagcert_lib.config import profile_config; print(profile_config('$PROFILE', rf=7, margin=0.5).run_name())")
   rm -f "$WORK/exit"
   setsid bash -c "
     set -o pipefail
-    { $PY -m bagcert_lib train --profile $PROFILE --rf 7 --margin 0.5 --device $DEVICE --out $RESULTS ${TRAIN_ARGS:-} &&
+    { $PY -m bagcert_lib train --profile $PROFILE --rf 7 --margin 0.5 --device $DEVICE --out $RESULTS --name $RUN ${TRAIN_ARGS:-} &&
       $PY -c \"from bagcert_lib.runs import attack_run; attack_run('$RESULTS/$RUN', n=1000, device='$DEVICE')\"
     } > $WORK/log.txt 2>&1
     echo \$? > $WORK/exit" < /dev/null > /dev/null 2>&1 &
