@@ -149,8 +149,9 @@ def run(args) -> None:
             print(f"wrote {export_run(resolve_run_dir(d, needs='checkpoint.pt'))}")
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
+def plainly(run, args) -> None:
+    """``run(args)``, with the user's errors (:data:`USER_ERRORS`) as one line on stderr and exit
+    code 2, or their traceback with ``args.debug``. Every command line of the library uses it."""
     try:
         run(args)
     except USER_ERRORS as err:
@@ -159,6 +160,10 @@ def main(argv=None):
         msg = " ".join(str(err).split()) if not isinstance(err, KeyError) else f"missing {err}"
         sys.stderr.write(f"error: {msg} (--debug shows the traceback)\n")
         sys.exit(2)
+
+
+def main(argv=None):
+    plainly(run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

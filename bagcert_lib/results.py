@@ -57,6 +57,27 @@ RUN_COLUMNS = ["run", "path", *CONFIG_COLUMNS, "finished", "certified", "epochs_
                "certified_broken", "certify_wall_s", "attack_wall_s"]
 
 
+def trained_on(prov: dict) -> str | None:
+    """The device a run trained on, as provenance.json names it; for a run resumed on other
+    machines, every distinct device and CPU class of its segments in order, e.g. the 48-epoch
+    scaling run: ``CPU: AMD EPYC (1 threads, avx512-bf16; 1 threads, avx2-or-older; 2 threads,
+    avx512-bf16)``."""
+    import re
+
+    seen = []
+    for seg in prov.get("segments", []):
+        m = re.fullmatch(r"(.*) \((.*)\)", seg.get("device") or prov.get("device") or "")
+        name, how = (m.group(1), m.group(2)) if m else (seg.get("device"), "")
+        part = (name, ", ".join(x for x in (how, seg.get("cpu_class")) if x))
+        if name and part not in seen:
+            seen.append(part)
+    if len(seen) < 2:
+        return prov.get("device")
+    if len({n for n, _ in seen}) == 1:
+        return f"{seen[0][0]} ({'; '.join(h for _, h in seen)})"
+    return " + ".join(f"{n} ({h})" for n, h in seen)
+
+
 def _certify_wall_s(run: Path):
     """Wall time of the run's certification step (certification.csv's ``wall_s``, one per run)."""
     f = run / "certification.csv"
@@ -79,7 +100,7 @@ def load_runs(results=None) -> pd.DataFrame:
             "eval_certified_accuracy": metrics.get("certified_accuracy"),
             "parameters": prov.get("parameters"),
             "n_train": prov.get("n_train"),
-            "device": prov.get("device"),
+            "device": trained_on(prov),
             "dataset": prov.get("dataset", {}).get("name"),
             "dataset_sha256": prov.get("dataset", {}).get("sha256"),
             "commit": prov.get("git", {}).get("commit"),

@@ -23,6 +23,10 @@ train with DistributedDataParallel (``distributed.py``), then rank 0 certifies a
 ``model.safetensors`` and no checkpoint to export it from (runs committed before models were
 shipped, issue 16). The old run's numbers are kept in ``previous.json`` (see :func:`retire`), so
 the book can compare the retrained run with the one it replaces.
+
+``--max-runs N`` works on at most N configurations that have something left to do (finished ones
+are skipped and not counted) and then stops: a bounded piece of a long sweep that ends before a
+session or an allocation does, without leaving a half-trained run behind.
 """
 from __future__ import annotations
 
@@ -115,6 +119,12 @@ def _done(run_dir: Path, step: str) -> bool:
         m = run_dir / "metrics.json"
         return m.is_file() and json.loads(m.read_text()).get("finished", False)
     return (run_dir / {"certify": "certification.csv", "attack": "attack.json"}[step]).is_file()
+
+
+def has_work(run_dir: Path, job: Job, retrain_unshipped: bool = False) -> bool:
+    """Whether :func:`run_job` would execute anything for ``job`` (what ``--max-runs`` counts)."""
+    return (not all(_done(run_dir, s) for s in job.steps)
+            or (retrain_unshipped and unshipped(run_dir)))
 
 
 #: What a retrained run keeps of the run it replaced (:func:`retire`).
@@ -351,11 +361,14 @@ def estimate_grid(jobs: list[Job], profile: str, results: Path, retrain_unshippe
 def sweep(profile: str = "cpu", grid: str = "all", results=None, devices=None,
           attack_n: int | None = 1000, dry_run: bool = False, estimate: bool = False,
           executor=None, wait: bool = True, retrain_unshipped: bool = False,
-          **overrides) -> list[Path]:
+          max_runs: int | None = None, **overrides) -> list[Path]:
     """Run every job of ``grid``; one worker thread per device (None: the default device), or,
     with ``executor`` (:func:`make_executor`), one submitit job per configuration.
     ``estimate``: print what each configuration costs on this machine first (and stop if
-    ``dry_run``). ``retrain_unshipped``: see :func:`run_job`."""
+    ``dry_run``). ``retrain_unshipped``: see :func:`run_job`. ``max_runs``: start at most this many
+    configurations that have work left (:func:`has_work`), then stop."""
+    if max_runs is not None and max_runs < 1:
+        raise ValueError(f"--max-runs must be at least 1, not {max_runs}")
     profile = resolve_profile(profile)
     results = Path(results) if results else results_dir()
     jobs = grid_jobs(grid, attack_n, profile)
@@ -369,6 +382,9 @@ def sweep(profile: str = "cpu", grid: str = "all", results=None, devices=None,
                   *(["(retrain: no weights)"] if redo else []))
         return [results / j.name(profile) for j in jobs]
     if executor is not None:
+        if max_runs is not None:
+            raise ValueError("--max-runs runs on this machine only (--executor threads); "
+                             "a cluster array bounds itself with --array-parallelism")
         if retrain_unshipped:
             raise ValueError("--retrain-unshipped runs on this machine only (--executor threads)")
         return submit(jobs, profile, results, executor, wait, **overrides)
@@ -382,6 +398,7 @@ def sweep(profile: str = "cpu", grid: str = "all", results=None, devices=None,
     for j in jobs:
         todo.put(j)
     done, errors, lock = [], [], threading.Lock()
+    started = [0]                # configurations with work left that a worker has taken on
 
     def worker(device):
         while True:
@@ -389,11 +406,21 @@ def sweep(profile: str = "cpu", grid: str = "all", results=None, devices=None,
                 job = todo.get_nowait()
             except queue.Empty:
                 return
+            counted = max_runs is not None and has_work(results / job.name(profile), job,
+                                                        retrain_unshipped)
+            if counted:
+                with lock:
+                    if started[0] >= max_runs:
+                        print(f"[stop] {job.name(profile)}: not started, --max-runs {max_runs} reached")
+                        continue
+                    started[0] += 1
             try:
                 out = run_job(job, profile, results, device, retrain_unshipped=retrain_unshipped,
                               **overrides)
                 with lock:
                     done.extend([out] if out else [])
+                    if counted and out is None:      # another process had it: not ours to count
+                        started[0] -= 1
             except Exception as e:  # keep the other configurations going; report at the end
                 with lock:
                     errors.append((job, e))
@@ -411,8 +438,11 @@ def sweep(profile: str = "cpu", grid: str = "all", results=None, devices=None,
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m bagcert_lib.sweep", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from .__main__ import Parser, plainly
+
+    p = Parser(prog="python -m bagcert_lib.sweep", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     p.add_argument("--profile", default="cpu")
     p.add_argument("--grid", default="all",
                    help="figure2 | figure8 | rf_sweep | smoothing | scaling | headline | all")
@@ -426,6 +456,9 @@ def main(argv=None):
     p.add_argument("--retrain-unshipped", action="store_true",
                    help="train again the finished runs that have no model.safetensors and no "
                    "checkpoint.pt (their old numbers go to previous.json)")
+    p.add_argument("--max-runs", type=int, metavar="N",
+                   help="work on at most N configurations that have something left to do, then "
+                   "stop (finished ones are skipped and not counted)")
     p.add_argument("--estimate", action="store_true",
                    help="time a few training steps per configuration and print the grid's cost")
     c = p.add_argument_group("cluster (submitit)")
@@ -442,7 +475,10 @@ def main(argv=None):
     c.add_argument("--array-parallelism", type=int, help="most jobs of the array at once")
     c.add_argument("--submitit-folder", help="job logs (default: results/submitit beside the runs)")
     c.add_argument("--no-wait", action="store_true", help="submit and return (slurm)")
-    a = p.parse_args(argv)
+    plainly(_main, p.parse_args(argv))
+
+
+def _main(a: argparse.Namespace) -> None:
     overrides = {k: v for k, v in (("epochs", a.epochs), ("width", a.width)) if v is not None}
     executor = None
     if a.executor != "threads" and not a.dry_run:
@@ -451,7 +487,7 @@ def main(argv=None):
                                  a.gpus_per_job, a.timeout_min, a.slurm_partition,
                                  a.cpus_per_task, a.array_parallelism, a.tasks_per_job)
     sweep(a.profile, a.grid, a.results, a.devices, a.attack_n, a.dry_run, a.estimate,
-          executor=executor, wait=not a.no_wait, retrain_unshipped=a.retrain_unshipped, **overrides)
+          executor=executor, wait=not a.no_wait, retrain_unshipped=a.retrain_unshipped, max_runs=a.max_runs, **overrides)
 
 
 if __name__ == "__main__":

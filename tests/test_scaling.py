@@ -98,3 +98,24 @@ def test_learning_curves_and_runs_in_progress(tmp_path):
     assert np.isclose(scaling.run_flops(runs).loc["scaling-w16-e4"], scaling.training_flops(16, 4))
     runs.loc["scaling-w16-e4", "training_flops"] = 123.0
     assert scaling.run_flops(runs).loc["scaling-w16-e4"] == 123.0
+
+
+def test_a_run_resumed_on_other_machines_names_every_one():
+    """The device a run trained on: provenance's own for one machine; for a run resumed on other
+    CPUs (or thread counts), each distinct segment in order, not only the last one."""
+    from bagcert_lib.config import REPO_ROOT
+    from bagcert_lib.results import _json, trained_on
+
+    one = {"device": "CPU: AMD EPYC (1 threads)",
+           "segments": [{"device": "CPU: AMD EPYC (1 threads)", "cpu_class": "avx512-bf16"}] * 2}
+    assert trained_on(one) == "CPU: AMD EPYC (1 threads)"
+    assert trained_on({"device": "cuda: H200"}) == "cuda: H200"             # no segments recorded
+    two = {"device": "CPU: Intel Xeon (2 threads)",
+           "segments": [{"device": "CPU: AMD EPYC (1 threads)", "cpu_class": "avx2-or-older"},
+                        {"device": "CPU: Intel Xeon (2 threads)", "cpu_class": "avx512-bf16"}]}
+    assert trained_on(two) == ("CPU: AMD EPYC (1 threads, avx2-or-older) + "
+                               "CPU: Intel Xeon (2 threads, avx512-bf16)")
+    prov = _json(REPO_ROOT / "results" / "runs" / "scaling-w64-e48-rf7-m0.5-heaviside-s0-seed0" / "provenance.json")
+    assert prov["device"] == "CPU: AMD EPYC (2 threads)"                      # the last segment only
+    assert trained_on(prov) == ("CPU: AMD EPYC (1 threads, avx512-bf16; 1 threads, avx2-or-older; "
+                                "2 threads, avx512-bf16)")

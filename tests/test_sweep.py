@@ -1,5 +1,7 @@
 """The sweep's grids come from _config.yml: Figure 2's RF x M, Figure 8's heads x seeds, the
 headline first (attacked on every test image), and, under `cpu`, the longer headline run last."""
+from pathlib import Path
+
 import pytest
 
 from bagcert_lib.config import grids
@@ -224,3 +226,51 @@ def test_a_relative_results_folder_reaches_the_notebooks_absolute(tmp_path, monk
     assert run_dir == tmp_path / "runs" / Job(7, 0.5).name("smoke")
     assert executed[0]["results"] == str(tmp_path / "runs")
     assert executed[1]["run_dir"] == executed[2]["run_dir"] == str(run_dir)
+
+
+def test_max_runs_stops_after_n_configurations_with_work_left(tmp_path, monkeypatch):
+    """``--max-runs N``: finished configurations are skipped and not counted; of the rest, exactly
+    the first N are run (papermill is a recorder here) and the others are not started."""
+    import json
+
+    import papermill
+
+    from bagcert_lib.sweep import grid_jobs, has_work
+
+    jobs = grid_jobs("figure8", 1000, "smoke")
+    first = tmp_path / jobs[0].name("smoke")          # finished and shipped: nothing to do
+    first.mkdir()
+    (first / "metrics.json").write_text(json.dumps({"finished": True}))
+    (first / "certification.csv").write_text("patch\n")
+    (first / "attack.json").write_text("{}")
+    (first / "model.safetensors").write_bytes(b"")
+    assert not has_work(first, jobs[0], retrain_unshipped=True)
+    _finished_run_without_weights(tmp_path / jobs[1].name("smoke"))   # work only when retraining
+    assert not has_work(tmp_path / jobs[1].name("smoke"), jobs[1])
+    assert has_work(tmp_path / jobs[1].name("smoke"), jobs[1], retrain_unshipped=True)
+
+    executed = []
+    monkeypatch.setattr(papermill, "execute_notebook",
+                        lambda nb, out, parameters, **kw: executed.append((Path(out).parent.name, Path(nb).stem)))
+    sweep("smoke", "figure8", results=tmp_path, devices=["cpu"], max_runs=2, retrain_unshipped=True)
+    ran = list(dict.fromkeys(name for name, _ in executed))
+    assert ran == [jobs[1].name("smoke"), jobs[2].name("smoke")]
+    assert [step for _, step in executed] == ["train", "certify", "attack"] * 2
+    assert not (tmp_path / jobs[3].name("smoke")).exists()            # never started
+    with pytest.raises(ValueError, match="at least 1"):
+        sweep("smoke", "figure8", results=tmp_path, max_runs=0)
+
+
+def test_the_sweep_command_line_speaks_plainly():
+    """A wrong grid, profile or --max-runs: one line on stderr, exit 2, no traceback."""
+    import subprocess
+    import sys
+
+    for args, says in ((["--grid", "nope"], "unknown grid 'nope'"),
+                       (["--profile", "nope"], "unknown profile 'nope'"),
+                       (["--max-runs", "0"], "--max-runs must be at least 1"),
+                       (["--max-runs", "x"], "invalid int value")):
+        proc = subprocess.run([sys.executable, "-m", "bagcert_lib.sweep", *args, "--dry-run"],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, (args, proc.stderr)
+        assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1 and says in proc.stderr
