@@ -57,6 +57,14 @@ RUN_COLUMNS = ["run", "path", *CONFIG_COLUMNS, "finished", "certified", "epochs_
                "certified_broken", "certify_wall_s", "attack_wall_s"]
 
 
+def _segment_classes(prov: dict) -> list:
+    """The CPU class of each training segment of a run, oldest first (None: not recorded)."""
+    from .runtime import cpu_class
+
+    recorded = cpu_class(prov["cpu"]) if prov.get("cpu") else None   # segments that predate it
+    return [s.get("cpu_class") or recorded for s in prov.get("segments", [])] or [recorded]
+
+
 def trained_on(prov: dict) -> str | None:
     """The device a run trained on, as provenance.json names it; for a run resumed on other
     machines, every distinct device and CPU class of its segments in order, e.g. the 48-epoch
@@ -65,10 +73,11 @@ def trained_on(prov: dict) -> str | None:
     import re
 
     seen = []
-    for seg in prov.get("segments", []):
-        m = re.fullmatch(r"(.*) \((.*)\)", seg.get("device") or prov.get("device") or "")
-        name, how = (m.group(1), m.group(2)) if m else (seg.get("device"), "")
-        part = (name, ", ".join(x for x in (how, seg.get("cpu_class")) if x))
+    for seg, cls in zip(prov.get("segments", []), _segment_classes(prov)):
+        device = seg.get("device") or prov.get("device") or ""
+        m = re.fullmatch(r"(.*) \((.*)\)", device)          # "CPU: AMD EPYC (1 threads)"
+        name, how = m.groups() if m else (device, "")
+        part = (name, ", ".join(x for x in (how, cls) if x))
         if name and part not in seen:
             seen.append(part)
     if len(seen) < 2:

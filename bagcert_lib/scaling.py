@@ -23,8 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .config import grids
-from .results import load_certification, load_runs
-from .runtime import cpu_class
+from .results import _segment_classes, load_certification, load_runs
 
 #: The paper's CIFAR-10 headline model (App. A.1, §4): width 768, 350 epochs, RF 7, M 0.5.
 PAPER = {"width": 768, "epochs": 350, "rf": 7, "margin": 0.5, "n_train": 50_000, "batch_size": 96,
@@ -66,12 +65,6 @@ def run_flops(runs: pd.DataFrame) -> pd.Series:
 def paper_flops() -> float:
     p = PAPER
     return training_flops(p["width"], p["epochs"], p["rf"], p["n_train"], p["batch_size"])
-
-
-def _segment_classes(prov: dict) -> list:
-    """The CPU class of each training segment of a run, oldest first (None: not recorded)."""
-    recorded = cpu_class(prov["cpu"]) if prov.get("cpu") else None   # segments that predate it
-    return [s.get("cpu_class") or recorded for s in prov.get("segments", [])] or [recorded]
 
 
 def run_cpu_class(prov: dict) -> str | None:

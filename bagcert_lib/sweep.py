@@ -487,7 +487,8 @@ def _main(a: argparse.Namespace) -> None:
                                  a.gpus_per_job, a.timeout_min, a.slurm_partition,
                                  a.cpus_per_task, a.array_parallelism, a.tasks_per_job)
     sweep(a.profile, a.grid, a.results, a.devices, a.attack_n, a.dry_run, a.estimate,
-          executor=executor, wait=not a.no_wait, retrain_unshipped=a.retrain_unshipped, max_runs=a.max_runs, **overrides)
+          executor=executor, wait=not a.no_wait, retrain_unshipped=a.retrain_unshipped,
+          max_runs=a.max_runs, **overrides)
 
 
 if __name__ == "__main__":
