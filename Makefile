@@ -11,7 +11,7 @@ MARGIN  ?= 0.5
 # make reproduce DEVICES="cpu cpu": two configurations at once, one core each
 DEVICES ?=
 
-.PHONY: setup run test reproduce mathjax book publish screenshots clean
+.PHONY: setup run test reproduce devdata mathjax book publish screenshots clean
 
 setup: $(BIN)/activate
 $(BIN)/activate: pyproject.toml
@@ -29,6 +29,25 @@ test: setup     ## the test suite and every notebook at smoke scale (CI runs exa
 reproduce: setup  ## the whole grid (Figures 2 and 8) through the papermill notebooks; resumable
 	$(BIN)/pip install -q -e ".[notebooks]"
 	$(BIN)/python -m bagcert_lib.sweep --profile $(PROFILE) --estimate $(if $(DEVICES),--devices $(DEVICES))
+
+# papermill and the kernel it starts, for the device's Python 3.12 (scripts/device.sh retrain); the
+# packages its image already holds (PyYAML, tqdm, requests, ...) are left out, and so are debugpy
+# and jedi, which ipykernel and IPython run without
+DEVICE_WHEELS ?= papermill==2.7.0 nbclient==0.11.0 nbformat==5.11.1 jupyter_client==8.10.0 \
+  jupyter_core==5.9.1 ipykernel==7.4.0 ipython==9.18.1 ipython_pygments_lexers==1.1.1 comm==0.2.3 \
+  traitlets==5.16.1 pyzmq==27.3.0 tornado==6.6.1 nest-asyncio2==1.7.4 matplotlib-inline==0.2.2 \
+  prompt_toolkit==3.0.53 wcwidth==0.9.4 pexpect==4.9.0 ptyprocess==0.7.0 stack-data==0.6.3 \
+  asttokens==3.0.2 executing==2.3.0 pure_eval==0.2.4 platformdirs==4.14.9 fastjsonschema==2.22.3 \
+  jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1 \
+  entrypoints==0.4.2 tenacity==9.2.1
+
+devdata: setup  ## for scripts/device.sh (a lent GPU): the dataset tar and papermill's wheels into .devdata/
+	mkdir -p .devdata/whl
+	cp -u ../shared/datasets/cifar10-jpeg.tar.gz .devdata/
+	$(BIN)/pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .devdata/whl $(DEVICE_WHEELS)
+	du -sh .devdata
 
 mathjax:        ## MathJax 3 (npm package mathjax@3.2.2) into book/_static, so formulas render offline
 	$(BIN)/python book/fetch_mathjax.py

@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Prepared jobs for a lent GPU machine, within the device tool's limits: 10 minutes a command,
+# 30 s warm between commands, at most 8 files of 16 MiB back from $OUT, and a bare machine with no
+# .git, no ../shared and no papermill.
+#   headline  the `gpu`-profile headline (width 384, RF 7, M 0.5; issue 13, item 6): train,
+#             certify, attack one run with `python -m bagcert_lib train`
+#   retrain   every run of a profile's grid still without model.safetensors (issue 16), trained
+#             again through the sweep's papermill notebooks (`sweep --retrain-unshipped`), JOBS
+#             configurations at a time on the one GPU (default 4), into the tree's results/runs
+#
+# Here, once per session: `make devdata` (into .devdata/, which .gitignore names: the dataset tar,
+# and papermill's wheels for the device's Python 3.12, which `start` installs there).
+# Then the device tool's `run`, carry [".devdata"], each call at once after the one before:
+#   BAGCERT_GIT_COMMIT=<git rev-parse HEAD here> scripts/device.sh start headline   # timeout_s 600
+#   BAGCERT_GIT_COMMIT=<git rev-parse HEAD here> scripts/device.sh start retrain    # or this
+#   scripts/device.sh wait                                            # again while it says "running"
+# `start` runs tests/test_cuda.py first (never yet run on a GPU; CUDA_TESTS=0 skips it), then
+# starts the job in a process session of its own (setsid: it outlives the command, until the
+# machine goes back) and waits; `wait` waits again. The loader reads the tar; nothing is unpacked.
+# Each call returns log.txt and status.json (and test_cuda.txt), and the finished run directories
+# without checkpoint.pt as run.tar.part-NN (15 MiB pieces): headline, its run once the pipeline
+# has finished; retrain, on every call, each run retrained so far (the machine may go back before
+# the sweep ends). Then, here:
+#   cat <files_at>/run.tar.part-* | tar x -C results/runs
+# A retrain run that a sweep here is training too comes back as well: keep one of the two.
+#
+# headline, counted (bagcert_lib.model.conv_macs): 9.7 GMAC a 32x32 image at width 384, 116 PFLOP
+# for 40 epochs, 63x cpu_long. At 150-300 TFLOP/s of bf16 convolutions (the H200 does about 790 on
+# large matrix products) that is 6.5-13 min of training, so it may not fit one session's 15
+# minutes of device time, machine start included. The checkpoints stay under /tmp on the device
+# and are lost with it: the resume checkpoint of width 384 (weights + Adam, ~115 MB) is more than
+# $OUT returns (64 MiB). The weights alone are 38 MB: committed, they would take the tree that
+# travels to the device past its 64 MiB.
+#
+# Test it on a CPU (tests/test_device.py):
+#   OUT=/tmp/out PROFILE=smoke DEVICE=cpu BAGCERT_DATA=../shared/datasets/cifar10-jpeg.tar.gz \
+#     scripts/device.sh start headline
+set -uo pipefail
+MODE=${1:?usage: device.sh start headline|retrain, or device.sh wait}
+DEVICE=${DEVICE:-cuda}
+WAIT=${WAIT:-540}                         # seconds into the call to stop waiting (10-minute commands)
+WORK=${WORK:-/tmp/bagcert-device}
+OUT=${OUT:?OUT is the device tool\'s folder of files to return}
+export BAGCERT_DATA=${BAGCERT_DATA:-$PWD/.devdata/cifar10-jpeg.tar.gz}
+export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}   # bagcert_lib, also for the notebooks' kernels
+PY=${PYTHON:-python3}
+mkdir -p "$WORK" "$OUT"
+
+status() {   # status.json: where the job is, for the caller to read
+  "$PY" - "$1" "$JOB" "$RESULTS" "$WORK/started" > "$OUT/status.json" <<'PYEOF'
+import json, pathlib, sys
+state, job, results, started = sys.argv[1], sys.argv[2], pathlib.Path(sys.argv[3]), pathlib.Path(sys.argv[4])
+def epochs(run):
+    hist = run / "history.csv"
+    return max(0, len(hist.read_text().splitlines()) - 1) if hist.is_file() else 0
+runs = sorted(p for p in results.iterdir() if p.is_dir()) if results.is_dir() else []
+if job == "retrain":   # the runs the sweep has touched since `start`
+    t0 = started.stat().st_mtime
+    runs = [r for r in runs if any(f.stat().st_mtime >= t0 for f in r.iterdir() if f.name != ".lock")]
+print(json.dumps({"state": state, "job": job, "runs": [
+    {"run": r.name, "epochs_done": epochs(r), "finished": (r / "attack.json").is_file(),
+     "files": sorted(p.name for p in r.iterdir())} for r in runs]}, indent=1))
+PYEOF
+}
+
+pack() {     # the given run directories (names under $RESULTS), without checkpoints, in pieces
+  rm -f "$OUT"/run.tar.part-*
+  [ $# -gt 0 ] || return 0
+  tar cf - -C "$RESULTS" --exclude checkpoint.pt --exclude .lock "$@" | split -b 15M -d - "$OUT/run.tar.part-" \
+    || { rm -f "$OUT"/run.tar.part-*; return 1; }
+}
+
+retrained() {   # retrain: the runs finished since `start` (an attack.json written after it)
+  find "$RESULTS" -mindepth 2 -maxdepth 2 -name attack.json -newer "$WORK/started" 2>/dev/null \
+    | xargs -r -n1 dirname | xargs -r -n1 basename | sort
+}
+
+if [ "$MODE" = start ]; then
+  JOB=${2:?usage: device.sh start headline|retrain}
+  case $JOB in
+    headline) PROFILE=${PROFILE:-gpu}; RESULTS=${RESULTS:-$WORK/runs} ;;
+    retrain)  PROFILE=${PROFILE:-cpu}; RESULTS=${RESULTS:-$PWD/results/runs} ;;
+    *) echo "error: the job must be headline or retrain, not '$JOB'" >&2; exit 2 ;;
+  esac
+  if [ -f "$WORK/pid" ] && kill -0 "$(cat "$WORK/pid")" 2>/dev/null; then
+    echo "error: a job already runs on this machine (pid $(cat "$WORK/pid")); call 'wait'" >&2; exit 2
+  fi
+  [ -n "${TRAIN_ARGS:-}" ] || [ -e "$BAGCERT_DATA" ] || { echo "error: no dataset at $BAGCERT_DATA (carry .devdata; see the header)" >&2; exit 2; }
+  if [ "$JOB" = retrain ] && ! "$PY" -c "import papermill, ipykernel" 2>/dev/null; then
+    ls .devdata/whl/*.whl > /dev/null 2>&1 || { echo "error: no papermill here and no wheels in .devdata/whl (make devdata; carry .devdata)" >&2; exit 2; }
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" .devdata/whl/*.whl \
+      || { echo "error: installing .devdata/whl failed" >&2; exit 2; }
+    export PYTHONPATH=$PYTHONPATH:$WORK/site
+  fi
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
+  "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+  if [ "${CUDA_TESTS:-1}" = 1 ]; then     # tests/test_cuda.py, never yet run on a GPU: first
+    timeout 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py > "$OUT/test_cuda.txt" 2>&1
+    echo "tests/test_cuda.py: exit $? ($(tail -n 1 "$OUT/test_cuda.txt"))"
+  fi
+  if [ "$JOB" = headline ]; then
+    RUN=$("$PY" -c "from bagcert_lib.config import profile_config; print(profile_config('$PROFILE', rf=7, margin=0.5).run_name())")
+    CMD="$PY -m bagcert_lib train --profile $PROFILE --rf 7 --margin 0.5 --device $DEVICE --out $RESULTS --name $RUN ${TRAIN_ARGS:-} &&
+      $PY -c \"from bagcert_lib.runs import attack_run; attack_run('$RESULTS/$RUN', n=1000, device='$DEVICE')\""
+  else
+    RUN=""
+    CMD="$PY -m bagcert_lib.sweep --profile $PROFILE --grid ${GRID:-all} --retrain-unshipped --results $RESULTS \
+      --devices $(for _ in $(seq "${JOBS:-4}"); do printf '%s ' "$DEVICE"; done) ${SWEEP_ARGS:-}"
+  fi
+  rm -f "$WORK/exit"; touch "$WORK/started"
+  printf '%s\n%s\n%s\n' "$JOB" "$RESULTS" "$RUN" > "$WORK/job"
+  setsid bash -c "
+    set -o pipefail
+    { $CMD; } > $WORK/log.txt 2>&1
+    echo \$? > $WORK/exit" < /dev/null > /dev/null 2>&1 &
+  echo $! > "$WORK/pid"
+elif [ "$MODE" != wait ]; then
+  echo "error: mode must be start or wait, not '$MODE'" >&2; exit 2
+elif [ ! -f "$WORK/job" ]; then
+  echo "error: nothing was started on this machine ($WORK/job is missing): a fresh machine? call 'start'" >&2; exit 2
+fi
+{ read -r JOB; read -r RESULTS; read -r RUN; } < "$WORK/job"   # what `start` began, whatever the variables say now
+
+while [ "$SECONDS" -lt "$WAIT" ] && [ ! -f "$WORK/exit" ]; do   # SECONDS: since this call began
+  sleep 5
+done
+tail -c 200000 "$WORK/log.txt" > "$OUT/log.txt" 2>/dev/null || true
+if [ "$JOB" = retrain ]; then             # every call brings back what has finished so far
+  pack $(retrained) || { status "packing failed"; exit 1; }
+fi
+if [ ! -f "$WORK/exit" ]; then
+  status running; tail -n 5 "$OUT/log.txt"; echo "running: call 'scripts/device.sh wait' at once"
+  exit 0
+fi
+code=$(cat "$WORK/exit")
+if [ "$code" != 0 ]; then
+  status "failed ($code)"; tail -n 30 "$OUT/log.txt"; exit 1
+fi
+if [ "$JOB" = headline ]; then
+  pack "$RUN" || { status "finished, but packing $RESULTS/$RUN failed"; exit 1; }
+fi
+status finished; tail -n 5 "$OUT/log.txt"; ls -l "$OUT"
