@@ -57,7 +57,7 @@ RUN_COLUMNS = ["run", "path", *CONFIG_COLUMNS, "finished", "certified", "epochs_
                "certified_broken", "certify_wall_s", "attack_wall_s"]
 
 
-def _segment_classes(prov: dict) -> list:
+def segment_classes(prov: dict) -> list:
     """The CPU class of each training segment of a run, oldest first (None: not recorded)."""
     from .runtime import cpu_class
 
@@ -73,7 +73,7 @@ def trained_on(prov: dict) -> str | None:
     import re
 
     seen = []
-    for seg, cls in zip(prov.get("segments", []), _segment_classes(prov)):
+    for seg, cls in zip(prov.get("segments", []), segment_classes(prov)):
         device = seg.get("device") or prov.get("device") or ""
         m = re.fullmatch(r"(.*) \((.*)\)", device)          # "CPU: AMD EPYC (1 threads)"
         name, how = m.groups() if m else (device, "")

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .config import grids
-from .results import _segment_classes, load_certification, load_runs
+from .results import load_certification, load_runs, segment_classes
 
 #: The paper's CIFAR-10 headline model (App. A.1, §4): width 768, 350 epochs, RF 7, M 0.5.
 PAPER = {"width": 768, "epochs": 350, "rf": 7, "margin": 0.5, "n_train": 50_000, "batch_size": 96,
@@ -70,7 +70,7 @@ def paper_flops() -> float:
 def run_cpu_class(prov: dict) -> str | None:
     """The CPU class a run trained on (``runtime.cpu_class``); ``"mixed: a, b"`` when its
     segments (resumed on other machines) differ; None when not recorded."""
-    classes = list(dict.fromkeys(c for c in _segment_classes(prov) if c))
+    classes = list(dict.fromkeys(c for c in segment_classes(prov) if c))
     if not classes:
         return None
     return classes[0] if len(classes) == 1 else "mixed: " + ", ".join(classes)
@@ -131,7 +131,7 @@ def runs_in_progress(results=None) -> pd.DataFrame:
                      "clean": r.clean, "certified": r.certified,
                      "wall_h": prov.get("wall_s", np.nan) / 3600, "cpu_class": run_cpu_class(prov),
                      "to_go_h": (r.epochs - r.epoch) * pace / 3600,
-                     "pace_cpu_class": _segment_classes(prov)[-1]})
+                     "pace_cpu_class": segment_classes(prov)[-1]})
     return pd.DataFrame(rows)
 
 

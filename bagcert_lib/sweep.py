@@ -388,12 +388,13 @@ def sweep(profile: str = "cpu", grid: str = "all", results=None, devices=None,
         if retrain_unshipped:
             raise ValueError("--retrain-unshipped runs on this machine only (--executor threads)")
         return submit(jobs, profile, results, executor, wait, **overrides)
-    cpu_workers = sum(1 for d in (devices or [None]) if str(d).startswith("cpu"))
-    if cpu_workers > 1 and "OMP_NUM_THREADS" not in os.environ:
-        # several configurations on one CPU: split the cores (oversubscribed OpenMP threads are
-        # many times slower than the sum of their parts)
-        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // cpu_workers))
-        print(f"sweep: {cpu_workers} CPU workers, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} each")
+    workers = len(devices or [None])
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        # several configurations on one machine, each a process whose CPU work (training on a
+        # CPU; data and augmentation beside a GPU) shares its cores: split them (oversubscribed
+        # OpenMP threads are many times slower than the sum of their parts)
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+        print(f"sweep: {workers} workers, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} each")
     todo: queue.Queue = queue.Queue()
     for j in jobs:
         todo.put(j)

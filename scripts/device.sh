@@ -104,10 +104,9 @@ if [ "$MODE" = start ]; then
     CMD="$PY -m bagcert_lib train --profile $PROFILE --rf 7 --margin 0.5 --device $DEVICE --out $RESULTS --name $RUN ${TRAIN_ARGS:-} &&
       $PY -c \"from bagcert_lib.runs import attack_run; attack_run('$RESULTS/$RUN', n=1000, device='$DEVICE')\""
   else
-    RUN=""                                # the CPU's threads shared among the configurations
-    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( ($(nproc) + ${JOBS:-4} - 1) / ${JOBS:-4} ))}
+    RUN=""                                # the sweep splits the CPU's threads among its workers
     CMD="$PY -m bagcert_lib.sweep --profile $PROFILE --grid ${GRID:-all} --retrain-unshipped --results $RESULTS \
-      --devices $(for _ in $(seq "${JOBS:-4}"); do printf '%s ' "$DEVICE"; done) ${SWEEP_ARGS:-}"
+      --devices $(printf "$DEVICE %.0s" $(seq "${JOBS:-4}")) ${SWEEP_ARGS:-}"
   fi
   rm -f "$WORK/exit"; touch "$WORK/started"
   printf '%s\n%s\n%s\n' "$JOB" "$RESULTS" "$RUN" > "$WORK/job"
