@@ -79,8 +79,11 @@ def resolve_run_dir(run_dir=None, needs=MODEL_FILES, results=None) -> Path:
                     "that trained it. Train it again with `python -m bagcert_lib.sweep --profile "
                     f"{profile} --retrain-unshipped`, or use a run that ships {MODEL_FILES[0]} "
                     "(python -m bagcert_lib list)")
+    looked = list(dict.fromkeys(str(p.resolve()) for p in
+                                (Path(run_dir), REPO_ROOT / run_dir, root / run_dir)))
     raise FileNotFoundError(f"no {' or '.join(needs)} in run directory {str(run_dir)!r}; looked in "
-                            f"{Path(run_dir).resolve()}, {REPO_ROOT / run_dir} and {root / run_dir}")
+                            + (", ".join(looked[:-1]) + " and " if len(looked) > 1 else "")
+                            + looked[-1])
 
 
 def _load(run_dir, device, progress, n=None):

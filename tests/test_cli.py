@@ -97,3 +97,14 @@ def test_list_names_the_shipped_models(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["list", "--results", "/no/such/folder"])
     assert exit_.value.code == 2 and "no runs" in capsys.readouterr().err
+
+
+def test_a_missing_run_names_each_folder_it_looked_in_once(capsys, monkeypatch):
+    """From the repository root the run name resolves to the same folder two ways: say it once."""
+    from bagcert_lib.runs import REPO_ROOT
+    monkeypatch.chdir(REPO_ROOT)
+    with pytest.raises(SystemExit):
+        main(["certify", "no-such-run"])
+    err = capsys.readouterr().err
+    looked = err.split("looked in ")[1].split(" (--debug")[0].replace(" and ", ", ").split(", ")
+    assert str(REPO_ROOT / "no-such-run") in looked and len(looked) == len(set(looked)) == 2
