@@ -292,8 +292,9 @@ def load_history(results=None) -> pd.DataFrame:
 
 def load_retrained(results=None) -> pd.DataFrame:
     """One row per (run, patch, condition) of the runs trained again to ship their weights
-    (``previous.json``, written by ``sweep.retire``): the replaced run's and the new run's test-set
-    clean and certified accuracy (``*_before``, ``*_after``), and the commit and torch of each."""
+    (``previous.json``, written by ``sweep.replace_with_retrain``): the replaced run's and the new
+    run's test-set clean and certified accuracy (``*_before``, ``*_after``), and the commit and
+    torch of each."""
     cols = ["run", "profile", "patch", "condition", "clean_accuracy_before", "clean_accuracy_after",
             "certified_accuracy_before", "certified_accuracy_after", "commit_before",
             "commit_after", "torch_before", "torch_after"]

@@ -21,8 +21,11 @@ train with DistributedDataParallel (``distributed.py``), then rank 0 certifies a
 
 ``--retrain-unshipped`` also trains again every finished run of the grid that has no
 ``model.safetensors`` and no checkpoint to export it from (runs committed before models were
-shipped, issue 16). The old run's numbers are kept in ``previous.json`` (see :func:`retire`), so
-the book can compare the retrained run with the one it replaces.
+shipped, issue 16). The new run trains, certifies and attacks in ``<run>/retrain/<run>/`` beside
+the old one, which stays whole (and in the book) until then; only a finished retrain replaces it
+(:func:`replace_with_retrain`), keeping the old run's numbers in ``previous.json`` so the book can
+compare the two. A retrain stopped half-way resumes from its checkpoint in that folder, which can
+be committed (``git add -f <run>/retrain``) to carry on in another session or on another machine.
 
 ``--max-runs N`` works on at most N configurations that have something left to do (finished ones
 are skipped and not counted) and then stops: a bounded piece of a long sweep that ends before a
@@ -121,14 +124,28 @@ def _done(run_dir: Path, step: str) -> bool:
     return (run_dir / {"certify": "certification.csv", "attack": "attack.json"}[step]).is_file()
 
 
+def _epochs_done(run_dir: Path) -> int:
+    """Whole epochs trained in ``run_dir`` (its metrics.json, written at every epoch's end)."""
+    m = run_dir / "metrics.json"
+    return json.loads(m.read_text()).get("epoch", 0) if m.is_file() else 0
+
+
 def has_work(run_dir: Path, job: Job, retrain_unshipped: bool = False) -> bool:
     """Whether :func:`run_job` would execute anything for ``job`` (what ``--max-runs`` counts)."""
     return (not all(_done(run_dir, s) for s in job.steps)
             or (retrain_unshipped and unshipped(run_dir)))
 
 
-#: What a retrained run keeps of the run it replaced (:func:`retire`).
+#: What a retrained run keeps of the run it replaced (:func:`summarise`).
 PREVIOUS = "previous.json"
+#: Where a run is trained again (``<run>/retrain/<run>/``) until it replaces the old run.
+RETRAIN = "retrain"
+
+
+def retrain_dir(run_dir: Path) -> Path:
+    """The folder in which ``run_dir`` is trained again: its own name, so the weights' metadata
+    and the executed notebooks name the run itself."""
+    return run_dir / RETRAIN / run_dir.name
 
 
 def unshipped(run_dir: Path) -> bool:
@@ -141,16 +158,14 @@ def unshipped(run_dir: Path) -> bool:
             and not (run_dir / CHECKPOINT).is_file())
 
 
-def retire(run_dir: Path) -> dict:
-    """Before training an :func:`unshipped` run again: write its summary to ``previous.json`` (the
-    commit, torch and device that made it, its held-out metrics, every certification.csv row and
-    the attack's summary) and delete everything else in the directory (git history keeps it).
-    Returns the summary."""
+def summarise(run_dir: Path) -> dict:
+    """What ``previous.json`` keeps of a run that is replaced: the commit, torch and device that
+    made it, its held-out metrics, every certification.csv row and the attack's summary."""
     from .results import _json as read_json
 
     prov, attack = read_json(run_dir / "provenance.json"), read_json(run_dir / "attack.json")
     cert = run_dir / "certification.csv"
-    summary = {
+    return {
         "retired": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "reason": "no model.safetensors and no checkpoint.pt: trained again to ship its weights",
         "commit": prov.get("git", {}).get("commit"),
@@ -162,11 +177,27 @@ def retire(run_dir: Path) -> dict:
                                               "certified_accuracy", "certified_broken")} if attack else {},
         "certification": _csv_rows(cert) if cert.is_file() else [],
     }
+
+
+def replace_with_retrain(run_dir: Path, steps=("train", "certify", "attack")) -> dict:
+    """A finished retrain (:func:`retrain_dir`, every step done) replaces the run it was trained
+    for: the old run is summarised in ``previous.json`` (:func:`summarise`), its files go (git
+    history keeps them), the new ones move up. Safe to call again after an interruption: the
+    summary goes into the retrain folder before anything is deleted. Returns the summary."""
+    new = retrain_dir(run_dir)
+    if not all(_done(new, s) for s in steps):
+        raise RuntimeError(f"{new}: the retrain has not finished ({', '.join(steps)})")
+    prev = new / PREVIOUS
+    if not prev.is_file():               # else an earlier call stopped part-way
+        prev.write_text(json.dumps(summarise(run_dir), indent=2) + "\n")
     for p in run_dir.iterdir():
-        if p.name != ".lock":
+        if p.name not in (".lock", RETRAIN):
             shutil.rmtree(p) if p.is_dir() else p.unlink()
-    (run_dir / PREVIOUS).write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    for p in list(new.iterdir()):
+        if p.name != ".lock":
+            os.replace(p, run_dir / p.name)
+    shutil.rmtree(run_dir / RETRAIN)
+    return json.loads((run_dir / PREVIOUS).read_text())
 
 
 def _csv_rows(path: Path) -> list[dict]:
@@ -200,8 +231,10 @@ def run_job(job: Job, profile: str, results: Path, device: str | None, log=print
             retrain_unshipped: bool = False, **overrides):
     """Train, certify and attack one configuration through papermill (skipping finished steps).
     A finished run without ``model.safetensors`` gets it from its checkpoint; with
-    ``retrain_unshipped``, one without a checkpoint either is retired (:func:`retire`) and trained
-    again. Returns the run directory, or None when another process is running this configuration."""
+    ``retrain_unshipped``, one without a checkpoint either is trained, certified and attacked
+    again in :func:`retrain_dir` (resuming a retrain found there), which then replaces it
+    (:func:`replace_with_retrain`). Returns the run directory, or None when another process is
+    running this configuration."""
     import papermill as pm
 
     # progress bars redraw every 30 s, not 10 times a second: the executed notebooks kept beside
@@ -212,17 +245,13 @@ def run_job(job: Job, profile: str, results: Path, device: str | None, log=print
     results = Path(results).resolve()
     run_dir = results / job.name(profile)
     run_dir.mkdir(parents=True, exist_ok=True)
-    params = {
-        "train": dict(rf=job.rf, margin=job.margin, head=job.head, seed=job.seed,
-                      profile=job.profile or profile, **job.extra,
-                      results=str(results), device=device, **overrides),
-        "certify": dict(run_dir=str(run_dir), device=device),
-        "attack": dict(run_dir=str(run_dir), n=job.attack_n, device=device),
-    }
     with run_lock(run_dir) as mine:
         if not mine:
             log(f"[busy] {run_dir.name}: another process is running it; skipped")
             return None
+        new = retrain_dir(run_dir)
+        if new.is_dir() and all(_done(new, s) for s in job.steps):   # stopped while replacing
+            _replace(run_dir, log)
         if _done(run_dir, "train") and (run_dir / CHECKPOINT).is_file():
             from .pretrained import WEIGHTS, export_run
             from .train import checkpoint_position
@@ -234,18 +263,39 @@ def run_job(job: Job, profile: str, results: Path, device: str | None, log=print
                                        f"{into} of {at.epochs} but metrics.json says finished; "
                                        "remove one of them")
                 log(f"[ship] {run_dir.name}: {export_run(run_dir).name} from its checkpoint")
+        into = run_dir
         if retrain_unshipped and unshipped(run_dir):
-            old = retire(run_dir)
-            log(f"[redo] {run_dir.name}: no weights and no checkpoint; training it again "
-                f"(the run of commit {str(old['commit'])[:7]} is summarised in {PREVIOUS})")
+            into = new
+            from .results import _json as read_json
+            old = read_json(run_dir / "provenance.json").get("git", {}).get("commit")
+            log(f"[redo] {run_dir.name}: no weights and no checkpoint; "
+                + (f"resuming its retrain in {new.relative_to(run_dir)}" if new.is_dir() else
+                   f"training it again in {new.relative_to(run_dir)}")
+                + f" (the run of commit {str(old)[:7]} stays until the new one is attacked)")
+        params = {
+            "train": dict(rf=job.rf, margin=job.margin, head=job.head, seed=job.seed,
+                          profile=job.profile or profile, **job.extra, results=str(into.parent),
+                          name=into.name, device=device, **overrides),
+            "certify": dict(run_dir=str(into), device=device),
+            "attack": dict(run_dir=str(into), n=job.attack_n, device=device),
+        }
         for step in job.steps:
-            if _done(run_dir, step):
+            if _done(into, step):
                 log(f"[skip] {run_dir.name}: {step} done")
                 continue
+            into.mkdir(parents=True, exist_ok=True)
             log(f"[run ] {run_dir.name}: {step} on {device or 'default device'}")
-            pm.execute_notebook(str(NOTEBOOKS / f"{step}.ipynb"), str(run_dir / f"{step}.ipynb"),
+            pm.execute_notebook(str(NOTEBOOKS / f"{step}.ipynb"), str(into / f"{step}.ipynb"),
                                 parameters=params[step], cwd=str(NOTEBOOKS), progress_bar=False)
+        if into == new:
+            _replace(run_dir, log, job.steps)
     return run_dir
+
+
+def _replace(run_dir: Path, log, steps=("train", "certify", "attack")) -> None:
+    old = replace_with_retrain(run_dir, steps)
+    log(f"[swap] {run_dir.name}: the retrained run replaces the run of commit "
+        f"{str(old['commit'])[:7]} (summarised in {PREVIOUS})")
 
 
 def cluster_job(job: Job, profile: str, results: str, overrides: dict) -> str | None:
@@ -347,10 +397,10 @@ def estimate_grid(jobs: list[Job], profile: str, results: Path, retrain_unshippe
     for j in jobs:
         cfg = profile_config(j.profile or profile, rf=j.rf, margin=j.margin, head=j.head,
                              seed=j.seed, **{**j.extra, **overrides})
-        m = results / cfg.run_name() / "metrics.json"
-        done = json.loads(m.read_text()).get("epoch", 0) if m.is_file() else 0
-        if retrain_unshipped and unshipped(m.parent):
-            done = 0
+        run_dir = results / cfg.run_name()
+        if retrain_unshipped and unshipped(run_dir):
+            run_dir = retrain_dir(run_dir)       # what the retrain has done so far
+        done = _epochs_done(run_dir)
         est = estimate_cost(cfg, epochs_left=max(0, cfg.epochs - done))
         total += est["seconds"]
         print(f"   {cfg.run_name()}: {est['epochs']} epochs left, {est['seconds'] / 3600:.2f} h")
@@ -377,9 +427,12 @@ def sweep(profile: str = "cpu", grid: str = "all", results=None, devices=None,
         estimate_grid(jobs, profile, results, retrain_unshipped, **overrides)
     if dry_run:
         for j in jobs:
-            redo = retrain_unshipped and unshipped(results / j.name(profile))
+            run_dir = results / j.name(profile)
+            redo = retrain_unshipped and unshipped(run_dir)
+            so_far = _epochs_done(retrain_dir(run_dir)) if redo else 0
             print("  ", j.name(profile), *(["attack n =", j.attack_n or "all"] if "attack" in j.steps else []),
-                  *(["(retrain: no weights)"] if redo else []))
+                  *([f"(retrain: no weights; {so_far} epochs retrained so far)" if so_far else
+                     "(retrain: no weights)"] if redo else []))
         return [results / j.name(profile) for j in jobs]
     if executor is not None:
         if max_runs is not None:

@@ -77,6 +77,9 @@ def test_the_retrain_job_trains_unshipped_runs_again_and_returns_them(tmp_path):
     run = _unpack(out, tmp_path / "back") / name
     names = {p.name for p in run.iterdir()}
     assert {"model.safetensors", "previous.json", "train.ipynb", "certify.ipynb", "attack.ipynb",
-            "attack.json"} <= names and not names & {"checkpoint.pt", ".lock"}
+            "attack.json"} <= names and not names & {"checkpoint.pt", ".lock", "retrain"}
     assert json.loads((run / "previous.json").read_text())["commit"] == "7211e83"
+    from safetensors import safe_open                     # trained in retrain/<run>/, named <run>
+    with safe_open(run / "model.safetensors", "pt") as f:
+        assert f.metadata()["run"] == name
     assert json.loads((run / "attack.json").read_text())["certified_broken"] == 0

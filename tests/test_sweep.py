@@ -118,59 +118,140 @@ def _finished_run_without_weights(run_dir):
     (run_dir / "train.ipynb").write_text("{}")
 
 
-def test_retrain_unshipped_keeps_the_old_numbers_and_runs_every_step(tmp_path, monkeypatch):
-    """``--retrain-unshipped``: a finished run with no weights and no checkpoint is summarised in
-    previous.json, cleared, and trained, certified and attacked again; without the flag it is left
-    alone. (papermill is replaced by a recorder: the steps themselves are tested elsewhere.)"""
+def _fake_steps(executed, stop_in_train=False):
+    """A stand-in for papermill.execute_notebook that writes what each step leaves in its run
+    directory (the steps themselves are tested elsewhere); ``stop_in_train``: killed after one
+    epoch of training."""
+    import json
+    from pathlib import Path
+
+    def execute(nb, out, parameters, **kw):
+        executed.append(parameters)
+        run, step = Path(out).parent, Path(nb).stem
+        if step == "train":
+            (run / "config.yaml").write_text("rf: 7\nmargin: 0.5\nprofile: smoke\n")
+            (run / "metrics.json").write_text(json.dumps({"epoch": 1, "finished": not stop_in_train}))
+            (run / "checkpoint.pt").write_bytes(b"resume")
+            if stop_in_train:
+                raise KeyboardInterrupt("the session ended")
+            (run / "model.safetensors").write_bytes(b"weights")
+            (run / "provenance.json").write_text(json.dumps({"git": {"commit": "abc1234"},
+                                                             "torch": "2.14.1"}))
+        elif step == "certify":
+            (run / "certification.csv").write_text(
+                "patch,patch_h,patch_w,condition,n,clean_accuracy,certified_accuracy\n"
+                "5x5,5,5,3.2,10000,0.4200,0.1100\n5x5,5,5,3.3,10000,0.4200,0.0950\n")
+        else:
+            (run / "attack.json").write_text(json.dumps({"n": 1000, "certified_broken": 0}))
+    return execute
+
+
+def test_retrain_unshipped_keeps_the_old_run_until_the_new_one_replaces_it(tmp_path, monkeypatch):
+    """``--retrain-unshipped``: a finished run with no weights and no checkpoint is trained,
+    certified and attacked again in <run>/retrain/<run>/ while the old run stays whole; a retrain
+    stopped half-way resumes there; the finished one replaces the old run, whose numbers go to
+    previous.json. Without the flag the run is left alone."""
     import json
 
     import papermill
+    import pytest
 
-    from bagcert_lib.sweep import PREVIOUS, Job, run_job, sweep, unshipped
+    from bagcert_lib.sweep import PREVIOUS, RETRAIN, Job, retrain_dir, run_job, sweep, unshipped
 
     job = Job(7, 0.5)
     run_dir = tmp_path / job.name("smoke")
     _finished_run_without_weights(run_dir)
+    old_files = sorted(p.name for p in run_dir.iterdir())
     assert unshipped(run_dir)
     executed = []
-    monkeypatch.setattr(papermill, "execute_notebook",
-                        lambda nb, out, parameters, **kw: executed.append(parameters))
+    monkeypatch.setattr(papermill, "execute_notebook", _fake_steps(executed))
 
     log = []
     run_job(job, "smoke", tmp_path, "cpu", log=log.append)            # no flag: nothing to do
     assert executed == [] and not (run_dir / PREVIOUS).exists()
     assert [line.split(":")[0] for line in log] == [f"[skip] {run_dir.name}"] * 3
     log.clear()
-    listed = []
-    monkeypatch.setattr("builtins.print", lambda *a, **k: listed.append(" ".join(map(str, a))))
-    sweep("smoke", "headline", results=tmp_path, dry_run=True, retrain_unshipped=True)
-    monkeypatch.undo()
-    assert any("(retrain: no weights)" in line for line in listed)
 
-    monkeypatch.setattr(papermill, "execute_notebook",
-                        lambda nb, out, parameters, **kw: executed.append(parameters))
+    def listed():
+        lines = []
+        with monkeypatch.context() as m:
+            m.setattr("builtins.print", lambda *a, **k: lines.append(" ".join(map(str, a))))
+            sweep("smoke", "headline", results=tmp_path, dry_run=True, retrain_unshipped=True)
+        return "\n".join(lines)
+    assert "(retrain: no weights)" in listed()
+
+    # killed one epoch into the retrain (a session's end): the old run is untouched
+    monkeypatch.setattr(papermill, "execute_notebook", _fake_steps(executed, stop_in_train=True))
+    with pytest.raises(KeyboardInterrupt):
+        run_job(job, "smoke", tmp_path, "cpu", log=log.append, retrain_unshipped=True)
+    new = retrain_dir(run_dir)
+    assert new == run_dir / RETRAIN / run_dir.name
+    assert sorted(p.name for p in run_dir.iterdir() if p.name != ".lock") == sorted(old_files + [RETRAIN])
+    assert json.loads((run_dir / "metrics.json").read_text())["clean_accuracy"] == 0.41
+    assert log[0].startswith(f"[redo] {run_dir.name}") and "training it again" in log[0]
+    assert "7211e83" in log[0]
+    assert executed[0]["results"] == str(run_dir / RETRAIN) and executed[0]["name"] == run_dir.name
+    assert "(retrain: no weights; 1 epochs retrained so far)" in listed()
+    assert unshipped(run_dir)                                # still work to do
+    from bagcert_lib.results import run_dirs
+    assert run_dirs(tmp_path) == [run_dir]                   # the book sees the old run only
+
+    # started again: it resumes in the same folder, then replaces the old run
+    executed.clear(), log.clear()
+    monkeypatch.setattr(papermill, "execute_notebook", _fake_steps(executed))
     run_job(job, "smoke", tmp_path, "cpu", log=log.append, retrain_unshipped=True)
-    assert log[0].startswith(f"[redo] {run_dir.name}") and "7211e83" in log[0]
+    assert "resuming its retrain" in log[0] and log[-1].startswith(f"[swap] {run_dir.name}")
     assert len(executed) == 3 and executed[0]["rf"] == 7 and executed[2]["n"] == 1000
-    assert sorted(p.name for p in run_dir.iterdir()) == [".lock", PREVIOUS]   # the old files gone
+    assert executed[1]["run_dir"] == executed[2]["run_dir"] == str(new)
+    assert not (run_dir / RETRAIN).exists() and not unshipped(run_dir)
+    assert sorted(p.name for p in run_dir.iterdir() if p.name != ".lock") == [
+        "attack.json", "certification.csv", "checkpoint.pt", "config.yaml", "metrics.json",
+        "model.safetensors", PREVIOUS, "provenance.json"]
     old = json.loads((run_dir / PREVIOUS).read_text())
     assert (old["commit"], old["torch"], old["metrics"]["clean_accuracy"]) == ("7211e83", "2.13.0+cpu", 0.41)
     assert old["certification"][1] == {"patch": "5x5", "condition": "3.3", "n": "10000",
                                        "clean_accuracy": "0.4146", "certified_accuracy": "0.0896"}
     assert old["attack"]["adversarial_accuracy"] == 0.23 and old["attack"]["certified_broken"] == 0
-    # once certified again, the book compares the two runs (results.load_retrained)
+    # the book compares the two runs (results.load_retrained)
     from bagcert_lib.results import load_retrained
 
-    (run_dir / "config.yaml").write_text("rf: 7\nmargin: 0.5\nprofile: smoke\n")
-    (run_dir / "provenance.json").write_text(json.dumps({"git": {"commit": "abc1234"}, "torch": "2.14.1"}))
-    (run_dir / "certification.csv").write_text(
-        "patch,patch_h,patch_w,condition,n,clean_accuracy,certified_accuracy\n"
-        "5x5,5,5,3.2,10000,0.4200,0.1100\n5x5,5,5,3.3,10000,0.4200,0.0950\n")
     again = load_retrained(tmp_path).set_index("condition")
     assert list(again.index) == ["3.2", "3.3"]
     assert again.loc["3.2", ["clean_accuracy_before", "clean_accuracy_after"]].tolist() == [0.4146, 0.42]
     assert again.loc["3.3", ["certified_accuracy_before", "certified_accuracy_after"]].tolist() == [0.0896, 0.095]
     assert again.loc["3.2", ["commit_before", "commit_after", "torch_after"]].tolist() == ["7211e83", "abc1234", "2.14.1"]
+    log.clear()
+    run_job(job, "smoke", tmp_path, "cpu", log=log.append, retrain_unshipped=True)   # nothing left
+    assert [line.split(":")[0] for line in log] == [f"[skip] {run_dir.name}"] * 3
+
+
+def test_a_replacement_stopped_part_way_is_finished_next_time(tmp_path, monkeypatch):
+    """Killed while the finished retrain replaced the old run (summary written, old files half
+    deleted): the next sweep, with or without the flag, completes it and keeps the old numbers."""
+    import json
+
+    import papermill
+
+    from bagcert_lib.sweep import PREVIOUS, RETRAIN, Job, retrain_dir, run_job, summarise
+
+    job = Job(7, 0.5)
+    run_dir = tmp_path / job.name("smoke")
+    _finished_run_without_weights(run_dir)
+    new = retrain_dir(run_dir)
+    new.mkdir(parents=True)
+    execute = _fake_steps([])
+    for step in ("train", "certify", "attack"):
+        execute(f"{step}.ipynb", str(new / f"{step}.ipynb"), {})
+    (new / PREVIOUS).write_text(json.dumps(summarise(run_dir)))
+    for f in ("metrics.json", "provenance.json"):            # where the kill came
+        (run_dir / f).unlink()
+    executed, log = [], []
+    monkeypatch.setattr(papermill, "execute_notebook", _fake_steps(executed))
+    run_job(job, "smoke", tmp_path, "cpu", log=log.append)
+    assert executed == [] and log[0].startswith(f"[swap] {run_dir.name}") and "7211e83" in log[0]
+    assert not (run_dir / RETRAIN).exists() and (run_dir / "model.safetensors").is_file()
+    assert json.loads((run_dir / PREVIOUS).read_text())["metrics"]["clean_accuracy"] == 0.41
+    assert json.loads((run_dir / "provenance.json").read_text())["git"]["commit"] == "abc1234"
 
 
 def test_a_finished_run_with_a_checkpoint_exports_instead(tmp_path, colour_folder):
@@ -249,9 +330,12 @@ def test_max_runs_stops_after_n_configurations_with_work_left(tmp_path, monkeypa
     assert not has_work(tmp_path / jobs[1].name("smoke"), jobs[1])
     assert has_work(tmp_path / jobs[1].name("smoke"), jobs[1], retrain_unshipped=True)
 
-    executed = []
-    monkeypatch.setattr(papermill, "execute_notebook",
-                        lambda nb, out, parameters, **kw: executed.append((Path(out).parent.name, Path(nb).stem)))
+    executed, fake = [], _fake_steps([])
+
+    def record(nb, out, parameters, **kw):
+        executed.append((Path(out).parent.name, Path(nb).stem))
+        fake(nb, out, parameters)
+    monkeypatch.setattr(papermill, "execute_notebook", record)
     sweep("smoke", "figure8", results=tmp_path, devices=["cpu"], max_runs=2, retrain_unshipped=True)
     ran = list(dict.fromkeys(name for name, _ in executed))
     assert ran == [jobs[1].name("smoke"), jobs[2].name("smoke")]
