@@ -89,11 +89,13 @@ def list_runs(results=None, shipped_only: bool = False) -> "pd.DataFrame":
     """One row per run: name, clean and certified (Condition 3.2; a DS run's own certificate)
     test accuracy against 5x5 patches from certification.csv (blank when not certified), and whether it ships its weights.
     ``epochs``: done / planned, marked "(training)" for an unfinished run, whose weights are its
-    last epoch's, not the finished model."""
+    last epoch's, not the finished model, and "retraining k/n" for a run being trained again
+    beside its old files (``sweep --retrain-unshipped``)."""
     import pandas as pd
 
     from .pretrained import WEIGHTS
     from .results import load_certification, load_runs
+    from .sweep import epochs_done, retrain_dir
 
     runs = load_runs(results)
     if runs.empty:
@@ -101,9 +103,13 @@ def list_runs(results=None, shipped_only: bool = False) -> "pd.DataFrame":
     cert = load_certification(results).query("patch == '5x5' and condition in ('3.2', 'DS')")
     cert = cert.set_index("run")[["clean_accuracy", "certified_accuracy"]]
     done = runs["epochs_done"].fillna(0).astype(int).astype(str) + "/" + runs["epochs"].astype(str)
+    done = done.where(runs["finished"].fillna(False).astype(bool), done + " (training)")
+    for i, (path, epochs) in enumerate(zip(runs["path"], runs["epochs"])):
+        if retrain_dir(Path(path)).is_dir():
+            done.iloc[i] += f", retraining {epochs_done(retrain_dir(Path(path)))}/{epochs}"
     out = pd.DataFrame({
         "run": runs["run"],
-        "epochs": done.where(runs["finished"].fillna(False).astype(bool), done + " (training)"),
+        "epochs": done,
         "clean (%)": runs["run"].map(cert["clean_accuracy"] * 100).round(1),
         "certified 5x5 (%)": runs["run"].map(cert["certified_accuracy"] * 100).round(1),
         "weights": [(Path(p) / WEIGHTS).is_file() for p in runs["path"]],

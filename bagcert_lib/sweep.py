@@ -124,7 +124,7 @@ def _done(run_dir: Path, step: str) -> bool:
     return (run_dir / {"certify": "certification.csv", "attack": "attack.json"}[step]).is_file()
 
 
-def _epochs_done(run_dir: Path) -> int:
+def epochs_done(run_dir: Path) -> int:
     """Whole epochs trained in ``run_dir`` (its metrics.json, written at every epoch's end)."""
     m = run_dir / "metrics.json"
     return json.loads(m.read_text()).get("epoch", 0) if m.is_file() else 0
@@ -400,7 +400,7 @@ def estimate_grid(jobs: list[Job], profile: str, results: Path, retrain_unshippe
         run_dir = results / cfg.run_name()
         if retrain_unshipped and unshipped(run_dir):
             run_dir = retrain_dir(run_dir)       # what the retrain has done so far
-        done = _epochs_done(run_dir)
+        done = epochs_done(run_dir)
         est = estimate_cost(cfg, epochs_left=max(0, cfg.epochs - done))
         total += est["seconds"]
         print(f"   {cfg.run_name()}: {est['epochs']} epochs left, {est['seconds'] / 3600:.2f} h")
@@ -429,7 +429,7 @@ def sweep(profile: str = "cpu", grid: str = "all", results=None, devices=None,
         for j in jobs:
             run_dir = results / j.name(profile)
             redo = retrain_unshipped and unshipped(run_dir)
-            so_far = _epochs_done(retrain_dir(run_dir)) if redo else 0
+            so_far = epochs_done(retrain_dir(run_dir)) if redo else 0
             print("  ", j.name(profile), *(["attack n =", j.attack_n or "all"] if "attack" in j.steps else []),
                   *([f"(retrain: no weights; {so_far} epochs retrained so far)" if so_far else
                      "(retrain: no weights)"] if redo else []))

@@ -108,3 +108,21 @@ def test_a_missing_run_names_each_folder_it_looked_in_once(capsys, monkeypatch):
     err = capsys.readouterr().err
     looked = err.split("looked in ")[1].split(" (--debug")[0].replace(" and ", ", ").split(", ")
     assert str(REPO_ROOT / "no-such-run") in looked and len(looked) == len(set(looked)) == 2
+
+
+def test_list_shows_a_retrain_in_progress(tmp_path):
+    """A run being trained again beside its old files reads "6/6, retraining 1/6"."""
+    import json
+    import shutil
+
+    from bagcert_lib.__main__ import list_runs
+    from bagcert_lib.config import REPO_ROOT
+    from bagcert_lib.sweep import retrain_dir
+
+    name = "smoke-rf7-m0.5-heaviside-s0-seed0"
+    shutil.copytree(REPO_ROOT / "results" / "runs" / name, tmp_path / name)
+    assert list_runs(tmp_path).set_index("run").loc[name, "epochs"] == "2/2"
+    retrain_dir(tmp_path / name).mkdir(parents=True)
+    (retrain_dir(tmp_path / name) / "metrics.json").write_text(json.dumps({"epoch": 1}))
+    row = list_runs(tmp_path).set_index("run").loc[name]
+    assert row["epochs"] == "2/2, retraining 1/2" and len(list_runs(tmp_path)) == 1
