@@ -48,3 +48,16 @@ def test_train_throughput_benchmark_compares_like_with_like(tmp_path):
     assert r["cpu"]["model"] and r["cpu_class"] and r["rows"]
     assert all(row["images_per_s"] > 0 for row in r["rows"])
     assert "w8 fp32: channels_last / contiguous" in r["ratios"]
+
+
+def test_train_throughput_benchmark_times_torch_compile_against_eager(tmp_path):
+    spec = importlib.util.spec_from_file_location("tp", REPO_ROOT / "benchmarks" / "train_throughput.py")
+    tp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tp)
+    out = tmp_path / "tp.json"
+    tp.main(["--widths", "8", "--batch", "8", "--steps", "1", "--warmup", "1", "--formats", "contiguous",
+             "--precisions", "fp32", "--modes", "eager", "compiled", "--out", str(out)])
+    r = json.loads(out.read_text())
+    assert [row["mode"] for row in r["rows"]] == ["eager", "compiled"]
+    assert all(row["images_per_s"] > 0 for row in r["rows"])
+    assert list(r["ratios"]) == ["w8 fp32 contiguous: compiled / eager"]
