@@ -52,7 +52,7 @@ class TrainConfig:
     channels_last: bool | None = None  # None: CUDA, AVX-512 CPUs, AVX2 where the model is safe (runtime.use_channels_last)
     device: str | None = None        # None: cuda if available else cpu
     sync_bn: bool = True             # several processes: BatchNorm over the global batch (issue 14)
-    compile: bool = False            # torch.compile the training model (opt-in; unmeasured here)
+    compile: bool = False            # torch.compile the training model (opt-in; 0.88x eager on AVX2, width 32)
     profile: str | None = None
     method: str = "bagcert"
     ablation_size: int = 4           # DS: block side s / column band width b
