@@ -105,8 +105,9 @@ def list_runs(results=None, shipped_only: bool = False) -> "pd.DataFrame":
     done = runs["epochs_done"].fillna(0).astype(int).astype(str) + "/" + runs["epochs"].astype(str)
     done = done.where(runs["finished"].fillna(False).astype(bool), done + " (training)")
     for i, (path, epochs) in enumerate(zip(runs["path"], runs["epochs"])):
-        if retrain_dir(Path(path)).is_dir():
-            done.iloc[i] += f", retraining {epochs_done(retrain_dir(Path(path)))}/{epochs}"
+        stage = retrain_dir(Path(path))
+        if stage.is_dir():
+            done.iloc[i] += f", retraining {epochs_done(stage)}/{epochs}"
     out = pd.DataFrame({
         "run": runs["run"],
         "epochs": done,

@@ -251,7 +251,7 @@ def run_job(job: Job, profile: str, results: Path, device: str | None, log=print
             return None
         new = retrain_dir(run_dir)
         if new.is_dir() and all(_done(new, s) for s in job.steps):   # stopped while replacing
-            _replace(run_dir, log)
+            _replace(run_dir, log, job.steps)
         if _done(run_dir, "train") and (run_dir / CHECKPOINT).is_file():
             from .pretrained import WEIGHTS, export_run
             from .train import checkpoint_position
@@ -292,7 +292,7 @@ def run_job(job: Job, profile: str, results: Path, device: str | None, log=print
     return run_dir
 
 
-def _replace(run_dir: Path, log, steps=("train", "certify", "attack")) -> None:
+def _replace(run_dir: Path, log, steps) -> None:
     old = replace_with_retrain(run_dir, steps)
     log(f"[swap] {run_dir.name}: the retrained run replaces the run of commit "
         f"{str(old['commit'])[:7]} (summarised in {PREVIOUS})")
