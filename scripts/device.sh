@@ -58,9 +58,9 @@ runs = sorted(p for p in results.iterdir() if p.is_dir()) if results.is_dir() el
 if job == "retrain":   # the runs the sweep has touched since `start`
     t0 = started.stat().st_mtime
     runs = [r for r in runs if any(f.stat().st_mtime >= t0 for f in r.iterdir() if f.name != ".lock")]
-def live(run):   # a retrain trains in <run>/retrain/<run>/ until it replaces the old run
-    stage = run / "retrain" / run.name
-    return stage if stage.is_dir() else run
+from bagcert_lib.sweep import retrain_dir   # the sweep's rule for where a retrain trains
+def live(run):
+    return retrain_dir(run) if retrain_dir(run).is_dir() else run
 print(json.dumps({"state": state, "job": job, "runs": [
     {"run": r.name, "epochs_done": epochs(live(r)), "finished": (live(r) / "attack.json").is_file(),
      "files": sorted(p.name for p in live(r).iterdir())} for r in runs]}, indent=1))
