@@ -131,18 +131,32 @@ readable(inet_ours.set_index(["rf", "margin"])[["n", "clean_accuracy", "certifie
 # %% [markdown]
 # Runs on this page trained again to ship their weights (same configuration and seed, later code
 # and torch; the replaced run's numbers are in its `previous.json`). The table and figure above
-# show the new runs; here is how far each moved (all test images, 5×5, Condition 3.2):
+# show the new runs; here is how far each moved (all test images, 5×5, Condition 3.2), beside how
+# far the seeds of one configuration spread (Figure 8's Heaviside seeds, RF 7, margin 0.5): each
+# point above is one seed.
 
 # %% tags=["hide-input"]
-from bagcert_lib.results import load_retrained
+from bagcert_lib.config import grids
+from bagcert_lib.results import load_retrained, load_runs, select_runs
 
 again = load_retrained(results).query("run in @runs.run and patch == '5x5' and condition == '3.2'")
+f8 = grids()["figure8"]
+seed_runs = select_runs(load_runs(results), runs.profile.iloc[0] if len(runs) else profile).query(
+    "method == 'bagcert' and head == 'heaviside' and rf == @f8['rf'] and margin == @f8['margin'] and sigma == 0")
+seeds = load_certification(results).query("run in @seed_runs.run and patch == '5x5' and condition == '3.2'")
 if len(again):
     display(readable(again.set_index("run")[["clean_accuracy_before", "clean_accuracy_after",
                                              "certified_accuracy_before", "certified_accuracy_after"]],
                      words={"clean_accuracy_before": "clean before", "clean_accuracy_after": "clean after",
                             "certified_accuracy_before": "certified before",
                             "certified_accuracy_after": "certified after"}))
+    moved = (again.certified_accuracy_after - again.certified_accuracy_before).abs().max() * 100
+    line = f"Certified accuracy moved by at most {moved:.1f} points"
+    if len(seeds) > 1:
+        c = seeds.certified_accuracy * 100
+        line += (f"; the {len(seeds)} Heaviside seeds of RF {f8['rf']}, margin {f8['margin']:g} span "
+                 f"{c.min():.1f}–{c.max():.1f} % certified (mean {c.mean():.1f} %)")
+    print(line + ".")
 else:
     print("No run shown on this page has been trained again yet.")
 
