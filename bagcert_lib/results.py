@@ -216,6 +216,15 @@ def headline_query() -> str:
     return f"rf == {h['rf']} and margin == {h['margin']} and {GRID_RUNS}"
 
 
+def figure8_query() -> str:
+    """A pandas query selecting Figure 8's runs (App. A.3: every head and seed of RF 7, M 0.5 in
+    _config.yml); add ``and head == 'heaviside'`` for the Heaviside seeds alone."""
+    from .config import grids
+
+    f = grids()["figure8"]
+    return f"method == 'bagcert' and rf == {f['rf']} and margin == {f['margin']} and sigma == 0"
+
+
 def headline_run(results=None, profile: str | None = None, run_dir=None, needs: str = "metrics.json") -> Path:
     """``run_dir`` if given (as a path, or a name under the results folder); else the headline
     configuration's run among :func:`select_runs`. It must hold ``needs``; the error says what is

@@ -137,7 +137,7 @@ readable(inet_ours.set_index(["rf", "margin"])[["n", "clean_accuracy", "certifie
 
 # %% tags=["hide-input"]
 from bagcert_lib.config import grids
-from bagcert_lib.results import load_retrained, load_runs, select_runs
+from bagcert_lib.results import figure8_query, load_retrained, load_runs, select_runs
 
 again = load_retrained(results).query("run in @runs.run and patch == '5x5' and condition == '3.2'")
 if len(again):
@@ -148,8 +148,7 @@ if len(again):
                             "certified_accuracy_after": "certified after"}))
     moved = (again.certified_accuracy_after - again.certified_accuracy_before).abs().max() * 100
     f8 = grids()["figure8"]
-    seed_runs = select_runs(load_runs(results), runs.profile.iloc[0]).query(
-        "method == 'bagcert' and head == 'heaviside' and rf == @f8['rf'] and margin == @f8['margin'] and sigma == 0")
+    seed_runs = select_runs(load_runs(results), runs.profile.iloc[0]).query(figure8_query() + " and head == 'heaviside'")
     seeds = load_certification(results).query("run in @seed_runs.run and patch == '5x5' and condition == '3.2'")
     line = f"Certified accuracy moved by at most {moved:.1f} points"
     if len(seeds) > 1:

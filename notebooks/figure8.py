@@ -31,10 +31,10 @@ from myst_nb import glue
 
 from bagcert_lib.config import grids
 from bagcert_lib.figures import readable
-from bagcert_lib.results import load_history, load_runs, run_links, scale_label, select_runs
+from bagcert_lib.results import figure8_query, load_history, load_runs, run_links, scale_label, select_runs
 
 f8 = grids()["figure8"]
-runs = select_runs(load_runs(results), profile).query("method == 'bagcert' and rf == @f8['rf'] and margin == @f8['margin'] and sigma == 0")
+runs = select_runs(load_runs(results), profile).query(figure8_query())
 hist = load_history(results).query("run in @runs.run")
 colors = {"heaviside": "tab:blue", "sigmoid": "tab:orange", "softmax": "tab:green"}
 fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)

@@ -23,6 +23,16 @@ def test_grids_match_the_paper():
     assert all(j.profile is None for j in grid_jobs("all", profile="smoke"))
 
 
+def test_figure8_query_selects_the_figure8_grid():
+    """Figure 8's page and Figure 2's seed-spread line select the same runs: the grid's heads x seeds."""
+    from bagcert_lib.results import figure8_query, load_runs, select_runs
+
+    f8 = grids()["figure8"]
+    runs = select_runs(load_runs(), "cpu").query(figure8_query())
+    assert sorted(zip(runs["head"], runs["seed"])) == sorted((h, s) for h in f8["heads"] for s in f8["seeds"])
+    assert len(runs.query("head == 'heaviside'")) == len(f8["seeds"])
+
+
 def test_dry_run_names_every_run_directory(tmp_path):
     dirs = sweep("smoke", "figure2", results=tmp_path, dry_run=True)
     assert len({d.name for d in dirs}) == 20 and all(d.parent == tmp_path for d in dirs)
