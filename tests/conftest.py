@@ -18,3 +18,12 @@ def colour_folder(tmp_path_factory):
                 img[..., c] += rng.uniform(0.35, 0.55)
                 Image.fromarray((img.clip(0, 1) * 255).astype(np.uint8)).save(d / f"{i:03d}.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def committed_runs():
+    """The committed run directories, results/runs. Not ``results_dir()``: under ``--nbval``,
+    notebooks/conftest.py points BAGCERT_RESULTS at a temporary folder for the whole session."""
+    from bagcert_lib.config import REPO_ROOT
+
+    return REPO_ROOT / "results" / "runs"

@@ -80,12 +80,11 @@ def test_a_run_without_weights_says_how_to_get_them(tmp_path, capsys):
     assert "has no trained weights" in err and "sweep --profile cpu --retrain-unshipped" in err
 
 
-def test_list_names_the_shipped_models(capsys):
+def test_list_names_the_shipped_models(capsys, committed_runs):
     """``list --shipped``: every row ships model.safetensors (the committed scaling runs do)."""
     from bagcert_lib.__main__ import list_runs
-    from bagcert_lib.config import REPO_ROOT
 
-    committed = str(REPO_ROOT / "results" / "runs")     # other tests point BAGCERT_RESULTS elsewhere
+    committed = str(committed_runs)
     shipped = list_runs(committed, shipped_only=True)
     assert len(shipped) and shipped["weights"].all()
     assert "scaling-w16-e6-rf7-m0.5-heaviside-s0-seed0" in set(shipped["run"])

@@ -23,14 +23,12 @@ def test_grids_match_the_paper():
     assert all(j.profile is None for j in grid_jobs("all", profile="smoke"))
 
 
-def test_figure8_query_selects_the_figure8_grid():
+def test_figure8_query_selects_the_figure8_grid(committed_runs):
     """Figure 8's page and Figure 2's seed-spread line select the same runs: the grid's heads x seeds."""
-    from bagcert_lib.config import REPO_ROOT
     from bagcert_lib.results import figure8_query, load_runs, select_runs
 
     f8 = grids()["figure8"]
-    committed = REPO_ROOT / "results" / "runs"   # `--nbval` points BAGCERT_RESULTS at a temporary folder
-    runs = select_runs(load_runs(committed), "cpu").query(figure8_query())
+    runs = select_runs(load_runs(committed_runs), "cpu").query(figure8_query())
     assert sorted(zip(runs["head"], runs["seed"])) == sorted((h, s) for h in f8["heads"] for s in f8["seeds"])
     assert len(runs.query("head == 'heaviside'")) == len(f8["seeds"])
 
