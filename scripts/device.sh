@@ -14,14 +14,16 @@
 #   BAGCERT_GIT_COMMIT=<git rev-parse HEAD here> scripts/device.sh start headline   # timeout_s 600
 #   BAGCERT_GIT_COMMIT=<git rev-parse HEAD here> scripts/device.sh start retrain    # or this
 #   scripts/device.sh wait                                            # again while it says "running"
-# `start` runs tests/test_cuda.py first (never yet run on a GPU; CUDA_TESTS=0 skips it), then
-# starts the job in a process session of its own (setsid: it outlives the command, until the
-# machine goes back) and waits; `wait` waits again. The loader reads the tar; nothing is unpacked.
+# `start` starts the job in a process session of its own (setsid: it outlives the command, until
+# the machine goes back), runs tests/test_cuda.py beside it (CUDA_TESTS=0 skips them) and waits;
+# `wait` waits again. The loader reads the tar; nothing is unpacked.
 # Each call returns log.txt and status.json (and test_cuda.txt), and the finished run directories
 # without checkpoint.pt as run.tar.part-NN (15 MiB pieces): headline, its run once the pipeline
 # has finished; retrain, on every call, each run retrained so far (the machine may go back before
-# the sweep ends). Then, here:
+# the sweep ends), and while it still runs progress.tar: the unfinished retrains' folders with
+# their checkpoint.pt, to resume here if the machine goes back first. Then, here:
 #   cat <files_at>/run.tar.part-* | tar x -C results/runs
+#   tar xf <files_at>/progress.tar -C results/runs      # only if a retrain did not finish
 # A retrain run that a sweep here is training too comes back as well: keep one of the two.
 #
 # headline, counted (bagcert_lib.model.conv_macs): 9.7 GMAC a 32x32 image at width 384, 116 PFLOP
@@ -98,10 +100,6 @@ if [ "$MODE" = start ]; then
   fi
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
   "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
-  if [ "${CUDA_TESTS:-1}" = 1 ]; then     # tests/test_cuda.py, never yet run on a GPU: first
-    timeout 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py > "$OUT/test_cuda.txt" 2>&1
-    echo "tests/test_cuda.py: exit $? ($(tail -n 1 "$OUT/test_cuda.txt"))"
-  fi
   if [ "$JOB" = headline ]; then
     RUN=$("$PY" -c "from bagcert_lib.config import profile_config; print(profile_config('$PROFILE', rf=7, margin=0.5).run_name())")
     CMD="$PY -m bagcert_lib train --profile $PROFILE --rf 7 --margin 0.5 --device $DEVICE --out $RESULTS --name $RUN ${TRAIN_ARGS:-} &&
@@ -118,6 +116,10 @@ if [ "$MODE" = start ]; then
     { $CMD; } > $WORK/log.txt 2>&1
     echo \$? > $WORK/exit" < /dev/null > /dev/null 2>&1 &
   echo $! > "$WORK/pid"
+  if [ "${CUDA_TESTS:-1}" = 1 ]; then     # tests/test_cuda.py, beside the job (device time is short)
+    timeout 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py > "$OUT/test_cuda.txt" 2>&1
+    echo "tests/test_cuda.py: exit $? ($(tail -n 1 "$OUT/test_cuda.txt"))"
+  fi
 elif [ "$MODE" != wait ]; then
   echo "error: mode must be start or wait, not '$MODE'" >&2; exit 2
 elif [ ! -f "$WORK/job" ]; then
@@ -133,6 +135,11 @@ if [ "$JOB" = retrain ]; then             # every call brings back what has fini
   pack $(retrained) || { status "packing failed"; exit 1; }
 fi
 if [ ! -f "$WORK/exit" ]; then
+  if [ "$JOB" = retrain ]; then         # the unfinished retrains' checkpoints, to resume elsewhere
+    rm -f "$OUT/progress.tar"
+    ckpts=$(cd "$RESULTS" && find . -path '*/retrain/*/checkpoint.pt' -newer "$WORK/started" | xargs -r -n1 dirname)
+    [ -z "$ckpts" ] || tar cf "$OUT/progress.tar" -C "$RESULTS" --exclude .lock $ckpts
+  fi
   status running; tail -n 5 "$OUT/log.txt"; echo "running: call 'scripts/device.sh wait' at once"
   exit 0
 fi
