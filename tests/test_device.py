@@ -83,3 +83,30 @@ def test_the_retrain_job_trains_unshipped_runs_again_and_returns_them(tmp_path):
     with safe_open(run / "model.safetensors", "pt") as f:
         assert f.metadata()["run"] == name
     assert json.loads((run / "attack.json").read_text())["certified_broken"] == 0
+
+
+def test_a_call_that_ends_before_the_retrain_returns_its_checkpoint(tmp_path):
+    """``wait`` while a retrain still trains: progress.tar holds the unfinished retrain folders
+    touched since ``start`` (checkpoint.pt included), to resume here; older ones stay out."""
+    import time
+
+    results, work, out = tmp_path / "runs", tmp_path / "work", tmp_path / "out"
+    old = results / "old-run" / "retrain" / "old-run"            # parked before this `start`
+    old.mkdir(parents=True)
+    (old / "checkpoint.pt").write_bytes(b"old")
+    work.mkdir()
+    time.sleep(1.1)
+    (work / "started").touch()
+    (work / "job").write_text(f"retrain\n{results}\n\n")
+    new = results / "new-run" / "retrain" / "new-run"
+    new.mkdir(parents=True)
+    time.sleep(1.1)
+    (new / "checkpoint.pt").write_bytes(b"new")
+    (new / "history.csv").write_text("epoch\n1\n")
+    called = _call("wait", out, work, wait=0)
+    assert called.returncode == 0 and "running" in called.stdout, called.stdout + called.stderr
+    assert json.loads((out / "status.json").read_text())["state"] == "running"
+    with tarfile.open(out / "progress.tar") as tar:
+        names = set(tar.getnames())
+    assert "./new-run/retrain/new-run/checkpoint.pt" in names and not any("old-run" in n for n in names)
+    assert not list(out.glob("run.tar.part-*"))                   # nothing finished yet
