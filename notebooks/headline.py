@@ -20,7 +20,7 @@
 # certified (Condition 3.2, 5×5) accuracy on the held-out evaluation images after every epoch
 # (`history.csv`), against the cumulative training time on the run's machine. The longest run is
 # the one with the most training compute (FLOPs counted from the model, `provenance.json`; hours
-# on different CPU classes do not compare); the test-set numbers of each run's last epoch, its
+# on different machines, CPU classes or a GPU, do not compare); the test-set numbers of each run's last epoch, its
 # compute and its measured training time are in the table below the plot.
 
 # %% tags=["parameters"]

@@ -116,9 +116,10 @@ else:
 # %% [markdown]
 # ## The runs
 #
-# Every run of the study, with its compute, the hours it trained and the CPU it ran on (one
-# thread each; CPU class as in the README: "mixed" when a run was resumed on another class, whose
-# hours then add up epochs of different speeds). Width 32 at 6 epochs is Figure 8's five Heaviside seeds: their spread is the
+# Every run of the study, with its compute, the hours it trained and the machine it ran on (CPU
+# runs: one thread each; CPU class as in the README: "mixed" when a run was resumed on another
+# class, whose hours then add up epochs of different speeds; "cuda" for a run trained on a lent
+# GPU, whose hours do not compare with the CPUs'). Width 32 at 6 epochs is Figure 8's five Heaviside seeds: their spread is the
 # run-to-run noise drawn as error bars above. 10×10 and the smallest 24-pixel aspect-ratio patch
 # show whether the claims that do not hold at our scale start to hold as compute grows.
 
