@@ -141,10 +141,12 @@ def run(args) -> None:
             print(df.query(f"patch == '{cfg.eval_patch}x{cfg.eval_patch}'").to_string(index=False))
         print(json.dumps(json.loads((run_dir / "metrics.json").read_text()), indent=2))
     elif args.cmd == "certify":
-        from .runs import certify_run
+        from .runs import certify_run, resolve_run_dir
 
         df = certify_run(args.run_dir, args.patches, args.device)
         print(df.to_string(index=False))
+        print(f"saved in {resolve_run_dir(args.run_dir) / 'certification.csv'} "
+              "(these shapes' rows replaced, the others kept)", file=sys.stderr)
     elif args.cmd == "list":
         df = list_runs(args.results, args.shipped)
         print(df.to_string(index=False, na_rep="") if len(df) else "no run ships its weights yet")

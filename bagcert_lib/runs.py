@@ -102,7 +102,9 @@ def _load(run_dir, device, progress, n=None):
 def certify_run(run_dir, patches=None, device=None, progress=True,
                 filename="certification.csv") -> pd.DataFrame:
     """Certify a run's model on the whole test split for ``patches`` (default: every figure's
-    shapes) from one forward pass per batch; writes ``filename`` into the run directory.
+    shapes) from one forward pass per batch; writes ``filename`` into the run directory, where the
+    rows of these shapes replace their old ones and the other shapes' rows stay (certifying one
+    shape never erases the figures' others). Returns the new rows.
     ImageNet's val set is streamed through the DataLoader (centre crop), never held in memory;
     ``wall_s`` includes its decoding."""
     run_dir = resolve_run_dir(run_dir)
@@ -112,8 +114,31 @@ def certify_run(run_dir, patches=None, device=None, progress=True,
                           patches=patches or figure_patches(cfg.dataset), progress=progress)
     df["wall_s"] = time.perf_counter() - t0
     df["device"] = device_name(device)
-    df.to_csv(run_dir / filename, index=False)
+    _merge_rows(run_dir / filename, df).to_csv(run_dir / filename, index=False)
     return df
+
+
+def _merge_rows(path: Path, new: pd.DataFrame) -> pd.DataFrame:
+    """``path``'s rows with those of ``new``'s (patch, condition) pairs replaced in place, and
+    ``new``'s other rows appended."""
+    if not path.is_file():
+        return new
+    old = pd.read_csv(path, dtype={"condition": str})
+    if not {"patch", "condition"} <= set(old.columns):
+        return new
+    key = ["patch", "condition"]
+    new_keys = set(map(tuple, new[key].astype(str).values))
+    old_keys = [tuple(k) for k in old[key].astype(str).values]
+    rows, done = [], set()
+    by_key = {tuple(k): i for i, k in enumerate(new[key].astype(str).values)}
+    for i, k in enumerate(old_keys):
+        if k in new_keys:
+            rows.append(new.iloc[[by_key[k]]])
+            done.add(k)
+        else:
+            rows.append(old.iloc[[i]])
+    rows += [new.iloc[[i]] for k, i in by_key.items() if k not in done]
+    return pd.concat(rows, ignore_index=True)
 
 
 def attack_run(run_dir, n: int | None = 1000, patch=5, steps: int = 100, step_size: float = 0.025,
