@@ -127,12 +127,10 @@ def _merge_rows(path: Path, new: pd.DataFrame) -> pd.DataFrame:
     if not {"patch", "condition"} <= set(old.columns):
         return new
     key = ["patch", "condition"]
-    new_keys = set(map(tuple, new[key].astype(str).values))
-    old_keys = [tuple(k) for k in old[key].astype(str).values]
-    rows, done = [], set()
     by_key = {tuple(k): i for i, k in enumerate(new[key].astype(str).values)}
-    for i, k in enumerate(old_keys):
-        if k in new_keys:
+    rows, done = [], set()
+    for i, k in enumerate(tuple(k) for k in old[key].astype(str).values):
+        if k in by_key:
             rows.append(new.iloc[[by_key[k]]])
             done.add(k)
         else:
