@@ -143,9 +143,10 @@ def run(args) -> None:
     elif args.cmd == "certify":
         from .runs import certify_run, resolve_run_dir
 
-        df = certify_run(args.run_dir, args.patches, args.device)
+        run_dir = resolve_run_dir(args.run_dir)
+        df = certify_run(run_dir, args.patches, args.device)
         print(df.to_string(index=False))
-        print(f"saved in {resolve_run_dir(args.run_dir) / 'certification.csv'} "
+        print(f"saved in {run_dir / 'certification.csv'} "
               "(these shapes' rows replaced, the others kept)", file=sys.stderr)
     elif args.cmd == "list":
         df = list_runs(args.results, args.shipped)

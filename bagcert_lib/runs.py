@@ -123,20 +123,14 @@ def _merge_rows(path: Path, new: pd.DataFrame) -> pd.DataFrame:
     ``new``'s other rows appended."""
     if not path.is_file():
         return new
-    old = pd.read_csv(path, dtype={"condition": str})
-    if not {"patch", "condition"} <= set(old.columns):
-        return new
     key = ["patch", "condition"]
-    by_key = {tuple(k): i for i, k in enumerate(new[key].astype(str).values)}
-    rows, done = [], set()
-    for i, k in enumerate(tuple(k) for k in old[key].astype(str).values):
-        if k in by_key:
-            rows.append(new.iloc[[by_key[k]]])
-            done.add(k)
-        else:
-            rows.append(old.iloc[[i]])
-    rows += [new.iloc[[i]] for k, i in by_key.items() if k not in done]
-    return pd.concat(rows, ignore_index=True)
+    old = pd.read_csv(path, dtype={"condition": str})
+    if not set(key) <= set(old.columns):
+        return new
+    columns = list(dict.fromkeys([*old.columns, *new.columns]))
+    old, new = old.set_index(key), new.astype({"condition": str}).set_index(key)
+    order = list(old.index) + [k for k in new.index if k not in old.index]
+    return pd.concat([old.drop(new.index, errors="ignore"), new]).loc[order].reset_index()[columns]
 
 
 def attack_run(run_dir, n: int | None = 1000, patch=5, steps: int = 100, step_size: float = 0.025,
