@@ -244,21 +244,31 @@ def headline_run(results=None, profile: str | None = None, run_dir=None, needs: 
                             "and notebooks/attack.ipynb for it first")
 
 
+def repository(root=None) -> tuple[str, str]:
+    """The repository's URL and branch, from ``book/_config.yml`` (``repository.url``,
+    ``repository.branch``): the one place a fork changes them."""
+    from .config import REPO_ROOT
+
+    repo = yaml.safe_load((Path(root or REPO_ROOT) / "book" / "_config.yml").read_text())["repository"]
+    return repo["url"].rstrip("/"), repo.get("branch", "main")
+
+
 def run_links(runs: pd.DataFrame, notebook: str):
-    """HTML naming the notebook and linking every run directory a figure was made from. Links
-    are relative to ``notebooks/``, so they work in Jupyter and on the book site (which carries a
-    copy of results/); runs outside the repository are named by path."""
+    """HTML naming the notebook and linking every run directory a figure was made from, to the
+    repository's view of the folder (:func:`repository`; the published site cannot list a
+    folder). Runs outside the repository are named by path."""
     from html import escape
 
     from IPython.display import HTML
 
     from .config import REPO_ROOT
 
+    url, branch = repository()
     items = []
     for run, path in zip(runs["run"], runs["path"]):
         p = Path(path).resolve()
         try:
-            href = "../" + p.relative_to(REPO_ROOT.resolve()).as_posix() + "/"
+            href = f"{url}/tree/{branch}/" + p.relative_to(REPO_ROOT.resolve()).as_posix()
             items.append(f'<a href="{escape(href)}"><code>{escape(run)}</code></a>')
         except ValueError:
             items.append(f"<code>{escape(str(p))}</code>")

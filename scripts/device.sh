@@ -1,49 +1,55 @@
 #!/usr/bin/env bash
-# Prepared jobs for a lent GPU machine, within the device tool's limits: 10 minutes a command,
-# 30 s warm between commands, at most 8 files of 16 MiB back from $OUT, and a bare machine with no
-# .git, no ../shared and no papermill.
-#   headline  the `gpu`-profile headline (width 384, RF 7, M 0.5; issue 13, item 6): train,
-#             certify, attack one run with `python -m bagcert_lib train`
-#   retrain   every run of a profile's grid still without model.safetensors (issue 16), trained
-#             again through the sweep's papermill notebooks (`sweep --retrain-unshipped`), JOBS
-#             configurations at a time on the one GPU (default 4), into the tree's results/runs
+# GPU jobs for any CUDA machine: start one in the background, come back and wait for it, and
+# collect what it made in one folder ($OUT), so that a job survives a dropped connection or a
+# command-length limit on the machine.
 #
-# Here, once per session: `make devdata` (into .devdata/, which .gitignore names: the dataset tar,
-# and papermill's wheels for the device's Python 3.12, which `start` installs there).
-# Then the device tool's `run`, carry [".devdata"], each call at once after the one before:
-#   BAGCERT_GIT_COMMIT=<git rev-parse HEAD here> scripts/device.sh start headline   # timeout_s 600
-#   BAGCERT_GIT_COMMIT=<git rev-parse HEAD here> scripts/device.sh start retrain    # or this
-#   scripts/device.sh wait                                            # again while it says "running"
-# `start` starts the job in a process session of its own (setsid: it outlives the command, until
-# the machine goes back), runs tests/test_cuda.py beside it (CUDA_TESTS=0 skips them) and waits;
-# `wait` waits again. The loader reads the tar; nothing is unpacked.
-# Each call returns log.txt and status.json (and test_cuda.txt), and the finished run directories
-# without checkpoint.pt as run.tar.part-NN (15 MiB pieces): headline, its run once the pipeline
-# has finished; retrain, on every call, each run retrained so far (the machine may go back before
-# the sweep ends), and while it still runs progress.tar: the unfinished retrains' folders with
-# their checkpoint.pt, to resume here if the machine goes back first. Then, here:
-#   cat <files_at>/run.tar.part-* | tar x -C results/runs
-#   tar xf <files_at>/progress.tar -C results/runs      # only if a retrain did not finish
-# A retrain run that a sweep here is training too comes back as well: keep one of the two.
+#   scripts/device.sh start headline   # the `gpu`-profile headline: width 384, RF 7, M 0.5, 40
+#                                      # epochs; train, certify every patch shape, attack 1,000
+#                                      # test images (`python -m bagcert_lib train`, runs.attack_run)
+#   scripts/device.sh start retrain    # every run of a profile's grid without model.safetensors,
+#                                      # trained again through the sweep's papermill notebooks
+#                                      # (`sweep --retrain-unshipped`), JOBS at a time on the GPU
+#   scripts/device.sh wait             # wait for the job started on this machine
 #
-# headline, counted (bagcert_lib.model.conv_macs): 9.7 GMAC a 32x32 image at width 384, 116 PFLOP
-# for 40 epochs, 63x cpu_long. At 150-300 TFLOP/s of bf16 convolutions (the H200 does about 790 on
-# large matrix products) that is 6.5-13 min of training, so it may not fit one session's 15
-# minutes of device time, machine start included. The checkpoints stay under /tmp on the device
-# and are lost with it: the resume checkpoint of width 384 (weights + Adam, ~115 MB) is more than
-# $OUT returns (64 MiB). The weights alone are 38 MB: committed, they would take the tree that
-# travels to the device past its 64 MiB.
+# `start` starts the job in a process group of its own (setsid), so it outlives the command that
+# started it, runs tests/test_cuda.py beside it (CUDA_TESTS=0 skips them) and waits; `wait` waits
+# again. With WAIT=<seconds>, a call returns after that long even if the job still runs, and says
+# so (default: when the job ends). Each call leaves in $OUT (default $WORK/out): log.txt, status.json (the
+# state and every run's epochs and files), test_cuda.txt, and the finished runs without
+# checkpoint.pt as run.tar.part-NN (pieces of PIECE bytes, default 15M, for tools that limit a
+# file's size): headline, its run once the job has finished; retrain, every run retrained so far,
+# and while it still runs progress.tar, the unfinished retrains' folders with their checkpoint.pt,
+# to resume elsewhere. Unpack them into the repository:
+#   cat $OUT/run.tar.part-* | tar x -C results/runs
+#   tar xf $OUT/progress.tar -C results/runs      # only if a retrain did not finish
+#
+# Variables: PROFILE (headline: gpu; retrain: cpu), GRID (retrain: all), JOBS (retrain: 4),
+# DEVICE (cuda), RESULTS (headline: $WORK/runs; retrain: results/runs), WORK
+# (/tmp/bagcert-device), TRAIN_ARGS and SWEEP_ARGS (passed on), PYTHON (python3), and
+# BAGCERT_DATA (the dataset; default .devdata/cifar10-jpeg.tar.gz where it exists, else the
+# library's search). A copy of the tree without .git names its commit for provenance with
+# BAGCERT_GIT_COMMIT=<commit>.
+#
+# A machine without network access: `make devdata` first (the dataset, and wheels of papermill and
+# the kernel it starts for Python 3.12, into .devdata/, which `start retrain` installs when the
+# machine has no papermill), and copy .devdata/ along with the tree.
+#
+# The headline, counted (bagcert_lib.model.conv_macs): 9.7 GMAC per 32x32 image at width 384,
+# 116 PFLOP for 40 epochs, 63x cpu_long; at 150-300 TFLOP/s of bf16 convolutions, 6.5-13 minutes
+# of training. Its resume checkpoint (weights + Adam, ~115 MB) stays under $WORK.
 #
 # Test it on a CPU (tests/test_device.py):
-#   OUT=/tmp/out PROFILE=smoke DEVICE=cpu BAGCERT_DATA=../shared/datasets/cifar10-jpeg.tar.gz \
-#     scripts/device.sh start headline
+#   OUT=/tmp/out PROFILE=smoke DEVICE=cpu scripts/device.sh start headline
 set -uo pipefail
 MODE=${1:?usage: device.sh start headline|retrain, or device.sh wait}
 DEVICE=${DEVICE:-cuda}
-WAIT=${WAIT:-540}                         # seconds into the call to stop waiting (10-minute commands)
+WAIT=${WAIT:-}                            # seconds into the call to stop waiting; unset: until the job ends
 WORK=${WORK:-/tmp/bagcert-device}
-OUT=${OUT:?OUT is the device tool\'s folder of files to return}
-export BAGCERT_DATA=${BAGCERT_DATA:-$PWD/.devdata/cifar10-jpeg.tar.gz}
+OUT=${OUT:-$WORK/out}                     # what a call leaves for the caller
+PIECE=${PIECE:-15M}                       # size of the run.tar pieces
+if [ -z "${BAGCERT_DATA:-}" ] && [ -e "$PWD/.devdata/cifar10-jpeg.tar.gz" ]; then
+  export BAGCERT_DATA=$PWD/.devdata/cifar10-jpeg.tar.gz
+fi
 export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}   # bagcert_lib, also for the notebooks' kernels
 PY=${PYTHON:-python3}
@@ -72,7 +78,7 @@ PYEOF
 pack() {     # the given run directories (names under $RESULTS), without checkpoints, in pieces
   rm -f "$OUT"/run.tar.part-*
   [ $# -gt 0 ] || return 0
-  tar cf - -C "$RESULTS" --exclude checkpoint.pt --exclude .lock "$@" | split -b 15M -d - "$OUT/run.tar.part-" \
+  tar cf - -C "$RESULTS" --exclude checkpoint.pt --exclude .lock "$@" | split -b "$PIECE" -d - "$OUT/run.tar.part-" \
     || { rm -f "$OUT"/run.tar.part-*; return 1; }
 }
 
@@ -91,9 +97,10 @@ if [ "$MODE" = start ]; then
   if [ -f "$WORK/pid" ] && kill -0 "$(cat "$WORK/pid")" 2>/dev/null; then
     echo "error: a job already runs on this machine (pid $(cat "$WORK/pid")); call 'wait'" >&2; exit 2
   fi
-  [ -n "${TRAIN_ARGS:-}" ] || [ -e "$BAGCERT_DATA" ] || { echo "error: no dataset at $BAGCERT_DATA (carry .devdata; see the header)" >&2; exit 2; }
+  [ -n "${TRAIN_ARGS:-}" ] || [ -z "${BAGCERT_DATA:-}" ] || [ -e "$BAGCERT_DATA" ] \
+    || { echo "error: no dataset at $BAGCERT_DATA (see the header: BAGCERT_DATA, make devdata)" >&2; exit 2; }
   if [ "$JOB" = retrain ] && ! "$PY" -c "import papermill, ipykernel" 2>/dev/null; then
-    ls .devdata/whl/*.whl > /dev/null 2>&1 || { echo "error: no papermill here and no wheels in .devdata/whl (make devdata; carry .devdata)" >&2; exit 2; }
+    ls .devdata/whl/*.whl > /dev/null 2>&1 || { echo "error: no papermill here and no wheels in .devdata/whl (pip install papermill ipykernel, or make devdata)" >&2; exit 2; }
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" .devdata/whl/*.whl \
       || { echo "error: installing .devdata/whl failed" >&2; exit 2; }
     export PYTHONPATH=$PYTHONPATH:$WORK/site
@@ -116,7 +123,7 @@ if [ "$MODE" = start ]; then
     { $CMD; } > $WORK/log.txt 2>&1
     echo \$? > $WORK/exit" < /dev/null > /dev/null 2>&1 &
   echo $! > "$WORK/pid"
-  if [ "${CUDA_TESTS:-1}" = 1 ]; then     # tests/test_cuda.py, beside the job (device time is short)
+  if [ "${CUDA_TESTS:-1}" = 1 ]; then     # tests/test_cuda.py, beside the job
     timeout 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py > "$OUT/test_cuda.txt" 2>&1
     echo "tests/test_cuda.py: exit $? ($(tail -n 1 "$OUT/test_cuda.txt"))"
   fi
@@ -127,7 +134,7 @@ elif [ ! -f "$WORK/job" ]; then
 fi
 { read -r JOB; read -r RESULTS; read -r RUN; } < "$WORK/job"   # what `start` began, whatever the variables say now
 
-while [ "$SECONDS" -lt "$WAIT" ] && [ ! -f "$WORK/exit" ]; do   # SECONDS: since this call began
+while { [ -z "$WAIT" ] || [ "$SECONDS" -lt "$WAIT" ]; } && [ ! -f "$WORK/exit" ]; do   # SECONDS: since this call began
   sleep 5
 done
 tail -c 200000 "$WORK/log.txt" > "$OUT/log.txt" 2>/dev/null || true
@@ -140,7 +147,7 @@ if [ ! -f "$WORK/exit" ]; then
     ckpts=$(cd "$RESULTS" && find . -path '*/retrain/*/checkpoint.pt' -newer "$WORK/started" | xargs -r -n1 dirname)
     [ -z "$ckpts" ] || tar cf "$OUT/progress.tar" -C "$RESULTS" --exclude .lock $ckpts
   fi
-  status running; tail -n 5 "$OUT/log.txt"; echo "running: call 'scripts/device.sh wait' at once"
+  status running; tail -n 5 "$OUT/log.txt"; echo "running: call 'scripts/device.sh wait' to wait again"
   exit 0
 fi
 code=$(cat "$WORK/exit")

@@ -1,6 +1,5 @@
-"""scripts/device.sh: the lent-GPU jobs (headline, issue 13 item 6; retrain, issue 16), run here
-on a CPU at smoke scale, so that the first GPU session spends its minutes training and not
-debugging."""
+"""scripts/device.sh, the GPU job script (headline; retrain), run on a CPU at smoke scale, so that
+a GPU's time goes to training and not to debugging the script."""
 import json
 import os
 import subprocess
