@@ -1,11 +1,16 @@
-"""Heuristic adversarial patch attack (App. A.2): an upper bound on robust accuracy.
+"""A heuristic adversarial patch attack (App. A.2): an upper bound on robust accuracy.
 
-1. Choose the region and target class that Condition 3.2 finds weakest:
-   l*, c* = argmin_{l, c != c_t} Σ_{(i,j) ∉ R(l)} Δ_{i,j,c} - #R(l).
-2. Keep them fixed and run PGD on the patch pixels p ∈ [0, 1] (100 steps of size 0.025 by
-   default), maximising L_R of §3.3 (margin M = 1) restricted to the target c*.
+1. Choose the patch position and target class that Condition 3.2 finds weakest
+   (:meth:`~bagcert_lib.certifier.ScoreMaps.worst_case`)::
 
-A sample counts as broken as soon as any PGD iterate flips g_Σ's prediction; that iterate is kept.
+       (l*, c*) = argmin over l and c ≠ cₜ of  Σ_{(i,j) ∉ R(l)} Δ(i, j, c) − |R(l)|
+
+2. Keep them fixed and run PGD on the patch's pixels p ∈ [0, 1] (100 steps of size 0.025 by
+   default), maximising the margin loss L_R of §3.3 (M = 1) restricted to the target c*.
+
+An image counts as broken as soon as any PGD iterate flips g_Σ's prediction; that iterate is
+kept. A certified image is never broken (the certificate is a proof); the tests and every
+committed run's ``attack.json`` (``certified_broken``: 0) check it.
 """
 from __future__ import annotations
 
@@ -21,16 +26,26 @@ from .runtime import autocast, region_scores
 
 @dataclass
 class AttackResult:
-    images: torch.Tensor         # adversarial images (B, C_in, H, W) in [0, 1]
-    row: torch.Tensor            # l*: top-left pixel row of the patch, (B,)
-    col: torch.Tensor            # l*: top-left pixel column, (B,)
-    target: torch.Tensor         # c*, (B,)
-    clean_correct: torch.Tensor  # bool (B,)
-    adv_correct: torch.Tensor    # bool (B,): still correct after the attack
-    flipped: torch.Tensor        # bool (B,): clean_correct and not adv_correct
-    certificate: Certificate     # §3.1 certificate of the clean images for this patch
+    """What :func:`patch_attack` found, per image.
+
+    * ``images`` (B, C_in, H, W) in [0, 1]: the adversarial images;
+    * ``row``, ``col`` (B,): l*, the top-left pixel of the patch; ``target`` (B,): c*;
+    * ``clean_correct``, ``adv_correct`` (B,) bool: correct before and after the attack;
+    * ``flipped`` (B,) bool: correct before, wrong after;
+    * ``certificate``: the §3.1 :class:`~bagcert_lib.certifier.Certificate` of the clean images.
+    """
+
+    images: torch.Tensor
+    row: torch.Tensor
+    col: torch.Tensor
+    target: torch.Tensor
+    clean_correct: torch.Tensor
+    adv_correct: torch.Tensor
+    flipped: torch.Tensor
+    certificate: Certificate
 
     def summary(self) -> dict:
+        """n, clean and adversarial accuracy, and how many images the attack flipped."""
         return {"n": len(self.flipped),
                 "clean_accuracy": self.clean_correct.float().mean().item(),
                 "adversarial_accuracy": self.adv_correct.float().mean().item(),
@@ -38,7 +53,7 @@ class AttackResult:
 
 
 def patch_mask(shape, row, col, patch, device) -> torch.Tensor:
-    """(B, 1, H, W) float mask that is 1 on each sample's h x w patch at (row, col)."""
+    """A (B, 1, H, W) float mask, 1 on each image's h × w patch at (row, col) and 0 elsewhere."""
     B, _, H, W = shape
     ph, pw = patch
     rows = torch.arange(H, device=device)[None, :]
@@ -51,7 +66,18 @@ def patch_mask(shape, row, col, patch, device) -> torch.Tensor:
 def patch_attack(model, x: torch.Tensor, y: torch.Tensor, patch=5, *, steps: int = 100,
                  step_size: float = 0.025, margin: float = 1.0, head: str = "heaviside",
                  amp: bool | None = None, generator: torch.Generator | None = None) -> AttackResult:
-    """App. A.2 PGD patch attack on a batch of images in [0, 1]; see the module docstring."""
+    """App. A.2's PGD patch attack on a batch of images ``x`` in [0, 1] with labels ``y``.
+
+    ``patch`` is an int (square) or (h, w); ``steps`` and ``step_size`` set PGD, ``margin`` the
+    loss's M, ``head`` the model's head. Returns an :class:`AttackResult`.
+
+    Example::
+
+        model, cfg = load_pretrained("scaling-w64-e48-rf7-m0.5-heaviside-s0-seed0")
+        adv = patch_attack(model, images, labels, patch=5, head=cfg.head)
+        assert not (adv.flipped & adv.certificate.certified).any()    # no certified image broken
+        adv.summary()      # {'n': ..., 'clean_accuracy': ..., 'adversarial_accuracy': ..., 'flipped': ...}
+    """
     patch = _pair(patch, "patch")
     margin = check_margin(margin)
     if steps < 0 or step_size <= 0:

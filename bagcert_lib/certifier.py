@@ -1,16 +1,21 @@
 """Certification of patch robustness (§3.1) for the spatial sum aggregator g_Σ.
 
-For an input with label c_t and region scores s in [0, 1]^(C x H x W), let
-Δ_{i,j,c} = s_{i,j,c_t} - s_{i,j,c}. A patch at region l can only change the scores in R(l),
-the outputs whose receptive fields overlap l. Then
+An image with label cₜ has region scores s(i, j, c) ∈ [0, 1] for every output position (i, j)
+and class c, and g_Σ predicts the class with the largest sum Σᵢⱼ s(i, j, c). Let ::
 
-* Condition 3.2 (per region):  min_{c != c_t} Σ_{(i,j) ∉ R(l)} Δ_{i,j,c} > #R(l)  for all l ∈ L,
-* Condition 3.3 (global):      min_{c != c_t} Σ_{i,j} Δ_{i,j,c} > 2 R_max(L),
+    Δ(i, j, c) = s(i, j, cₜ) − s(i, j, c)
 
-each of which implies Condition 3.1 (robustness of g_Σ's prediction). The sums over R(l) are
-taken for all patch positions at once from a summed-area table (Crow, 1984), on the scores' device.
-Both hold for scores in [0, 1] (sigmoid/softmax heads), not only {0, 1}: the proof only uses
-0 <= s <= 1. Inequalities are strict: a tie is neither correct nor certified.
+A patch at position l can change only the scores in R(l), the outputs whose receptive fields
+overlap it, and each of those by at most 1 per class. So the prediction cannot change if ::
+
+    Condition 3.2 (per position):  Σ_{(i,j) ∉ R(l)} Δ(i, j, c) > |R(l)|   for every l and every c ≠ cₜ
+    Condition 3.3 (global):        Σ_{(i,j)} Δ(i, j, c) > 2 R_max          for every c ≠ cₜ,
+                                   where R_max = max over l of |R(l)|
+
+Each implies Condition 3.1 (the robustness of g_Σ's prediction), and 3.3 implies 3.2. The sums
+over R(l) are taken for all patch positions at once from a summed-area table (Crow, 1984), on the
+scores' device. Both hold for any scores in [0, 1] (sigmoid and softmax heads), not only {0, 1}:
+the proof uses only 0 ≤ s ≤ 1. Inequalities are strict: a tie is neither correct nor certified.
 """
 from __future__ import annotations
 
@@ -44,9 +49,14 @@ def _check_rf(rf):
 
 
 def affected_range(n_in: int, n_out: int, patch: int, rf: int, stride: int):
-    """For every patch start a in [0, n_in - patch] along one axis, the output index range
-    [first, last] of R(l): outputs i whose window [i*stride - r, i*stride + r] (r = (rf-1)/2)
-    meets [a, a + patch - 1], clipped to [0, n_out - 1] (§3.2)."""
+    """R(l) along one axis (§3.2): for every patch start a ∈ [0, n_in − patch], the first and last
+    output index i whose window [i·stride − r, i·stride + r], r = (rf − 1)/2, meets the patch's
+    pixels [a, a + patch − 1], clipped to [0, n_out − 1].
+
+    >>> first, last = affected_range(n_in=8, n_out=8, patch=2, rf=3, stride=1)
+    >>> first.tolist(), last.tolist()
+    ([0, 0, 1, 2, 3, 4, 5], [2, 3, 4, 5, 6, 7, 7])
+    """
     r = (rf - 1) // 2
     a = torch.arange(n_in - patch + 1)
     first = torch.div(a - r + stride - 1, stride, rounding_mode="floor").clamp(0, n_out - 1)
@@ -58,18 +68,29 @@ def affected_range(n_in: int, n_out: int, patch: int, rf: int, stride: int):
 
 @dataclass
 class Certificate:
-    """Per-sample results, each a bool tensor of shape (B,)."""
+    """What :func:`certify` proves, per image.
 
-    correct: torch.Tensor            # g_Σ(s)_{c_t} > g_Σ(s)_c for all c != c_t
-    certified: torch.Tensor          # Condition 3.2 (implies correct)
-    certified_global: torch.Tensor   # Condition 3.3 (implies correct)
-    margin: torch.Tensor             # min over l, c != c_t of Σ_{∉R(l)} Δ_c - |R(l)| (float64)
-    r_max: int                       # R_max(L) = max_l |R(l)|
-    target: torch.Tensor             # c*: the class of that minimum (App. A.2's target), (B,)
-    row: torch.Tensor                # l*: top-left patch pixel of that minimum, (B,)
+    * ``correct`` (B,) bool: g_Σ predicts the label, Σᵢⱼ s(i, j, cₜ) > Σᵢⱼ s(i, j, c) for every c ≠ cₜ;
+    * ``certified`` (B,) bool: Condition 3.2 holds (implies ``correct``);
+    * ``certified_global`` (B,) bool: Condition 3.3 holds (implies ``certified``);
+    * ``margin`` (B,) float64: min over l and c ≠ cₜ of Σ_{(i,j) ∉ R(l)} Δ(i, j, c) − |R(l)|,
+      positive exactly where Condition 3.2 holds;
+    * ``r_max``: R_max = max over l of |R(l)|;
+    * ``target`` (B,): c*, the class of that minimum (the target of App. A.2's attack);
+    * ``row``, ``col`` (B,): l*, the top-left pixel of the patch position of that minimum.
+    """
+
+    correct: torch.Tensor
+    certified: torch.Tensor
+    certified_global: torch.Tensor
+    margin: torch.Tensor
+    r_max: int
+    target: torch.Tensor
+    row: torch.Tensor
     col: torch.Tensor
 
     def summary(self) -> dict:
+        """n, and the clean, certified (Condition 3.2) and certified-global (3.3) accuracies."""
         n = len(self.correct)
         return {"n": n, "clean_accuracy": self.correct.float().mean().item(),
                 "certified_accuracy": self.certified.float().mean().item(),
@@ -97,13 +118,15 @@ def _region_ranges(geo: _Geometry, device):
 
 
 def summed_area(delta: torch.Tensor) -> torch.Tensor:
-    """Summed-area table with a zero first row/column: P[..., i, j] = Σ_{<i, <j} delta (float64)."""
+    """Summed-area table with a zero first row and column: P[..., i, j] = Σ_{i' < i, j' < j} delta[..., i', j'],
+    in float64, so that any rectangle's sum is four lookups (:func:`region_sums`)."""
     P = delta.to(torch.float64).cumsum(-1).cumsum(-2)
     return torch.nn.functional.pad(P, (1, 0, 1, 0))
 
 
 def region_sums(P: torch.Tensor, r0, r1, c0, c1) -> torch.Tensor:
-    """Σ over R(l) for every l = (row start, column start): (..., L_rows, L_cols)."""
+    """Σ_{(i,j) ∈ R(l)} of the table's values for every patch position l = (row start, column
+    start), from the summed-area table ``P`` and :func:`affected_range`'s bounds: (..., L_rows, L_cols)."""
     rows_hi, rows_lo = P.index_select(-2, r1 + 1), P.index_select(-2, r0)
     return (rows_hi.index_select(-1, c1 + 1) - rows_hi.index_select(-1, c0)
             - rows_lo.index_select(-1, c1 + 1) + rows_lo.index_select(-1, c0))
@@ -120,8 +143,14 @@ def _check_scores(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 class ScoreMaps:
-    """The pieces of §3.1 that do not depend on the patch shape: Δ, its summed-area table and
-    the global sums. Build once per batch, then :meth:`certify` each patch shape cheaply."""
+    """The pieces of §3.1 that do not depend on the patch shape: Δ, its summed-area table and the
+    global sums Σᵢⱼ Δ(i, j, c). Build once per batch, then :meth:`certify` each patch shape cheaply.
+
+    Example::
+
+        maps = ScoreMaps(scores, labels)                  # scores (B, C, H, W) in [0, 1]
+        c5, c24 = maps.certify(5, rf=7), maps.certify((1, 24), rf=7)
+    """
 
     def __init__(self, scores: torch.Tensor, labels: torch.Tensor):
         labels = _check_scores(scores, labels)
@@ -139,11 +168,12 @@ class ScoreMaps:
         self.correct = self.min_total > self.tol
 
     def worst_case(self, patch, rf, stride=1, image_size=None, chunk_elems: int = 1 << 25):
-        """Condition 3.2's quantity m(l, c) = Σ_{∉R(l)} Δ_c - #R(l), minimised over c != c_t and l.
+        """Condition 3.2's quantity m(l, c) = Σ_{(i,j) ∉ R(l)} Δ(i, j, c) − |R(l)|, minimised over
+        every patch position l and class c ≠ cₜ.
 
-        Returns (margin (B,) float64, c* (B,), row* (B,), col* (B,), #R(l) table (L_r, L_c)),
-        where (row*, col*) is the top-left input pixel of the arg-min patch position l*.
-        Classes are processed in chunks so that memory stays bounded for 1000 classes.
+        Returns (margin (B,) float64, c* (B,), row* (B,), col* (B,), the table of |R(l)| (L_r, L_c)),
+        where (row*, col*) is the top-left input pixel of the minimising patch position l*.
+        Classes are processed in chunks so that memory stays bounded for 1,000 classes.
         """
         geo = _Geometry(self.shape, patch, rf, stride, image_size)
         r0, r1, c0, c1 = _region_ranges(geo, self.P.device)
@@ -165,6 +195,8 @@ class ScoreMaps:
         return best, cls, pos // area.shape[1], pos % area.shape[1], area
 
     def certify(self, patch, rf, stride=1, image_size=None) -> Certificate:
+        """The :class:`Certificate` against a ``patch`` (int, or (h, w)) of a model with receptive
+        field ``rf`` and output ``stride`` (see :func:`certify`)."""
         margin, target, row, col, area = self.worst_case(patch, rf, stride, image_size)
         r_max = int(area.max().item())
         return Certificate(
@@ -176,11 +208,26 @@ class ScoreMaps:
 
 def certify(scores: torch.Tensor, labels: torch.Tensor, patch, rf, stride=1,
             image_size=None) -> Certificate:
-    """Certify g_Σ(s) against an h x w patch at every position (Conditions 3.2 and 3.3, §3.1).
+    """Certify g_Σ's prediction against a patch at every position (Conditions 3.2 and 3.3, §3.1).
 
-    scores: region scores (B, C, H_out, W_out) in [0, 1]; labels: (B,); patch: int or (h, w);
-    rf, stride: the region scorer's receptive field and output stride (int or (h, w) pairs);
-    image_size: input (H, W), default (H_out * stride, W_out * stride).
+    Args:
+        scores: region scores (B, C, H_out, W_out) in [0, 1], e.g. from :func:`~bagcert_lib.runtime.region_scores`.
+        labels: (B,) the classes to certify.
+        patch: the patch, an int (square) or (h, w) in pixels.
+        rf, stride: the model's receptive field (odd) and output stride, ints or (h, w) pairs;
+            a :class:`~bagcert_lib.model.RegionScorer` has both as attributes.
+        image_size: the input's (H, W); default (H_out · stride, W_out · stride).
+
+    Returns:
+        a :class:`Certificate`: per image ``correct``, ``certified`` (Condition 3.2),
+        ``certified_global`` (3.3), and the weakest patch position l* and class c*.
+
+    Example::
+
+        model, cfg = load_pretrained("scaling-w64-e48-rf7-m0.5-heaviside-s0-seed0")
+        scores = region_scores(model, images, head=cfg.head)           # images (B, 3, 32, 32) in [0, 1]
+        cert = certify(scores, labels, patch=5, rf=model.receptive_field, stride=model.stride)
+        cert.certified.float().mean()                                  # certified accuracy, 5×5
     """
     return ScoreMaps(scores, labels).certify(patch, rf, stride, image_size)
 
@@ -188,15 +235,16 @@ def certify(scores: torch.Tensor, labels: torch.Tensor, patch, rf, stride=1,
 class CertifiedCounter:
     """Counts of certified samples for many patch shapes over a stream of batches (§3.1): the same
     answers as :meth:`ScoreMaps.certify` for every shape, at a fraction of the cost, because
-    Condition 3.2's region sums are computed only where they can change the answer:
+    Condition 3.2's region sums are computed only where they can change the answer. Writing
+    Σ_R Δ(c) for Σ_{(i,j) ∈ R} Δ(i, j, c):
 
-    * Condition 3.3 needs only the global sums, and it implies Condition 3.2
-      (Σ_{∉R(l)} Δ_c >= Σ Δ_c - |R(l)| > 2 R_max - |R(l)| >= |R(l)|);
-    * a class c with Σ Δ_c > 2 R_max cannot violate Condition 3.2 (every term is >= Σ Δ_c - 2|R(l)|);
-    * certification is monotone in the patch: if a patch q contains a patch p (h_p <= h_q,
-      w_p <= w_q), every R_p(l) lies inside some R_q(l'), and with Δ in [-1, 1],
-      Σ_{∉R_p(l)} Δ_c - |R_p(l)| >= Σ_{∉R_q(l')} Δ_c - |R_q(l')|. So a sample not certified
-      against p is not certified against q, and only the samples certified against the largest
+    * Condition 3.3 needs only the global sums, and it implies Condition 3.2, since
+      Σ_{∉R(l)} Δ(c) ≥ Σ Δ(c) − |R(l)| > 2 R_max − |R(l)| ≥ |R(l)|;
+    * a class c with Σ Δ(c) > 2 R_max cannot violate Condition 3.2 (every term is ≥ Σ Δ(c) − 2 |R(l)|);
+    * certification is monotone in the patch: if a patch q contains a patch p (h_p ≤ h_q,
+      w_p ≤ w_q), every R_p(l) lies inside some R_q(l′), and with Δ ∈ [−1, 1],
+      Σ_{∉R_p(l)} Δ(c) − |R_p(l)| ≥ Σ_{∉R_q(l′)} Δ(c) − |R_q(l′)|. So an image not certified
+      against p is not certified against q, and only the images certified against the largest
       shape inside q already processed are scanned for q.
 
     Score maps of the samples that may need a scan are kept (as uint8 when every score is 0 or 1)
@@ -289,7 +337,8 @@ class CertifiedCounter:
                 parts[0]["tol"], binary)
 
     def counts(self) -> pd.DataFrame:
-        """Per patch shape: n, correct, certified (Condition 3.2), certified_global (3.3)."""
+        """Per patch shape, one row: n, correct, certified (Condition 3.2), certified_global (3.3),
+        seconds."""
         if self.n == 0:
             raise ValueError("no samples were added")
         correct, min_total, img, delta_total, tables, tol, binary = self._pairs()
@@ -335,8 +384,8 @@ class CertifiedCounter:
 def worst_case_direct(scores: torch.Tensor, labels: torch.Tensor, patch, rf, stride=1,
                       image_size=None) -> torch.Tensor:
     """Condition 3.2's margin (as :meth:`ScoreMaps.worst_case`) by a direct loop over patch
-    positions l, summing Δ over R(l) by slicing: the reference the summed-area table replaces
-    (tests and ``benchmarks/certification.py``)."""
+    positions l, summing Δ over R(l) by slicing: the reference that the summed-area table
+    replaces, for tests and ``benchmarks/certification.py``."""
     B, C, H, W = scores.shape
     geo = _Geometry(scores.shape, patch, rf, stride, image_size)
     r0, r1, c0, c1 = (t.tolist() for t in _region_ranges(geo, "cpu"))
@@ -355,6 +404,7 @@ def worst_case_direct(scores: torch.Tensor, labels: torch.Tensor, patch, rf, str
 
 
 def patch_label(patch) -> str:
+    """The label of a patch (h, w) in results files, ``"<h>x<w>"``."""
     h, w = _pair(patch, "patch")
     return f"{h}x{w}"
 
@@ -369,10 +419,26 @@ def certify_model(model, batches: Iterable, patches: Sequence, *, head: str = "h
                   desc: str = "certify") -> pd.DataFrame:
     """Certify ``model`` over a data loader for many patch shapes, one forward pass per batch.
 
-    ``batches`` yields (images in [0, 1], labels). Returns one row per (patch, condition) with
-    n, clean_accuracy, certified_accuracy, and timings: ``forward_s`` (the whole forward pass
-    incl. head, shared by all rows) and ``certify_s`` (the certification of that patch shape, its
-    share of the per-batch global sums included). Counts come from :class:`CertifiedCounter`.
+    Args:
+        model: any module mapping images (B, 3, H, W) in [0, 1] to region logits
+            (B, C, H_out, W_out), with attributes ``receptive_field`` (odd) and ``stride``: output
+            (i, j) must depend only on the input window of that side centred at (i·stride, j·stride).
+        batches: yields (images in [0, 1], labels).
+        patches: patch shapes, ints (square) or (h, w) pairs.
+        head: ``heaviside``, ``sigmoid`` or ``softmax`` (:mod:`bagcert_lib.heads`).
+
+    Returns:
+        a DataFrame with one row per (patch, condition): n, clean_accuracy, certified_accuracy,
+        and timings: ``forward_s`` (the whole forward pass with the head, shared by all rows) and
+        ``certify_s`` (this patch shape's certification, its share of the per-batch global sums
+        included). The counts come from :class:`CertifiedCounter`.
+
+    Example::
+
+        model, cfg = load_pretrained("scaling-w64-e48-rf7-m0.5-heaviside-s0-seed0")
+        test = load_dataset("cifar10")
+        loader = ((x.float() / 255, y) for x, y in zip(test.x_test.split(500), test.y_test.split(500)))
+        certify_model(model, loader, patches=[5, (1, 24), (24, 1)], head=cfg.head)
     """
     from tqdm import tqdm
 

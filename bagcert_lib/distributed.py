@@ -1,4 +1,4 @@
-"""Data-parallel training over processes (issue 14): all of the distributed setup lives here.
+"""Data-parallel training over processes: all of the distributed setup lives here.
 
 ``torchrun --nproc_per_node=N -m bagcert_lib train ...`` (or submitit, see ``sweep.py``) sets
 RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT. :func:`setup` then joins a process
@@ -43,10 +43,12 @@ class Context:
 
     @property
     def is_main(self) -> bool:
+        """Rank 0: the process that writes the run folder."""
         return self.rank == 0
 
     @property
     def distributed(self) -> bool:
+        """More than one process."""
         return self.world_size > 1
 
 
@@ -56,6 +58,7 @@ def env_world_size() -> int:
 
 
 def env_rank() -> int:
+    """RANK as torchrun / submitit set it; 0 without it."""
     return int(os.environ.get("RANK", "0"))
 
 
@@ -105,11 +108,13 @@ def setup(device=None, batch_size: int | None = None) -> Context:
 
 
 def teardown(ctx: Context) -> None:
+    """End the process group, if :func:`setup` created it."""
     if ctx.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 
 
 def barrier(ctx: Context) -> None:
+    """Wait until every rank reaches this point (nothing for one process)."""
     if ctx.distributed:
         dist.barrier(device_ids=[ctx.device.index] if ctx.backend == "nccl" else None)
 
@@ -155,7 +160,7 @@ def describe(ctx: Context, device_names: list) -> dict:
 
 
 class _AllReduceSum(torch.autograd.Function):
-    """Sum over the ranks, differentiable: the gradient is summed over the ranks too (each rank's
+    """The sum over the ranks, differentiable: the gradient is summed over the ranks too (each rank's
     loss depends on every rank's input). What ``torch.distributed.nn.functional.all_reduce`` does
     for SUM, which torch 2.14 deprecates for a private module; this uses public ``dist`` only."""
 
@@ -177,6 +182,8 @@ class CpuSyncBatchNorm(nn.BatchNorm2d):
     SyncBatchNorm runs on GPUs only). Differentiable all-reduces; eval mode is plain BN."""
 
     def forward(self, x):
+        """y = γ · (x − μ) / √(v + ε) + β per channel, with the mean μ and the variance v taken
+        over every rank's images (plain BatchNorm in eval mode or for one process)."""
         if not (self.training and dist.is_available() and dist.is_initialized()
                 and dist.get_world_size() > 1):
             return super().forward(x)

@@ -1,9 +1,12 @@
-"""Final layer of f_theta: region logits -> region scores in [0, 1] (§3.2 and App. A.3).
+"""The last layer of the region scorer: region logits → region scores in [0, 1] (§3.2, App. A.3).
 
-* ``heaviside``: H(x) = 1[x >= 0] in the forward pass, the logistic sigmoid's derivative
-  s(x)(1 - s(x)) in the backward pass (straight-through, Bengio et al., 2013). Scores in {0, 1}.
-* ``sigmoid``: element-wise logistic sigmoid (App. A.3). Scores in [0, 1].
-* ``softmax``: channel-wise softmax over classes (App. A.3). Scores in [0, 1], sum_c s = 1.
+* ``heaviside``: H(x) = 1 if x ≥ 0, else 0, in the forward pass, and the logistic sigmoid's
+  derivative σ(x)(1 − σ(x)) in the backward pass (straight-through; Bengio et al., 2013).
+  Scores in {0, 1}: each region casts one vote per class.
+* ``sigmoid``: the element-wise logistic sigmoid σ(x) = 1 / (1 + e^(−x)). Scores in [0, 1].
+* ``softmax``: a softmax over the classes at each position. Scores in [0, 1], Σ_c s(i, j, c) = 1.
+
+The certificate holds for all three (it needs only 0 ≤ s ≤ 1).
 """
 from __future__ import annotations
 
@@ -26,22 +29,31 @@ class _HeavisideST(torch.autograd.Function):
 
 
 def heaviside(logits: torch.Tensor) -> torch.Tensor:
-    """Heaviside step with a sigmoid straight-through gradient (§3.2)."""
+    """H(x) = 1 if x ≥ 0, else 0, with the sigmoid's gradient σ(x)(1 − σ(x)) passed straight through (§3.2).
+
+    >>> heaviside(torch.tensor([-1.0, 0.0, 2.0]))
+    tensor([0., 1., 1.])
+    """
     return _HeavisideST.apply(logits)
 
 
 def sigmoid(logits: torch.Tensor) -> torch.Tensor:
-    """Element-wise sigmoid head (App. A.3)."""
+    """σ(x) = 1 / (1 + e^(−x)) element-wise (App. A.3)."""
     return torch.sigmoid(logits)
 
 
 def softmax(logits: torch.Tensor) -> torch.Tensor:
-    """Channel-wise softmax head over the class dimension 1 of (B, C, H, W) (App. A.3)."""
+    """s(i, j, c) = e^(x(i, j, c)) / Σ_c′ e^(x(i, j, c′)): a softmax over the classes (dimension 1
+    of (B, C, H, W)) at every position (App. A.3)."""
     return torch.softmax(logits, dim=1)
 
 
 def get_head(name: str):
-    """Look a head up by name: one of :data:`HEADS`."""
+    """The head called ``name``, one of ``heaviside``, ``sigmoid``, ``softmax``.
+
+    >>> get_head("sigmoid")(torch.zeros(1))
+    tensor([0.5000])
+    """
     try:
         return {"heaviside": heaviside, "sigmoid": sigmoid, "softmax": softmax}[name]
     except KeyError:

@@ -1,7 +1,7 @@
-"""Region scorer f_theta (§3.2, App. A.1): a BagNet-style ResNet with a small receptive field.
+"""The region scorer f_θ (§3.2, App. A.1): a BagNet-style ResNet with a small receptive field.
 
-The network maps an image in [0, 1] to a dense map of region logits (B, C, H_out, W_out):
-no pooling and no dense layer, so every output position only sees a small window of the input.
+The network maps an image in [0, 1] to a dense map of region logits (B, C, H_out, W_out): no
+pooling and no dense layer, so every output position sees only a small window of the input.
 Its geometry (receptive field and output stride) is computed from its own convolutions
 (:func:`geometry`), never looked up, and it is what the certifier's R(l) is built from.
 """
@@ -27,12 +27,13 @@ IMAGENET_KERNELS = {
     29: (3, 3, 3, 3, 1, 3, 1, 3, 1),
 }
 IMAGENET_WIDTHS = (64, 64, 64, 128, 128, 256, 256, 512, 512)  # stem, b1..b8
-IMAGENET_STRIDES = (1, 2, 1, 2, 1, 1, 1, 1, 1)  # stride 2 in blocks 1 and 3 -> 56x56 for 224x224
+IMAGENET_STRIDES = (1, 2, 1, 2, 1, 1, 1, 1, 1)  # stride 2 in blocks 1 and 3: 56×56 outputs for 224×224
 
 
 @dataclass(frozen=True)
 class Geometry:
-    """Output position i depends on input positions [i*stride + lo, i*stride + hi] (per axis)."""
+    """Where an output sees the input, per axis: output i depends on the input positions
+    [i · stride + lo, i · stride + hi]; the receptive field is hi − lo + 1."""
 
     stride: int
     lo: int
@@ -40,13 +41,16 @@ class Geometry:
 
     @property
     def receptive_field(self) -> int:
+        """hi − lo + 1: how many input positions one output sees, per axis."""
         return self.hi - self.lo + 1
 
     def then_conv(self, kernel: int, stride: int, padding: int) -> "Geometry":
+        """The geometry after a further convolution with this ``kernel``, ``stride`` and ``padding``."""
         j = self.stride
         return Geometry(j * stride, self.lo - padding * j, self.hi + (kernel - 1 - padding) * j)
 
     def union(self, other: "Geometry") -> "Geometry":
+        """The geometry of two parallel paths added together (a residual block): the wider window."""
         if other.stride != self.stride:
             raise ValueError("parallel paths with different strides")
         return Geometry(self.stride, min(self.lo, other.lo), max(self.hi, other.hi))
@@ -56,7 +60,15 @@ IDENTITY = Geometry(1, 0, 0)
 
 
 def geometry(module: nn.Module, g: Geometry = IDENTITY) -> Geometry:
-    """Propagate :class:`Geometry` through ``module`` from its own layers (convs, paths)."""
+    """The :class:`Geometry` of ``module``, propagated through its own layers: convolutions,
+    sequences, parallel paths (a block's ``paths()``) and position-wise layers. A layer with no
+    rule raises a TypeError, so a model is never certified with a guessed receptive field.
+
+    >>> g = geometry(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+    ...                            nn.Conv2d(8, 10, 3, stride=2, padding=1)))
+    >>> g.receptive_field, g.stride
+    (5, 2)
+    """
     if isinstance(module, nn.Conv2d):
         kh, kw = module.kernel_size
         if kh != kw or module.stride[0] != module.stride[1] or module.padding[0] != module.padding[1]:
@@ -80,6 +92,7 @@ def geometry(module: nn.Module, g: Geometry = IDENTITY) -> Geometry:
 
 
 def conv_bn(cin: int, cout: int, k: int, stride: int = 1, relu: bool = True) -> nn.Sequential:
+    """A k×k convolution (padding k // 2, no bias), BatchNorm and, if ``relu``, a ReLU."""
     layers = [nn.Conv2d(cin, cout, k, stride, padding=k // 2, bias=False), nn.BatchNorm2d(cout)]
     if relu:
         layers.append(nn.ReLU(inplace=True))
@@ -101,10 +114,11 @@ class _ShakeShake(torch.autograd.Function):
 
 
 class Block(nn.Module):
-    """Residual block with kernel k in {1, 3} (App. A.1).
+    """A residual block with kernel k ∈ {1, 3} (App. A.1).
 
-    shake=True (CIFAR): two paths; for k=3 one path is 3x3 -> 1x1, the other 1x1 -> 3x3, so the
-    block's receptive field grows by k-1 either way. shake=False (ImageNet): one k x k -> 1x1 path.
+    ``shake=True`` (CIFAR): two paths mixed by shake-shake; for k = 3 one path is 3×3 then 1×1,
+    the other 1×1 then 3×3, so the block's receptive field grows by k − 1 either way.
+    ``shake=False`` (ImageNet): one k×k then 1×1 path.
     """
 
     def __init__(self, cin: int, cout: int, k: int, stride: int = 1, shake: bool = True):
@@ -123,9 +137,12 @@ class Block(nn.Module):
             self.shortcut = nn.Identity()
 
     def paths(self):
+        """The parallel paths whose sum is the block's output (for :func:`geometry`)."""
         return [self.path_a, self.shortcut] + ([self.path_b] if self.shake else [])
 
     def forward(self, x):
+        """ReLU(path_a(x) ⊕ path_b(x) + shortcut(x)), ⊕ a random convex mix in training (shake-shake)
+        and the mean in evaluation."""
         a = self.path_a(x)
         if self.shake:
             b = self.path_b(x)
@@ -147,11 +164,18 @@ class Normalize(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
 
     def forward(self, x):
+        """(x − mean) / std per channel."""
         return (x - self.mean) / self.std
 
 
 class RegionScorer(nn.Module):
-    """Dense region logits (§3.2). ``receptive_field`` and ``stride`` come from :func:`geometry`."""
+    """A region scorer: images (B, 3, H, W) in [0, 1] → region logits (B, C, H / stride, W / stride) (§3.2).
+
+    Output (i, j) sees only the input window of side ``receptive_field`` centred at
+    (i · stride, j · stride); both attributes are computed from the layers by :func:`geometry`,
+    and they are what the certifier needs. Build one with :func:`cifar_scorer` or
+    :func:`imagenet_scorer`.
+    """
 
     def __init__(self, kernels, widths, strides, num_classes=10, shake=True,
                  mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), in_channels=3):
@@ -171,19 +195,29 @@ class RegionScorer(nn.Module):
 
     @property
     def receptive_field(self) -> int:
+        """The side of the input window each output sees (odd, from the layers)."""
         return self.geometry.receptive_field
 
     @property
     def stride(self) -> int:
+        """Pixels between neighbouring outputs."""
         return self.geometry.stride
 
     def forward(self, x):
+        """Region logits f_θ(x): (B, C, H_out, W_out) for images x (B, 3, H, W) in [0, 1]; a head
+        (:mod:`bagcert_lib.heads`) turns them into region scores."""
         return self.classifier(self.blocks(self.stem(self.normalize(x))))
 
 
 def cifar_scorer(rf: int = 7, width: int = 768, num_classes: int = 10, shake: bool = True,
                  mean=None, std=None) -> RegionScorer:
-    """CIFAR-10 region scorer of App. A.1: 3x3 stem, 8 blocks, stride 1, constant width."""
+    """The CIFAR-10 region scorer of App. A.1: a 3×3 stem and 8 shake-shake blocks at stride 1
+    and constant ``width`` (768 in the paper), for receptive field ``rf`` ∈ {5, 7, 9, 11, 13}.
+
+    >>> model = cifar_scorer(rf=7, width=32)
+    >>> model.receptive_field, model.stride, tuple(model(torch.rand(2, 3, 32, 32)).shape)
+    (7, 1, (2, 10, 32, 32))
+    """
     from .data import CIFAR10_MEAN, CIFAR10_STD
 
     if rf not in CIFAR_KERNELS:
@@ -196,7 +230,8 @@ def cifar_scorer(rf: int = 7, width: int = 768, num_classes: int = 10, shake: bo
 
 def imagenet_scorer(rf: int = 17, num_classes: int = 1000, mean=(0.485, 0.456, 0.406),
                     std=(0.229, 0.224, 0.225)) -> RegionScorer:
-    """ImageNet region scorer of App. A.1: widths 64..512, stride 2 in blocks 1 and 3, no shake-shake."""
+    """The ImageNet region scorer of App. A.1: widths 64 … 512, stride 2 in blocks 1 and 3 (56×56
+    outputs for 224×224 images), no shake-shake, for ``rf`` ∈ {17, 25, 29}."""
     if rf not in IMAGENET_KERNELS:
         raise ValueError(f"unknown ImageNet receptive field {rf!r}; choose one of {sorted(IMAGENET_KERNELS)}")
     return RegionScorer(IMAGENET_KERNELS[rf], IMAGENET_WIDTHS, IMAGENET_STRIDES, num_classes,
@@ -204,14 +239,15 @@ def imagenet_scorer(rf: int = 17, num_classes: int = 1000, mean=(0.485, 0.456, 0
 
 
 def num_parameters(model: nn.Module) -> int:
+    """The number of parameters (Table 1: 38 M for RF 7 at width 768)."""
     return sum(p.numel() for p in model.parameters())
 
 
 @torch.no_grad()
 def conv_macs(model: nn.Module, image_size=(32, 32)) -> int:
-    """Multiply-accumulates of every convolution for one image at ``image_size`` (issue 13).
+    """Multiply-accumulates of every convolution for one image at ``image_size``.
 
-    Counted from the layers on a real forward pass: output elements x (in_channels / groups) x
+    Counted from the layers on a real forward pass: output elements × (in_channels / groups) ×
     kernel area per convolution (and per linear layer, for DS's ResNet). BatchNorm, ReLU and the
     additions are not counted. At stride 1 (CIFAR) this is the convolutions' weights times the
     number of pixels, which is how it is checked against Table 1's parameter counts.
@@ -242,6 +278,6 @@ def conv_macs(model: nn.Module, image_size=(32, 32)) -> int:
 
 
 def training_flops(macs_per_image: int, images_seen: int) -> float:
-    """Training FLOPs: 2 FLOPs per multiply-accumulate, x3 for forward + backward (the backward
-    costs about twice the forward), times the images seen (issue 13)."""
+    """Training FLOPs: 2 FLOPs per multiply-accumulate, × 3 for forward and backward (the backward
+    costs about twice the forward), × the images seen."""
     return 2.0 * 3.0 * macs_per_image * images_seen

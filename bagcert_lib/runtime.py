@@ -1,4 +1,10 @@
-"""Device, precision and inference helpers shared by training, certification and the attack."""
+"""Device, precision and inference helpers shared by training, certification and the attack.
+
+The defaults follow the machine: bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16
+or AMX), fp32 elsewhere; channels_last where it is faster and safe (:func:`use_channels_last`).
+``amp`` and ``channels_last`` in a config override both. :func:`region_scores` is the one way the
+library turns images into region scores.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -17,7 +23,7 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 def cpu_features() -> dict:
     """This CPU's model name and the :data:`CPU_FLAGS` it has (False where /proc/cpuinfo is absent).
 
-    Every benchmark and run records it: timings differ 5-7x between the CPU classes we meet."""
+    Every benchmark and run records it: timings differ 5–7× between CPU classes."""
     name, flags = None, set()
     try:
         with open("/proc/cpuinfo") as f:
@@ -35,7 +41,7 @@ def cpu_features() -> dict:
 
 
 def cpu_class(features: dict | None = None) -> str:
-    """``avx512-bf16`` (native bf16), ``avx512`` or ``avx2-or-older``: the classes we time apart.
+    """``avx512-bf16`` (native bf16), ``avx512`` or ``avx2-or-older``: the classes timed apart.
     ``features``: a recorded :func:`cpu_features` (e.g. a run's provenance); default this CPU."""
     f = features or cpu_features()
     if f.get("avx512_bf16") or f.get("amx_bf16"):
@@ -51,9 +57,9 @@ def cpu_supports_bf16() -> bool:
 
 #: On AVX2-only CPUs torch 2.13/2.14 crash (SIGSEGV, SIGABRT) or spin forever in the channels_last
 #: backward of a strided convolution with few input channels. Measured on an AMD EPYC without
-#: AVX-512, torch 2.14.1, one child process per shape, fp32, 8 steps (session 8): every 1x1
-#: stride-2 convolution with 2-7 input channels crashed; 1, 8 and 16 input channels, every stride-1
-#: convolution and every 3x3 stride-2 one passed. A model is kept contiguous there when any strided
+#: AVX-512, torch 2.14.1, one child process per shape, fp32, 8 steps (2026-12-01): every 1×1
+#: stride-2 convolution with 2–7 input channels crashed; 1, 8 and 16 input channels, every stride-1
+#: convolution and every 3×3 stride-2 one passed. A model is kept contiguous there when any strided
 #: convolution has fewer input channels than this.
 AVX2_SAFE_STRIDED_IN_CHANNELS = 8
 
@@ -71,10 +77,10 @@ def use_channels_last(device, channels_last: bool | None = None,
     ``model`` that :func:`channels_last_safe_on_avx2` passes; contiguous elsewhere (and on AVX2
     when no model is named).
 
-    On AVX2-only CPUs, torch 2.13/2.14's channels_last backward of a 1x1 stride-2 convolution with
-    2-7 input channels crashes or spins forever (issue 12; DS's ResNet-18 shortcut at small widths).
-    Everywhere else channels_last is faster: 1.26-1.61x with AVX-512 at widths 24-96, 1.16-1.66x
-    fp32 on AVX2 at widths 32-64 for the region scorer (``benchmarks/train_throughput.py --formats``;
+    On AVX2-only CPUs, torch 2.13/2.14's channels_last backward of a 1×1 stride-2 convolution with
+    2–7 input channels crashes or spins forever (DS's ResNet-18 shortcut at small widths).
+    Everywhere else channels_last is faster: 1.26–1.61× with AVX-512 at widths 24–96, 1.16–1.66×
+    in fp32 on AVX2 at widths 32–64 for the region scorer (``benchmarks/train_throughput.py --formats``;
     results/benchmarks/train_throughput*.json). ``channels_last`` overrides the choice."""
     if channels_last is not None:
         return bool(channels_last)
@@ -90,11 +96,13 @@ def use_channels_last(device, channels_last: bool | None = None,
 
 def memory_format(device, channels_last: bool | None = None,
                   model: torch.nn.Module | None = None) -> torch.memory_format:
+    """``torch.channels_last`` where :func:`use_channels_last` says so, else contiguous."""
     return (torch.channels_last if use_channels_last(device, channels_last, model)
             else torch.contiguous_format)
 
 
 def default_device() -> torch.device:
+    """CUDA when a GPU is present, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -107,6 +115,7 @@ def use_amp(device, amp: bool | None = None) -> bool:
 
 
 def autocast(device, amp: bool | None = None):
+    """A bf16 autocast context where :func:`use_amp` says so, else a context that does nothing."""
     device = torch.device(device)
     if not use_amp(device, amp):
         return contextlib.nullcontext()
@@ -122,13 +131,14 @@ def configure_backends():
 
 
 def compiled(model, enabled: bool = False):
-    """``torch.compile(model)`` when ``enabled`` (config ``compile``; opt-in: 0.88x eager on an AVX2
+    """``torch.compile(model)`` when ``enabled`` (config ``compile``; opt-in: 0.88× eager on an AVX2
     CPU at width 32, ``benchmarks/train_throughput.py --modes``; unmeasured on GPUs). The module
     itself keeps the weights, so checkpoints never see the wrapper."""
     return torch.compile(model) if enabled else model
 
 
 def device_name(device) -> str:
+    """How records name a device: the GPU's name, or ``CPU: <model> (<threads> threads)``."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -137,7 +147,18 @@ def device_name(device) -> str:
 
 @torch.no_grad()
 def region_scores(model, x, head: str = "heaviside", amp: bool | None = None) -> torch.Tensor:
-    """Eval-mode region scores s = head(f_theta(x)) as float32 (B, C, H_out, W_out)."""
+    """Region scores s = head(f_θ(x)) in evaluation mode, as float32 (B, C, H_out, W_out).
+
+    ``x``: images (B, 3, H, W) in [0, 1] on the model's device; ``head``: the model's head
+    (``cfg.head`` of a trained run). The model's training mode is restored afterwards; ``amp``
+    overrides the bf16 default of :func:`use_amp`.
+
+    Example::
+
+        model, cfg = load_pretrained("scaling-w64-e48-rf7-m0.5-heaviside-s0-seed0")
+        s = region_scores(model, images, head=cfg.head)       # (B, 10, 32, 32), each 0 or 1
+        s.sum((2, 3)).argmax(1)                                # g_Σ's prediction: the most votes
+    """
     was_training = model.training
     model.eval()
     try:

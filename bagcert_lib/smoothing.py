@@ -1,15 +1,15 @@
 """Derandomized Smoothing (Levine & Feizi, 2020), the certified patch defence BagCert compares to.
 
-A base classifier sees *ablated* images: all but a block of s x s pixels (block smoothing) or a
+A base classifier sees *ablated* images: all but a block of s × s pixels (block smoothing) or a
 band of b columns (column smoothing) is removed, both wrapping around the image border. The
 smoothed classifier runs the base classifier on every ablation, lets each ablation vote for every
-class whose softmax is >= theta, and predicts the class with the most votes (ties go to the
+class whose softmax is ≥ θ, and predicts the class with the most votes n(c) (ties go to the
 smaller class index). A patch meets at most Δ ablations, so it can remove at most Δ votes from the
-predicted class and add at most Δ to any other: the prediction c is certified iff for every
-c' != c, counts[c] - counts[c'] > 2Δ, or == 2Δ and c < c'.
+predicted class and add at most Δ to any other: the prediction c is certified if and only if, for
+every c′ ≠ c, n(c) − n(c′) > 2Δ, or n(c) − n(c′) = 2Δ and c < c′.
 
-Ablated inputs have 6 channels, ``cat([x * m, (1 - x) * m])`` with x in [0, 1] and m the keep
-mask, so an ablated pixel (all zeros) can be told apart from any visible one.
+Ablated inputs have 6 channels, (x · m, (1 − x) · m) with x ∈ [0, 1] and m the keep mask, so an
+ablated pixel (all zeros) can be told apart from any visible one.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def _check(kind: str, size: int) -> int:
 
 
 def num_ablations(kind: str, image_size) -> int:
-    """Number of ablations A of Levine & Feizi (2020): H * W (block) or W (column)."""
+    """The number of ablations A of Levine & Feizi (2020): H · W (block) or W (column)."""
     _check(kind, 1)
     H, W = _pair(image_size, "image_size")
     return H * W if kind == "block" else W
@@ -66,8 +66,8 @@ def _masks(kind: str, size: int, image_size, index: torch.Tensor) -> torch.Tenso
 def ablation_masks(kind: str, size: int, image_size, device=None) -> torch.Tensor:
     """All A keep masks of Levine & Feizi (2020) as a bool tensor (A, H, W), True = visible.
 
-    ``kind="block"``: A = H * W, mask i * W + j keeps rows i..i+s-1 and columns j..j+s-1 mod
-    (H, W); ``kind="column"``: A = W, mask j keeps every row and columns j..j+b-1 mod W.
+    ``kind="block"``: A = H · W, mask i · W + j keeps rows i … i+s−1 and columns j … j+s−1 (mod
+    H and W); ``kind="column"``: A = W, mask j keeps every row and columns j … j+b−1 (mod W).
     """
     size = _check(kind, size)
     image_size = _pair(image_size, "image_size")
@@ -76,15 +76,15 @@ def ablation_masks(kind: str, size: int, image_size, device=None) -> torch.Tenso
 
 
 def encode(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Levine & Feizi (2020)'s 6-channel encoding ``cat([x * m, (1 - x) * m], 1)``;
+    """Levine & Feizi (2020)'s 6-channel encoding (x · m, (1 − x) · m), concatenated on channels;
     ``keep`` is a bool mask broadcastable to x's (B, 1, H, W)."""
     m = keep.to(x.dtype)
     return torch.cat([x * m, (1 - x) * m], dim=1)
 
 
 def ablate(x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Every image of x (B, 3, H, W) under every mask of ``masks`` (A, H, W): (B * A, 6, H, W),
-    image-major (row b * A + a is image b under mask a)."""
+    """Every image of x (B, 3, H, W) under every mask of ``masks`` (A, H, W): (B · A, 6, H, W),
+    image-major (row b · A + a is image b under mask a)."""
     if x.dim() != 4 or masks.dim() != 3 or masks.shape[1:] != x.shape[2:]:
         raise ValueError(f"need x (B, C, H, W) and masks (A, H, W) of the same H, W, "
                          f"got {tuple(x.shape)} and {tuple(masks.shape)}")
@@ -110,9 +110,9 @@ def random_ablation(x: torch.Tensor, kind: str, size: int,
 
 
 def affected_ablations(kind: str, size: int, patch, image_size) -> int:
-    """Δ: the most ablations an h x w patch can meet (over all its positions), Levine & Feizi
-    (2020), with the wrap-around bands capped at the image: block min(h+s-1, H) * min(w+s-1, W),
-    column min(w+b-1, W)."""
+    """Δ: the most ablations an h × w patch can meet over all its positions (Levine & Feizi,
+    2020), with the wrap-around bands capped at the image: min(h+s−1, H) · min(w+s−1, W) for
+    blocks, min(w+b−1, W) for columns."""
     size = _check(kind, size)
     h, w = _pair(patch, "patch")
     H, W = _pair(image_size, "image_size")
@@ -127,9 +127,9 @@ def affected_ablations(kind: str, size: int, patch, image_size) -> int:
 @torch.no_grad()
 def vote_counts(model: nn.Module, x: torch.Tensor, kind: str, size: int, theta: float, *,
                 amp: bool | None = None, chunk: int = 1024) -> torch.Tensor:
-    """Votes (B, C) int64 of Levine & Feizi (2020): counts[b, c] = number of ablations of image b
-    whose softmax for c is >= theta. The base ``model`` (eval mode, restored afterwards) sees at
-    most ``chunk`` ablated images per forward pass; softmax is taken in float32."""
+    """Votes n (B, C) int64 of Levine & Feizi (2020): n[b, c] is the number of ablations of image
+    b whose softmax for c is ≥ θ. The base ``model`` (eval mode, restored afterwards) sees at
+    most ``chunk`` ablated images per forward pass; the softmax is taken in float32."""
     from .runtime import autocast
 
     size = _check(kind, size)
@@ -181,6 +181,7 @@ class SmoothedPrediction:
     delta: int                 # Δ, the most ablations one patch can meet
 
     def summary(self) -> dict:
+        """n, and the clean and certified accuracies."""
         n = len(self.correct)
         return {"n": n, "clean_accuracy": self.correct.float().mean().item(),
                 "certified_accuracy": self.certified.float().mean().item()}
@@ -188,7 +189,7 @@ class SmoothedPrediction:
 
 def certify_counts(counts: torch.Tensor, labels: torch.Tensor, delta: int) -> SmoothedPrediction:
     """Levine & Feizi (2020)'s certificate: the prediction c holds against any change of Δ
-    ablations iff counts[c] - counts[c'] > 2Δ, or == 2Δ with c < c', for every c' != c."""
+    ablations if and only if, for every c′ ≠ c, n(c) − n(c′) > 2Δ, or = 2Δ with c < c′."""
     if counts.dim() != 2:
         raise ValueError(f"counts must be (B, C), got shape {tuple(counts.shape)}")
     if delta < 0:
@@ -267,7 +268,7 @@ def certify_model(model: nn.Module, batches: Iterable, patches: Sequence, *, kin
 # --------------------------------------------------------------------------- base classifier
 
 class BasicBlock(nn.Module):
-    """Two 3x3 conv-BN layers with a (projected when needed) identity shortcut."""
+    """Two 3×3 convolution + BatchNorm layers with an identity shortcut (projected when needed)."""
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1):
         super().__init__()
@@ -281,14 +282,15 @@ class BasicBlock(nn.Module):
                                           nn.BatchNorm2d(planes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """ReLU(BN(conv(ReLU(BN(conv(x))))) + shortcut(x))."""
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return F.relu(out + self.shortcut(x))
 
 
 class CifarResNet18(nn.Module):
-    """ResNet-18 for 32x32 inputs (the pytorch-cifar variant Levine & Feizi (2020) train on
-    6-channel ablated CIFAR-10): 3x3 stem with stride 1, no max-pool, four stages of two
+    """ResNet-18 for 32×32 inputs (the pytorch-cifar variant Levine & Feizi (2020) train on
+    6-channel ablated CIFAR-10): 3×3 stem with stride 1, no max-pool, four stages of two
     BasicBlocks with widths w, 2w, 4w, 8w and strides 1, 2, 2, 2, global average pool, linear."""
 
     def __init__(self, num_classes: int = 10, width: int = 64, in_channels: int = 6):
@@ -304,6 +306,7 @@ class CifarResNet18(nn.Module):
         self.linear = nn.Linear(planes, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits (B, C) of ablated images x (B, 6, H, W)."""
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
         return self.linear(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))

@@ -1,4 +1,4 @@
-"""BagCert against Derandomized Smoothing on one machine, in one run (issue 5; Table 1).
+"""BagCert against Derandomized Smoothing on one machine, in one run (Table 1).
 
     python benchmarks/certification.py [--n 1000] [--n-block 20] [--out results/benchmarks/certification.json]
 
@@ -122,7 +122,7 @@ def step_throughput(model, x, y, amp, steps, optimizer=True, device="cpu"):
 
 
 def training(device, width, steps, train_size):
-    """Bare steps against the trainer, each ratio in one precision on both sides (issue 12): bf16
+    """Bare steps against the trainer, each ratio in one precision on both sides: bf16
     only where it is native (on an AVX2 CPU it is emulated and no run uses it); the trainer's own
     precision is what its ratio to the bare step compares with."""
     cfg = profile_config("cpu", rf=7, margin=0.5, width=width, device=str(device))

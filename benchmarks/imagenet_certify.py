@@ -1,4 +1,4 @@
-"""Seconds to certify ImageNet validation images, measured here and extrapolated to 50,000 (issue 15).
+"""Seconds to certify ImageNet validation images, measured here and extrapolated to 50,000.
 
     OMP_NUM_THREADS=1 python benchmarks/imagenet_certify.py --images 200
 

@@ -1,4 +1,4 @@
-"""ImageNet loader images/s per worker beside RF 17's training images/s at 224 px (issue 15).
+"""ImageNet loader images/s per worker beside RF 17's training images/s at 224 px.
 
     OMP_NUM_THREADS=1 python benchmarks/imagenet_loader.py --images 300
 

@@ -1,4 +1,4 @@
-"""Training images/s of the region scorer per width, precision and memory format (issue 12, 13).
+"""Training images/s of the region scorer per width, precision and memory format.
 
     OMP_NUM_THREADS=1 python benchmarks/train_throughput.py --widths 16 24 32 48 64 96 --rf 7
     python benchmarks/train_throughput.py --widths 32 --formats channels_last contiguous

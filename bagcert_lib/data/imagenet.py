@@ -183,9 +183,11 @@ class StreamingImages:
 
     @property
     def image_size(self) -> tuple[int, int]:
+        """(crop, crop): the size of every image the model sees."""
         return (self.crop, self.crop)
 
     def describe(self) -> dict:
+        """What provenance.json records about the dataset (its file list's sha256, sizes, preprocessing)."""
         return {"name": self.name, "source": self.source, "sha256": self.sha256,
                 "sha256_of": "sorted relative paths and file sizes", "streamed": True,
                 "preprocess": f"shorter side {self.resize}, {self.crop}x{self.crop} crop (App. A.1.2)",
@@ -199,6 +201,7 @@ class StreamingImages:
                                    test_files=self.test_files[j], y_test=self.y_test[j])
 
     def dataset(self, split: str, train: bool) -> FolderDataset:
+        """The :class:`FolderDataset` of ``split`` (train or test), with the training transform if ``train``."""
         files, y = (self.train_files, self.y_train) if split == "train" else (self.test_files, self.y_test)
         return FolderDataset(self.source, files, y.numpy(), train, self.resize, self.crop)
 
