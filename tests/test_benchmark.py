@@ -1,5 +1,5 @@
-"""benchmarks/certification.py runs end to end at a tiny scale and writes every ratio issue 5 asks
-for (the numbers themselves are measured by running it, not asserted here)."""
+"""benchmarks/certification.py runs end to end at a tiny scale and writes every ratio it promises
+(the numbers themselves are measured by running it, not asserted here)."""
 import importlib.util
 import json
 
@@ -27,7 +27,7 @@ def test_certification_benchmark_writes_every_ratio(tmp_path, monkeypatch):
                                 "bf16_over_fp32_training", "bare_fwd_bwd_over_trainer"}
     from bagcert_lib.runtime import cpu_supports_bf16
     bf16 = r["ratios"].pop("bf16_over_fp32_training")
-    assert (bf16 > 0) if cpu_supports_bf16() else bf16 is None    # issue 12: never emulated bf16
+    assert (bf16 > 0) if cpu_supports_bf16() else bf16 is None    # never emulated bf16
     assert all(v > 0 for v in r["ratios"].values())
     assert r["training"]["trainer_precision"] == ("bf16" if cpu_supports_bf16() else "fp32")
     assert r["cpu"]["model"] and "avx512_bf16" in r["cpu"] and r["cpu_class"]

@@ -1,4 +1,4 @@
-"""Data-parallel training (issue 14): 2 gloo processes of one thread each under torchrun, against
+"""Data-parallel training: 2 gloo processes of one thread each under torchrun, against
 the one-process run.
 
 What is equal between a 2-process and a 1-process run of one configuration (fp32, ``sync_bn``):

@@ -1,4 +1,4 @@
-"""ImageNet as App. A.1.2 runs it (issue 15): the streamed folder, its transforms, the imagenet
+"""ImageNet as App. A.1.2 runs it: the streamed folder, its transforms, the imagenet
 profile, training RF 17 end to end at 224 px (one CLI command), certifying 32x32 patches,
 resuming, and memory that does not grow with the number of images."""
 import json

@@ -1,4 +1,4 @@
-"""Issue 12: no crash and no hang on any x86-64 CPU; the guards that keep CI from hanging.
+"""No crash and no hang on any x86-64 CPU; the guards that keep CI from hanging.
 
 On AVX2-only CPUs torch 2.13/2.14 crashes (or spins forever) in the backward of a 1x1 stride-2
 convolution with 2-7 input channels in channels_last, which is the stride-2 shortcut of DS's
@@ -87,7 +87,7 @@ def _child(code: str, timeout: int = 240):
 
 @pytest.mark.parametrize("cin,cout", [(4, 8), (2, 4), (4, 16)])
 def test_stride2_shortcut_trains_on_the_default_path(cin, cout):
-    """The crashing layer of issue 12, forward + backward, in the memory format the project picks
+    """The layer that crashes on AVX2 CPUs, forward + backward, in the memory format the project picks
     for this CPU, in a child process (a segmentation fault there fails this test only)."""
     out = _child(f"""
         import torch
