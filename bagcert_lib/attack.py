@@ -3,7 +3,7 @@
 1. Choose the patch position and target class that Condition 3.2 finds weakest
    (:meth:`~bagcert_lib.certifier.ScoreMaps.worst_case`)::
 
-       (l*, c*) = argmin over l and c ≠ cₜ of  Σ_{(i,j) ∉ R(l)} Δ(i, j, c) − |R(l)|
+       (l*, c*) = argmin over l and c ≠ cₜ of  Σ_{(i,j) ∉ R(l)} Δ(i, j, c) − #R(l)
 
 2. Keep them fixed and run PGD on the patch's pixels p ∈ [0, 1] (100 steps of size 0.025 by
    default), maximising the margin loss L_R of §3.3 (M = 1) restricted to the target c*.

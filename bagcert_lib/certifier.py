@@ -6,11 +6,12 @@ and class c, and g_Σ predicts the class with the largest sum Σᵢⱼ s(i, j, c
     Δ(i, j, c) = s(i, j, cₜ) − s(i, j, c)
 
 A patch at position l can change only the scores in R(l), the outputs whose receptive fields
-overlap it, and each of those by at most 1 per class. So the prediction cannot change if ::
+overlap it (#R(l) of them), and each of those by at most 1 per class. So the prediction
+cannot change if ::
 
-    Condition 3.2 (per position):  Σ_{(i,j) ∉ R(l)} Δ(i, j, c) > |R(l)|   for every l and every c ≠ cₜ
+    Condition 3.2 (per position):  Σ_{(i,j) ∉ R(l)} Δ(i, j, c) > #R(l)   for every l and every c ≠ cₜ
     Condition 3.3 (global):        Σ_{(i,j)} Δ(i, j, c) > 2 R_max          for every c ≠ cₜ,
-                                   where R_max = max over l of |R(l)|
+                                   where R_max = max over l of #R(l)
 
 Each implies Condition 3.1 (the robustness of g_Σ's prediction), and 3.3 implies 3.2. The sums
 over R(l) are taken for all patch positions at once from a summed-area table (Crow, 1984), on the
@@ -61,7 +62,7 @@ def affected_range(n_in: int, n_out: int, patch: int, rf: int, stride: int):
     a = torch.arange(n_in - patch + 1)
     first = torch.div(a - r + stride - 1, stride, rounding_mode="floor").clamp(0, n_out - 1)
     last = torch.div(a + patch - 1 + r, stride, rounding_mode="floor").clamp(0, n_out - 1)
-    # if a patch touches no output at all (only possible with a too small output), |R(l)| = 0
+    # if a patch touches no output at all (only possible with a too small output), #R(l) = 0
     empty = (a + patch - 1 + r) < 0
     return first, torch.where(empty, first - 1, last)
 
@@ -73,9 +74,9 @@ class Certificate:
     * ``correct`` (B,) bool: g_Σ predicts the label, Σᵢⱼ s(i, j, cₜ) > Σᵢⱼ s(i, j, c) for every c ≠ cₜ;
     * ``certified`` (B,) bool: Condition 3.2 holds (implies ``correct``);
     * ``certified_global`` (B,) bool: Condition 3.3 holds (implies ``certified``);
-    * ``margin`` (B,) float64: min over l and c ≠ cₜ of Σ_{(i,j) ∉ R(l)} Δ(i, j, c) − |R(l)|,
+    * ``margin`` (B,) float64: min over l and c ≠ cₜ of Σ_{(i,j) ∉ R(l)} Δ(i, j, c) − #R(l),
       positive exactly where Condition 3.2 holds;
-    * ``r_max``: R_max = max over l of |R(l)|;
+    * ``r_max``: R_max = max over l of #R(l);
     * ``target`` (B,): c*, the class of that minimum (the target of App. A.2's attack);
     * ``row``, ``col`` (B,): l*, the top-left pixel of the patch position of that minimum.
     """
@@ -168,10 +169,10 @@ class ScoreMaps:
         self.correct = self.min_total > self.tol
 
     def worst_case(self, patch, rf, stride=1, image_size=None, chunk_elems: int = 1 << 25):
-        """Condition 3.2's quantity m(l, c) = Σ_{(i,j) ∉ R(l)} Δ(i, j, c) − |R(l)|, minimised over
+        """Condition 3.2's quantity m(l, c) = Σ_{(i,j) ∉ R(l)} Δ(i, j, c) − #R(l), minimised over
         every patch position l and class c ≠ cₜ.
 
-        Returns (margin (B,) float64, c* (B,), row* (B,), col* (B,), the table of |R(l)| (L_r, L_c)),
+        Returns (margin (B,) float64, c* (B,), row* (B,), col* (B,), the table of #R(l) (L_r, L_c)),
         where (row*, col*) is the top-left input pixel of the minimising patch position l*.
         Classes are processed in chunks so that memory stays bounded for 1,000 classes.
         """
@@ -239,11 +240,11 @@ class CertifiedCounter:
     Σ_R Δ(c) for Σ_{(i,j) ∈ R} Δ(i, j, c):
 
     * Condition 3.3 needs only the global sums, and it implies Condition 3.2, since
-      Σ_{∉R(l)} Δ(c) ≥ Σ Δ(c) − |R(l)| > 2 R_max − |R(l)| ≥ |R(l)|;
-    * a class c with Σ Δ(c) > 2 R_max cannot violate Condition 3.2 (every term is ≥ Σ Δ(c) − 2 |R(l)|);
+      Σ_{∉R(l)} Δ(c) ≥ Σ Δ(c) − #R(l) > 2 R_max − #R(l) ≥ #R(l);
+    * a class c with Σ Δ(c) > 2 R_max cannot violate Condition 3.2 (every term is ≥ Σ Δ(c) − 2 #R(l));
     * certification is monotone in the patch: if a patch q contains a patch p (h_p ≤ h_q,
       w_p ≤ w_q), every R_p(l) lies inside some R_q(l′), and with Δ ∈ [−1, 1],
-      Σ_{∉R_p(l)} Δ(c) − |R_p(l)| ≥ Σ_{∉R_q(l′)} Δ(c) − |R_q(l′)|. So an image not certified
+      Σ_{∉R_p(l)} Δ(c) − #R_p(l) ≥ Σ_{∉R_q(l′)} Δ(c) − #R_q(l′). So an image not certified
       against p is not certified against q, and only the images certified against the largest
       shape inside q already processed are scanned for q.
 
