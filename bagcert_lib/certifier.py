@@ -9,11 +9,10 @@ A patch at position l can change only the scores in R(l), the outputs whose rece
 overlap it (#R(l) of them), and each of those by at most 1 per class. So the prediction
 cannot change if ::
 
-    Condition 3.2 (per position):  Σ_{(i,j) ∉ R(l)} Δ(i, j, c) > #R(l)   for every l and every c ≠ cₜ
-    Condition 3.3 (global):        Σ_{(i,j)} Δ(i, j, c) > 2 R_max          for every c ≠ cₜ,
-                                   where R_max = max over l of #R(l)
+    3.2, per position:  Σ_{(i,j) ∉ R(l)} Δ(i, j, c) > #R(l)   for all l and c ≠ cₜ
+    3.3, global:        Σ_{(i,j)} Δ(i, j, c) > 2 R_max         for all c ≠ cₜ
 
-Each implies Condition 3.1 (the robustness of g_Σ's prediction), and 3.3 implies 3.2. The sums
+where R_max = max over l of #R(l). Each implies Condition 3.1 (the robustness of g_Σ's prediction), and 3.3 implies 3.2. The sums
 over R(l) are taken for all patch positions at once from a summed-area table (Crow, 1984), on the
 scores' device. Both hold for any scores in [0, 1] (sigmoid and softmax heads), not only {0, 1}:
 the proof uses only 0 ≤ s ≤ 1. Inequalities are strict: a tie is neither correct nor certified.

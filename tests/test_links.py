@@ -38,10 +38,13 @@ def links(page: Path) -> list[str]:
 
 
 def unservable(site: Path) -> list[str]:
-    """Every ``page: link (why)`` of ``site`` that a static host could not serve."""
+    """Every ``page: link (why)`` of ``site`` that a static host could not serve. HTML files under
+    ``_static/`` are the theme's templates, not pages, and are skipped."""
     site = site.resolve()
     problems = []
     for page in sorted(site.rglob("*.html")):
+        if page.relative_to(site).parts[0] == "_static":
+            continue
         for link in links(page):
             parts = urlsplit(link)
             if parts.scheme or parts.netloc or not parts.path:   # another site, or an anchor
@@ -68,6 +71,8 @@ def test_the_checker_finds_what_a_static_host_cannot_serve(tmp_path):
     (site / "results" / "runs" / "a" / "metrics.json").write_text("{}")
     (site / "docs").mkdir()
     (site / "docs" / "index.html").write_text("<p>docs</p>")
+    (site / "_static").mkdir()
+    (site / "_static" / "macros.html").write_text('<link href="{{ pathto(x) }}">')   # a template
     (site / "index.html").write_text('<a href="notebooks/figure2.html#top">ok</a>')
     (site / "notebooks" / "figure2.html").write_text(
         '<a href="../results/runs/a/metrics.json">a file: ok</a>'
@@ -88,7 +93,6 @@ def test_the_checker_finds_what_a_static_host_cannot_serve(tmp_path):
         "../../outside.html (outside the site)",
         "/bagcert/index.html (absolute path: leaves a project site)",
     ]
-    (site / "_static").mkdir()
     (site / "_static" / "missing.png").write_bytes(b"")
     assert len(unservable(site)) == 4
 
