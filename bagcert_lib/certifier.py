@@ -15,7 +15,8 @@ cannot change if ::
 where R_max = max over l of #R(l). Each implies Condition 3.1 (the robustness of g_Σ's
 prediction), and 3.3 implies 3.2. The sums over R(l) are taken for all patch positions at once
 from a summed-area table (Crow, 1984), on the scores' device. Both hold for any scores in
-[0, 1] (sigmoid and softmax heads), not only {0, 1}: the proof uses only 0 ≤ s ≤ 1. Inequalities are strict: a tie is neither correct nor certified.
+[0, 1] (sigmoid and softmax heads), not only {0, 1}: the proof uses only 0 ≤ s ≤ 1.
+Inequalities are strict: a tie is neither correct nor certified.
 """
 from __future__ import annotations
 
