@@ -115,3 +115,23 @@ def test_the_repository_url_is_set_in_one_place():
                if p.suffix in (".md", ".py", ".yml", ".ipynb") and "_build" not in p.parts
                and p.is_file() and url in p.read_text(errors="replace")]
     assert spelled == ["book/_config.yml"]
+
+
+def test_run_folders_link_to_the_repository_view_of_the_folder(tmp_path):
+    """A figure's run links open the repository's tree view of each run folder (a static site
+    cannot list a folder), derived from book/_config.yml; a run outside the repository is named."""
+    pytest.importorskip("IPython")
+    import pandas as pd
+
+    from bagcert_lib.results import repository, run_links
+
+    (tmp_path / "book").mkdir()
+    (tmp_path / "book" / "_config.yml").write_text(
+        "repository:\n  url: https://github.com/someone/fork/\n  branch: pages\n")
+    assert repository(tmp_path) == ("https://github.com/someone/fork", "pages")
+    url, branch = repository()
+    run = ROOT / "results" / "runs" / "some-run"
+    html = run_links(pd.DataFrame({"run": ["some-run", "elsewhere"],
+                                   "path": [str(run), str(tmp_path / "elsewhere")]}), "x.ipynb").data
+    assert f'href="{url}/tree/{branch}/results/runs/some-run"' in html
+    assert f"<code>{tmp_path / 'elsewhere'}</code>" in html and html.count("href=") == 1
