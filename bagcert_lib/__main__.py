@@ -136,6 +136,8 @@ def list_runs(results=None, shipped_only: bool = False, errors: list | None = No
     if runs.empty and not errors:
         raise FileNotFoundError(f"no runs (config.yaml) under {results or 'results/runs'}")
     cert = load_certification(results, errors).query("patch == '5x5' and condition in ('3.2', 'DS')")
+    if errors:                                 # a run's bad config.yaml: named once
+        errors[:] = list({str(e): e for e in errors}.values())
     cert = cert.set_index("run")[["clean_accuracy", "certified_accuracy"]]
     done = runs["epochs_done"].fillna(0).astype(int).astype(str) + "/" + runs["epochs"].astype(str)
     done = done.where(runs["finished"].fillna(False).astype(bool), done + " (training)")
@@ -199,8 +201,8 @@ def run(args) -> None:
         df = list_runs(args.results, args.shipped, errors)
         print(df.to_string(index=False, na_rep="") if len(df) else "no run ships its weights yet")
         if errors:                     # the others are listed; each bad run gets its line
-            for e in dict.fromkeys(" ".join(str(e).split()) for e in errors):
-                sys.stderr.write(f"error: run left out: {e}\n")
+            for e in errors:
+                sys.stderr.write(f"error: run left out: {' '.join(str(e).split())}\n")
             sys.exit(2)
     else:
         from .pretrained import export_run
