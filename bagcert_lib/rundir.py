@@ -485,7 +485,8 @@ def resolve(run_dir, needs=MODEL_FILES, results=None) -> Path:
 #: write the run folder the sweep has locked for them).
 LOCKS_ENV = "BAGCERT_RUN_LOCKS"
 
-_local = threading.local()       # per thread: lock path -> [depth, token]
+_local = threading.local()       # per thread: lock path -> [depth, holder]
+_env_guard = threading.Lock()    # sweep threads add and remove their tokens concurrently
 
 
 class Holder(NamedTuple):
@@ -565,13 +566,15 @@ def lock(run_dir, purpose: str = "writing", *, busy_ok: bool = False):
             _remove_temporaries(run_dir)
             me = me._replace(previous=before)
         held[key] = [1, me]
-        os.environ[LOCKS_ENV] = ",".join(filter(None, [os.environ.get(LOCKS_ENV), me.token]))
+        with _env_guard:
+            os.environ[LOCKS_ENV] = ",".join(filter(None, [os.environ.get(LOCKS_ENV), me.token]))
         try:
             yield me
         finally:
             del held[key]
-            tokens = [t for t in os.environ.get(LOCKS_ENV, "").split(",") if t and t != me.token]
-            os.environ[LOCKS_ENV] = ",".join(tokens)
+            with _env_guard:
+                tokens = [t for t in os.environ.get(LOCKS_ENV, "").split(",") if t and t != me.token]
+                os.environ[LOCKS_ENV] = ",".join(tokens)
             os.ftruncate(fd, 0)                      # free: a reader sees no holder
             if created and [p.name for p in run_dir.iterdir()] == [LOCK]:
                 path.unlink()                        # nothing was written: leave no folder

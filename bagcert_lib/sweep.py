@@ -1,4 +1,4 @@
-"""Run a profile's whole grid through the papermill notebooks: train -> certify -> attack.
+"""Run a profile's whole grid through the papermill notebooks: train → certify → attack.
 
     python -m bagcert_lib.sweep --profile cpu                  # Figure 2 + Figure 8 grids
     python -m bagcert_lib.sweep --profile gpu --grid rf_sweep --devices cuda:0 cuda:1
@@ -73,7 +73,7 @@ class Job:
 
 
 def grid_jobs(grid: str = "all", attack_n: int | None = 1000, profile: str = "cpu") -> list[Job]:
-    """The paper's grids from _config.yml: ``figure2`` (RF x M), ``figure8`` (heads x seeds at the
+    """The paper's grids from _config.yml: ``figure2`` (RF × M), ``figure8`` (heads × seeds at the
     headline RF/M), ``rf_sweep`` (RFs at the headline M), ``smoothing`` (the DS baselines), or
     ``all`` (figure2, figure8, then smoothing). The headline configuration (RF 7, M 0.5) is
     attacked on the whole test set. Under the ``cpu`` profile, ``all`` ends with the longer CPU
