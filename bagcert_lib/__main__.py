@@ -217,6 +217,11 @@ def plainly(run, args) -> None:
     code 2, or their traceback with ``args.debug``. Every command line of the library uses it."""
     try:
         run(args)
+    except BrokenPipeError:            # the reader (e.g. `| head`) has gone: nothing to say
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     except USER_ERRORS as err:
         if getattr(args, "debug", False):
             raise
