@@ -3,25 +3,31 @@
     python -m bagcert_lib train --profile cpu --rf 7 --margin 0.5      # train (resumable) + certify
     python -m bagcert_lib train --profile cpu --estimate               # what it costs here, then stop
     torchrun --nproc_per_node=4 -m bagcert_lib train --profile paper --rf 7   # DDP, 4 GPUs
-    python -m bagcert_lib certify cpu-rf7-m0.5-heaviside-s0-seed0 --patches 5 2x12
-    python -m bagcert_lib export results/runs/<run>                    # checkpoint -> model.safetensors
+    python -m bagcert_lib certify cpu-rf7-m0.5-heaviside-s0-seed0 --patches 5 24x1   # 5×5, 24 wide × 1 high
+    python -m bagcert_lib export results/runs/<run>                    # checkpoint → model.safetensors
     python -m bagcert_lib list --shipped                                # the runs that ship their model
     python -m bagcert_lib train --profile imagenet --rf 17 --data /data/imagenet   # App. A.1.2
 
 A wrong argument or a missing or corrupt input prints one line on stderr (what was wrong, what
-is allowed, where it looked) and exits with 2; ``--debug`` shows the traceback instead.
+is allowed, where it looked) and exits with 2; ``--debug`` shows the traceback instead. Training
+into a finished run leaves it as it is (``--retrain`` trains it again, deleting its files); a
+run folder another process is writing is refused, naming that process.
 """
 from __future__ import annotations
 
 import argparse
-import json
+import math
+import re
 import sys
 from pathlib import Path
 
+import yaml
+
 from .config import REPO_ROOT, TrainConfig, profile_config
 
-#: Errors that mean "the user's input is wrong" (bad argument, missing or corrupt data or model).
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, RuntimeError, KeyError)
+#: Errors that mean "the user's input is wrong" (bad argument, missing, unreadable or corrupt
+#: data, model or run file, a run folder another process is writing, a diverged training).
+USER_ERRORS = (ValueError, OSError, RuntimeError, KeyError, yaml.YAMLError, FloatingPointError)
 
 
 class Parser(argparse.ArgumentParser):
@@ -30,15 +36,39 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def parse_patch(text: str):
-    h, _, w = text.lower().partition("x")
+def parse_patch(text: str) -> tuple[int, int]:
+    """A patch in the paper's notation, width × height: ``5`` is 5 × 5, ``24x1`` is 24 wide and
+    1 high. Returns (h, w), the library's order. Anything else (``5x``, ``x5``, ``5x5x5``,
+    ``0x3``) is refused; a patch larger than the image is refused where the image is known."""
+    m = re.fullmatch(r"\s*(\d+)\s*(?:[x×]\s*(\d+)\s*)?", text.lower())
+    if not m:
+        raise argparse.ArgumentTypeError(
+            f"patch {text!r} is not N or WxH (width × height, e.g. 5 for 5×5 or 24x1 for 24 wide, 1 high)")
+    w = int(m.group(1))
+    h = int(m.group(2)) if m.group(2) is not None else w
+    if min(w, h) < 1:
+        raise argparse.ArgumentTypeError(f"patch {text!r} must be positive (width and height >= 1)")
+    return (h, w)
+
+
+def _finite(text: str) -> float:
     try:
-        patch = (int(h), int(w or h))
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"patch {text!r} is not N or HxW (e.g. 5 or 2x12)") from None
-    if min(patch) < 1:
-        raise argparse.ArgumentTypeError(f"patch {text!r} must be positive")
-    return patch
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: give a finite number")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: give a positive integer")
+    return value
 
 
 def _bool(text: str) -> bool:
@@ -62,18 +92,22 @@ def build_parser() -> Parser:
     t.add_argument("--name", help="run directory name (default: derived from the config)")
     t.add_argument("--no-certify", action="store_true", help="skip the test-set certification")
     t.add_argument("--estimate", action="store_true", help="print what the run costs here and stop")
-    t.add_argument("--stop-after", type=int, help="stop after this many epochs (rerun to resume)")
+    t.add_argument("--stop-after", type=_positive_int, help="stop after this many epochs (rerun to resume)")
+    t.add_argument("--retrain", action="store_true",
+                   help="train a finished run again from scratch, deleting its files (else it is left as it is)")
     for f in TrainConfig.__dataclass_fields__.values():
         if f.name in ("profile",):
             continue
         if str(f.type).startswith("bool"):
             t.add_argument(f"--{f.name.replace('_', '-')}", type=_bool, metavar="BOOL")
         else:
-            conv = {"int": int, "float": float, "int | None": int}.get(str(f.type), str)
+            conv = {"int": int, "float": _finite, "int | None": int,
+                    "float | None": _finite}.get(str(f.type), str)
             t.add_argument(f"--{f.name.replace('_', '-')}", type=conv)
     c = sub.add_parser("certify", parents=[common], help="certify a trained run on the test set")
     c.add_argument("run_dir", help="a run folder, or a run name under results/runs")
-    c.add_argument("--patches", nargs="+", type=parse_patch, help="e.g. 5 2x12 (default: every figure's)")
+    c.add_argument("--patches", nargs="+", type=parse_patch,
+                   help="width × height, e.g. 5 (5×5) 24x1 (24 wide, 1 high); default: every figure's")
     c.add_argument("--device")
     e = sub.add_parser("export", parents=[common],
                        help="write a run's model.safetensors (weights only) from its checkpoint.pt")
@@ -85,29 +119,38 @@ def build_parser() -> Parser:
     return p
 
 
-def list_runs(results=None, shipped_only: bool = False) -> "pd.DataFrame":
+def list_runs(results=None, shipped_only: bool = False, errors: list | None = None) -> "pd.DataFrame":
     """One row per run: name, clean and certified (Condition 3.2; a DS run's own certificate)
-    test accuracy against 5x5 patches from certification.csv (blank when not certified), and whether it ships its weights.
+    test accuracy against 5×5 patches from certification.csv (blank when not certified), and whether it ships its weights.
     ``epochs``: done / planned, marked "(training)" for an unfinished run, whose weights are its
     last epoch's, not the finished model, and "retraining k/n" for a run being trained again
-    beside its old files (``sweep --retrain-unshipped``)."""
+    beside its old files (``sweep --retrain-unshipped``). ``errors`` (a list): a run with a file
+    that cannot be read is left out and its error (naming the file) appended there; without it,
+    the error is raised."""
     import pandas as pd
 
-    from .pretrained import WEIGHTS
     from .results import load_certification, load_runs
-    from .sweep import epochs_done, retrain_dir
+    from .rundir import WEIGHTS, epochs_done, retrain_dir
 
-    runs = load_runs(results)
-    if runs.empty:
+    runs = load_runs(results, errors)
+    if runs.empty and not errors:
         raise FileNotFoundError(f"no runs (config.yaml) under {results or 'results/runs'}")
-    cert = load_certification(results).query("patch == '5x5' and condition in ('3.2', 'DS')")
+    cert = load_certification(results, errors).query("patch == '5x5' and condition in ('3.2', 'DS')")
+    if errors:                                 # a run's bad config.yaml: named once
+        errors[:] = list({str(e): e for e in errors}.values())
     cert = cert.set_index("run")[["clean_accuracy", "certified_accuracy"]]
     done = runs["epochs_done"].fillna(0).astype(int).astype(str) + "/" + runs["epochs"].astype(str)
     done = done.where(runs["finished"].fillna(False).astype(bool), done + " (training)")
     for i, (path, epochs) in enumerate(zip(runs["path"], runs["epochs"])):
         stage = retrain_dir(Path(path))
         if stage.is_dir():
-            done.iloc[i] += f", retraining {epochs_done(stage)}/{epochs}"
+            try:
+                done.iloc[i] += f", retraining {epochs_done(stage)}/{epochs}"
+            except ValueError as e:
+                if errors is None:
+                    raise
+                errors.append(e)
+                done.iloc[i] += ", retraining ?/" + str(epochs)
     out = pd.DataFrame({
         "run": runs["run"],
         "epochs": done,
@@ -119,6 +162,10 @@ def list_runs(results=None, shipped_only: bool = False) -> "pd.DataFrame":
 
 
 def run(args) -> None:
+    import json
+
+    from . import rundir
+
     if args.cmd == "train":
         from .distributed import env_rank
         from .runs import certify_run
@@ -133,13 +180,14 @@ def run(args) -> None:
         if env_rank() == 0:
             print(f"run directory: {run_dir}")
         # under torchrun every process trains; rank 0 writes the one run directory
-        out = train(cfg, run_dir, stop_after=args.stop_after)
+        out = train(cfg, run_dir, stop_after=args.stop_after, retrain=args.retrain)
         if env_rank() != 0:                  # rank 0 certifies and reports
             return
-        if out["finished"] and not args.no_certify:
+        certified = (run_dir / rundir.CERTIFICATION).is_file()
+        if out["finished"] and not args.no_certify and not (out.get("skipped") and certified):
             df = certify_run(run_dir)
             print(df.query(f"patch == '{cfg.eval_patch}x{cfg.eval_patch}'").to_string(index=False))
-        print(json.dumps(json.loads((run_dir / "metrics.json").read_text()), indent=2))
+        print(json.dumps(rundir.read_json(run_dir / rundir.METRICS), indent=2))
     elif args.cmd == "certify":
         from .runs import certify_run, resolve_run_dir
 
@@ -149,8 +197,13 @@ def run(args) -> None:
         print(f"saved in {run_dir / 'certification.csv'} "
               "(these shapes' rows replaced, the others kept)", file=sys.stderr)
     elif args.cmd == "list":
-        df = list_runs(args.results, args.shipped)
+        errors = []
+        df = list_runs(args.results, args.shipped, errors)
         print(df.to_string(index=False, na_rep="") if len(df) else "no run ships its weights yet")
+        if errors:                     # the others are listed; each bad run gets its line
+            for e in errors:
+                sys.stderr.write(f"error: run left out: {' '.join(str(e).split())}\n")
+            sys.exit(2)
     else:
         from .pretrained import export_run
         from .runs import resolve_run_dir
@@ -164,12 +217,26 @@ def plainly(run, args) -> None:
     code 2, or their traceback with ``args.debug``. Every command line of the library uses it."""
     try:
         run(args)
+    except BrokenPipeError:            # the reader (e.g. `| head`) has gone: nothing to say
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     except USER_ERRORS as err:
-        if args.debug:
+        if getattr(args, "debug", False):
             raise
-        msg = " ".join(str(err).split()) if not isinstance(err, KeyError) else f"missing {err}"
-        sys.stderr.write(f"error: {msg} (--debug shows the traceback)\n")
+        sys.stderr.write(f"error: {describe_error(err)} (--debug shows the traceback)\n")
         sys.exit(2)
+
+
+def describe_error(err: BaseException) -> str:
+    """One line: the error's message; for an OS error (permission, disk full, ...) what went
+    wrong and the file; for a missing key, the key."""
+    if isinstance(err, KeyError):
+        return f"missing {err}"
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        return f"{err.strerror}: {err.filename}" + (f" → {err.filename2}" if err.filename2 else "")
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def main(argv=None):

@@ -5,6 +5,7 @@ A run's configuration is a :class:`TrainConfig`: the profile's values, then expl
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,14 @@ class TrainConfig:
 
         known = {"cifar10": CIFAR_KERNELS, "imagenet": IMAGENET_KERNELS}.get(
             self.dataset, {**CIFAR_KERNELS, **IMAGENET_KERNELS})
+        for name in ("margin", "sigma", "lr", "warmup_epochs", "weight_decay", "theta",
+                     "checkpoint_minutes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if self.weight_decay < 0 or self.seed < 0 or self.eval_size < 1:
+            raise ValueError(f"weight_decay and seed must be >= 0 and eval_size >= 1, got "
+                             f"{self.weight_decay!r}, {self.seed!r}, {self.eval_size!r}")
         if self.dataset not in ("cifar10", "imagefolder", "imagenet"):
             raise ValueError(f"unknown dataset {self.dataset!r}; choose 'cifar10', 'imagefolder' or 'imagenet'")
         if self.workers is not None and int(self.workers) < 0:

@@ -9,16 +9,16 @@ Each run directory (see ``train.py`` and ``runs.py``) contributes:
 
 Every row carries the run's ``run`` name and the config columns (rf, margin, head, sigma, seed,
 profile, width, epochs, train_size), so a figure selects its runs with ordinary pandas queries.
+The files are read through :mod:`.rundir`: a file that cannot be read raises an error naming it.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
-from .runs import resolve_run_dir, results_dir
+from . import rundir
+from .rundir import results_dir
 
 #: Which profile a figure shows when none is asked for: the first with finished runs, so a figure
 #: never mixes scales. ``cpu_long`` (one headline run) and ``gpu`` are shown beside, not instead.
@@ -41,13 +41,13 @@ def run_dirs(results=None) -> list[Path]:
 
 
 def _config(run: Path) -> dict:
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg = rundir.read_config(run)             # validated: known fields, right types
     cfg.setdefault("method", "bagcert")       # runs written before DS existed
     return {"run": run.name, "path": str(run), **{k: cfg.get(k) for k in CONFIG_COLUMNS}}
 
 
 def _json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return rundir.read_json(path)
 
 
 RUN_COLUMNS = ["run", "path", *CONFIG_COLUMNS, "finished", "certified", "epochs_done", "eval_clean_accuracy",
@@ -90,41 +90,52 @@ def trained_on(prov: dict) -> str | None:
 def _certify_wall_s(run: Path):
     """Wall time of the run's certification step (certification.csv's ``wall_s``, one per run)."""
     f = run / "certification.csv"
-    row = pd.read_csv(f, nrows=1) if f.is_file() else pd.DataFrame()
+    row = rundir.read_csv(f, nrows=1) if f.is_file() else pd.DataFrame()
     return float(row.wall_s.iloc[0]) if "wall_s" in row and len(row) else None
 
 
-def load_runs(results=None) -> pd.DataFrame:
+def load_runs(results=None, errors: list | None = None) -> pd.DataFrame:
     """One row per run: config, metrics.json, provenance and attack.json summaries, and the wall
-    time of each step (``wall_s`` training, ``certify_wall_s``, ``attack_wall_s``)."""
+    time of each step (``wall_s`` training, ``certify_wall_s``, ``attack_wall_s``). A run with a
+    file that cannot be read raises its error (RunFolderError, naming the file); with ``errors``
+    (a list) the run is left out and its error appended there instead."""
     rows = []
     for run in run_dirs(results):
-        prov, metrics, attack = (_json(run / f) for f in ("provenance.json", "metrics.json", "attack.json"))
-        rows.append({
-            **_config(run),
-            "finished": metrics.get("finished", False),
-            "certified": (run / "certification.csv").is_file(),
-            "epochs_done": prov.get("epochs_done"),
-            "eval_clean_accuracy": metrics.get("clean_accuracy"),
-            "eval_certified_accuracy": metrics.get("certified_accuracy"),
-            "parameters": prov.get("parameters"),
-            "n_train": prov.get("n_train"),
-            "device": trained_on(prov),
-            "dataset": prov.get("dataset", {}).get("name"),
-            "dataset_sha256": prov.get("dataset", {}).get("sha256"),
-            "commit": prov.get("git", {}).get("commit"),
-            "wall_s": prov.get("wall_s"),
-            "seconds_per_epoch": prov.get("seconds_per_epoch"),
-            "training_flops": prov.get("training_flops"),
-            "attack_n": attack.get("n"),
-            "adversarial_accuracy": attack.get("adversarial_accuracy"),
-            "attack_clean_accuracy": attack.get("clean_accuracy"),
-            "attack_certified_accuracy": attack.get("certified_accuracy"),
-            "certified_broken": attack.get("certified_broken"),
-            "certify_wall_s": _certify_wall_s(run),
-            "attack_wall_s": attack.get("seconds"),
-        })
+        try:
+            rows.append(_run_row(run))
+        except (rundir.RunFolderError, OSError) as e:
+            if errors is None:
+                raise
+            errors.append(e)
     return pd.DataFrame(rows, columns=None if rows else RUN_COLUMNS)
+
+
+def _run_row(run: Path) -> dict:
+    prov, metrics, attack = (_json(run / f) for f in ("provenance.json", "metrics.json", "attack.json"))
+    return {
+        **_config(run),
+        "finished": metrics.get("finished", False),
+        "certified": (run / "certification.csv").is_file(),
+        "epochs_done": prov.get("epochs_done"),
+        "eval_clean_accuracy": metrics.get("clean_accuracy"),
+        "eval_certified_accuracy": metrics.get("certified_accuracy"),
+        "parameters": prov.get("parameters"),
+        "n_train": prov.get("n_train"),
+        "device": trained_on(prov),
+        "dataset": prov.get("dataset", {}).get("name"),
+        "dataset_sha256": prov.get("dataset", {}).get("sha256"),
+        "commit": prov.get("git", {}).get("commit"),
+        "wall_s": prov.get("wall_s"),
+        "seconds_per_epoch": prov.get("seconds_per_epoch"),
+        "training_flops": prov.get("training_flops"),
+        "attack_n": attack.get("n"),
+        "adversarial_accuracy": attack.get("adversarial_accuracy"),
+        "attack_clean_accuracy": attack.get("clean_accuracy"),
+        "attack_certified_accuracy": attack.get("certified_accuracy"),
+        "certified_broken": attack.get("certified_broken"),
+        "certify_wall_s": _certify_wall_s(run),
+        "attack_wall_s": attack.get("seconds"),
+    }
 
 
 def select_runs(runs: pd.DataFrame, profile: str | None = None) -> pd.DataFrame:
@@ -231,7 +242,7 @@ def headline_run(results=None, profile: str | None = None, run_dir=None, needs: 
     missing."""
     root = Path(results) if results else results_dir()
     if run_dir is not None:
-        return resolve_run_dir(run_dir, needs, root)
+        return rundir.resolve(run_dir, needs, root)
     every = load_runs(root)
     # auto: the largest-scale profile whose headline run already has `needs` (a run still in the
     # middle of its sweep falls back to the next profile, and the figure names the scale it shows)
@@ -287,21 +298,28 @@ CSV_COLUMNS = {
 }
 
 
-def _per_run_csv(results, filename) -> pd.DataFrame:
+def _per_run_csv(results, filename, errors: list | None = None) -> pd.DataFrame:
     frames = []
     for run in run_dirs(results):
         if (run / filename).is_file():
-            df = pd.read_csv(run / filename, dtype={"condition": str, "patch": str})
-            for k, v in reversed(list(_config(run).items())):
-                df.insert(0, k, v)
+            try:
+                df = rundir.read_csv(run / filename, dtype={"condition": str, "patch": str})
+                for k, v in reversed(list(_config(run).items())):
+                    df.insert(0, k, v)
+            except (rundir.RunFolderError, OSError) as e:
+                if errors is None:
+                    raise
+                errors.append(e)
+                continue
             frames.append(df)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["run", "path", *CONFIG_COLUMNS, *CSV_COLUMNS[filename]])
 
 
-def load_certification(results=None) -> pd.DataFrame:
-    """One row per (run, patch, condition): clean and certified accuracy on the test split."""
-    return _per_run_csv(results, "certification.csv")
+def load_certification(results=None, errors: list | None = None) -> pd.DataFrame:
+    """One row per (run, patch, condition): clean and certified accuracy on the test split
+    (``errors``: as in :func:`load_runs`)."""
+    return _per_run_csv(results, "certification.csv", errors)
 
 
 def load_history(results=None) -> pd.DataFrame:
@@ -325,7 +343,7 @@ def load_retrained(results=None) -> pd.DataFrame:
         prov = _json(run / "provenance.json")
         before = pd.DataFrame(old.get("certification", []), columns=["patch", "condition", "clean_accuracy",
                                                                      "certified_accuracy"])
-        after = pd.read_csv(cert, dtype={"condition": str, "patch": str})
+        after = rundir.read_csv(cert, dtype={"condition": str, "patch": str})
         both = before.astype({"condition": str, "patch": str}).merge(
             after[["patch", "condition", "clean_accuracy", "certified_accuracy"]],
             on=["patch", "condition"], suffixes=("_before", "_after"))
@@ -365,7 +383,7 @@ def shipped_headline(results=None) -> Path:
     holding ``model.safetensors``: finished runs first, then the most training compute
     (``provenance.json["training_flops"]`` where every candidate records it, else width × epochs).
     Raises FileNotFoundError naming the folder it looked in when there is none."""
-    from .pretrained import WEIGHTS
+    from .rundir import WEIGHTS
 
     root = Path(results) if results else results_dir()
     runs = load_runs(root)

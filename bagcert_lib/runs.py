@@ -1,6 +1,6 @@
 """One run directory, three steps: train (``train.train``), certify and attack (this module).
 
-Files each step adds to ``run_dir``:
+Files each step adds to ``run_dir`` (through :mod:`.rundir`: atomically, under its lock):
 
 * ``certification.csv`` — per patch shape and condition: clean and certified accuracy on the
   whole test split, forward-pass vs certification seconds (one forward pass for all shapes).
@@ -10,46 +10,37 @@ Files each step adds to ``run_dir``:
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 
 from . import data as data_mod
+from . import rundir
 from .attack import patch_attack
 from .certifier import _pair, affected_range
-from .config import REPO_ROOT, grids, profile_config
+from .config import REPO_ROOT, grids, profile_config  # noqa: F401 (REPO_ROOT: API)
+from .pretrained import load_run
+from .rundir import MODEL_FILES, results_dir  # noqa: F401 (API)
 from .runtime import default_device, device_name, memory_format, region_scores
-from .train import evaluate_batches, git_commit, load_run, test_batches
+from .train import evaluate_batches, git_commit, test_batches
 
 
 def figure_patches(dataset: str = "cifar10") -> list:
     """Every patch shape of Figures 3 and 4: squares 1..16 and the 24-pixel aspect ratios; for
-    ImageNet the 32x32 patch of Figure 2 (2.04 % of 224x224, App. A.1.2)."""
+    ImageNet the 32 × 32 patch of Figure 2 (2.04 % of 224 × 224, App. A.1.2)."""
     g = grids()
     if dataset == "imagenet":
         return [_pair(p, "patch") for p in g["imagenet_patches"]]
     return [_pair(p, "patch") for p in g["square_patches"] + g["aspect_ratio_patches"]]
 
 
-def results_dir() -> Path:
-    """Parent of all run directories: ``$BAGCERT_RESULTS``, else results/runs in the repository."""
-    return Path(os.environ.get("BAGCERT_RESULTS") or REPO_ROOT / "results" / "runs")
-
-
 def headline_run_dir(profile: str = "auto") -> Path:
     """The run directory of the headline configuration (RF 7, M 0.5) of ``profile``."""
     h = grids()["headline"]
     return results_dir() / profile_config(profile, rf=h["rf"], margin=h["margin"]).run_name()
-
-
-#: What makes a run directory usable for certification and the attack: shipped weights, or the
-#: resume checkpoint of a run trained on this machine.
-MODEL_FILES = ("model.safetensors", "checkpoint.pt")
 
 
 def resolve_run_dir(run_dir=None, needs=MODEL_FILES, results=None) -> Path:
@@ -66,24 +57,7 @@ def resolve_run_dir(run_dir=None, needs=MODEL_FILES, results=None) -> Path:
                 return shipped_headline(root)
             except FileNotFoundError:
                 pass
-    for p in (Path(run_dir), REPO_ROOT / run_dir, root / run_dir):
-        if any((p / n).is_file() for n in needs):
-            return p
-    if set(needs) <= set(MODEL_FILES):
-        for p in (Path(run_dir), REPO_ROOT / run_dir, root / run_dir):
-            if (p / "config.yaml").is_file():
-                profile = yaml.safe_load((p / "config.yaml").read_text()).get("profile", "cpu")
-                raise FileNotFoundError(
-                    f"run {p.name} has no trained weights ({' or '.join(needs)}): it was trained "
-                    "before runs shipped their models, and its checkpoint stayed on the machine "
-                    "that trained it. Train it again with `python -m bagcert_lib.sweep --profile "
-                    f"{profile} --retrain-unshipped`, or use a run that ships {MODEL_FILES[0]} "
-                    "(python -m bagcert_lib list)")
-    looked = list(dict.fromkeys(str(p.resolve()) for p in
-                                (Path(run_dir), REPO_ROOT / run_dir, root / run_dir)))
-    raise FileNotFoundError(f"no {' or '.join(needs)} in run directory {str(run_dir)!r}; looked in "
-                            + (", ".join(looked[:-1]) + " and " if len(looked) > 1 else "")
-                            + looked[-1])
+    return rundir.resolve(run_dir, needs, root)
 
 
 def _load(run_dir, device, progress, n=None):
@@ -106,27 +80,53 @@ def certify_run(run_dir, patches=None, device=None, progress=True,
     rows of these shapes replace their old ones and the other shapes' rows stay (certifying one
     shape never erases the figures' others). Returns the new rows.
     ImageNet's val set is streamed through the DataLoader (centre crop), never held in memory;
-    ``wall_s`` includes its decoding."""
+    ``wall_s`` includes its decoding. Holds the run folder's lock; the file is written
+    atomically, and an existing one that cannot be read is refused (naming it) before any work.
+    A patch larger than the image is refused."""
     run_dir = resolve_run_dir(run_dir)
-    model, cfg, ds, device = _load(run_dir, device, progress)
-    t0 = time.perf_counter()
-    df = evaluate_batches(model, test_batches(ds, cfg, device, model=model), cfg, device,
-                          patches=patches or figure_patches(cfg.dataset), progress=progress)
-    df["wall_s"] = time.perf_counter() - t0
-    df["device"] = device_name(device)
-    _merge_rows(run_dir / filename, df).to_csv(run_dir / filename, index=False)
+    with rundir.lock(run_dir, "certification"):
+        path = run_dir / filename
+        _old_rows(path)                        # an unreadable file is refused before any work
+        model, cfg, ds, device = _load(run_dir, device, progress)
+        patches = [_pair(p, "patch") for p in (patches or figure_patches(cfg.dataset))]
+        check_patches(patches, data_mod.image_size(ds))
+        t0 = time.perf_counter()
+        df = evaluate_batches(model, test_batches(ds, cfg, device, model=model), cfg, device,
+                              patches=patches, progress=progress)
+        df["wall_s"] = time.perf_counter() - t0
+        df["device"] = device_name(device)
+        rundir.write_csv(path, _merge_rows(path, df))
     return df
+
+
+def check_patches(patches, image_size) -> None:
+    """ValueError for a patch (h, w) larger than the image (H, W), in the paper's w × h."""
+    H, W = image_size
+    for h, w in patches:
+        if h > H or w > W:
+            raise ValueError(f"patch {w}x{h} (w × h) is larger than the image {W}x{H}; "
+                             f"allowed: up to {W} wide and {H} high")
+
+
+def _old_rows(path: Path) -> pd.DataFrame | None:
+    """The rows of an existing certification file (None: there is none); RunFolderError naming
+    it when it is not a table with patch and condition columns."""
+    if not path.is_file():
+        return None
+    old = rundir.read_csv(path, dtype={"condition": str})
+    if not {"patch", "condition"} <= set(old.columns):
+        raise rundir.RunFolderError(f"{path}: has no patch and condition columns; delete it "
+                                    "to certify again from scratch")
+    return old
 
 
 def _merge_rows(path: Path, new: pd.DataFrame) -> pd.DataFrame:
     """``path``'s rows with those of ``new``'s (patch, condition) pairs replaced in place, and
-    ``new``'s other rows appended."""
-    if not path.is_file():
+    ``new``'s other rows appended. A file that is not such a table raises RunFolderError."""
+    old = _old_rows(path)
+    if old is None:
         return new
     key = ["patch", "condition"]
-    old = pd.read_csv(path, dtype={"condition": str})
-    if not set(key) <= set(old.columns):
-        return new
     columns = list(dict.fromkeys([*old.columns, *new.columns]))
     old, new = old.set_index(key), new.astype({"condition": str}).set_index(key)
     order = list(old.index) + [k for k in new.index if k not in old.index]
@@ -140,11 +140,17 @@ def attack_run(run_dir, n: int | None = 1000, patch=5, steps: int = 100, step_si
     Writes attack.json (accuracies, and ``certified_broken``, which must be 0), attack_samples.csv
     and attack_example.npz (the first broken sample, else the first one) for Figure 6.
     """
-    from tqdm import tqdm
-
     patch = _pair(patch, "patch")
     run_dir = resolve_run_dir(run_dir)
+    with rundir.lock(run_dir, "attack"):
+        return _attack(run_dir, n, patch, steps, step_size, batch_size, device, seed, progress)
+
+
+def _attack(run_dir, n, patch, steps, step_size, batch_size, device, seed, progress) -> dict:
+    from tqdm import tqdm
+
     model, cfg, ds, device = _load(run_dir, device, progress, n)
+    check_patches([patch], data_mod.image_size(ds))
     gen = torch.Generator().manual_seed(seed)
     git = git_commit()
     rows, t0, example = [], time.perf_counter(), None
@@ -171,9 +177,9 @@ def attack_run(run_dir, n: int | None = 1000, patch=5, steps: int = 100, step_si
            "certified_broken": int((df.certified & df.flipped).sum()),
            "seconds": seconds, "device": device_name(device), "git": git,
            "dataset": ds.describe()}
-    df.to_csv(run_dir / "attack_samples.csv", index_label="index")
-    (run_dir / "attack.json").write_text(json.dumps(out, indent=2, default=float))
-    np.savez_compressed(run_dir / "attack_example.npz", **example)
+    rundir.write_csv(run_dir / rundir.ATTACK_SAMPLES, df, index=True, index_label="index")
+    rundir.write_npz(run_dir / rundir.ATTACK_EXAMPLE, **example)
+    rundir.write(run_dir / rundir.ATTACK, json.dumps(out, indent=2, default=float))   # last: done
     return out
 
 

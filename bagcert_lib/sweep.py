@@ -1,9 +1,9 @@
-"""Run a profile's whole grid through the papermill notebooks: train -> certify -> attack.
+"""Run a profile's whole grid through the papermill notebooks: train → certify → attack.
 
     python -m bagcert_lib.sweep --profile cpu                  # Figure 2 + Figure 8 grids
     python -m bagcert_lib.sweep --profile gpu --grid rf_sweep --devices cuda:0 cuda:1
     python -m bagcert_lib.sweep --profile cpu --devices cpu cpu   # two configurations at once, a core each
-    python -m bagcert_lib.sweep --profile cpu --grid smoothing   # the DS baselines (issue 5)
+    python -m bagcert_lib.sweep --profile cpu --grid smoothing   # the DS baselines
     python -m bagcert_lib.sweep --profile smoke --results /tmp/runs --dry-run
     python -m bagcert_lib.sweep --profile paper --grid figure2 --executor slurm \
         --slurm-partition gpu --gpus-per-job 4          # a SLURM job array, one job per configuration
@@ -11,8 +11,9 @@
 Each configuration gets one run directory; the executed notebooks are kept beside its results.
 A step whose output exists is skipped, and training resumes from its last checkpoint, so a killed
 sweep picks up where it stopped when started again. With several devices, one configuration runs
-per device at a time; a configuration another sweep is running (its run directory is locked) is
-skipped, so two sweeps may share a results folder.
+per device at a time; a configuration another sweep is running (its run directory is locked,
+:func:`bagcert_lib.rundir.lock`) is skipped, so two sweeps may share a results folder. The
+notebooks it executes write the run directory under its lock.
 
 ``--executor slurm`` submits the grid through submitit as one SLURM job array (one job per
 configuration, each resuming its run directory); ``--gpus-per-job N`` makes each job N tasks that
@@ -21,32 +22,31 @@ train with DistributedDataParallel (``distributed.py``), then rank 0 certifies a
 
 ``--retrain-unshipped`` also trains again every finished run of the grid that has no
 ``model.safetensors`` and no checkpoint to export it from (runs committed before models were
-shipped, issue 16). The new run trains, certifies and attacks in ``<run>/retrain/<run>/`` beside
+shipped). The new run trains, certifies and attacks in ``<run>/retrain/<run>/`` beside
 the old one, which stays whole (and in the book) until then; only a finished retrain replaces it
 (:func:`replace_with_retrain`), keeping the old run's numbers in ``previous.json`` so the book can
 compare the two. A retrain stopped half-way resumes from its checkpoint in that folder, which can
-be committed (``git add -f <run>/retrain``) to carry on in another session or on another machine.
+be committed (``git add -f <run>/retrain``) to carry on later or on another machine.
 
 ``--max-runs N`` works on at most N configurations that have something left to do (finished ones
 are skipped and not counted) and then stops: a bounded piece of a long sweep that ends before a
-session or an allocation does, without leaving a half-trained run behind.
+job or an allocation does, without leaving a half-trained run behind.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import queue
-import shutil
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import rundir
 from .config import REPO_ROOT, grids, profile_config, resolve_profile
-from .runs import results_dir
-from .train import CHECKPOINT
+from .rundir import (CHECKPOINT, PREVIOUS, RETRAIN, epochs_done, results_dir,  # noqa: F401 (API)
+                     retrain_dir, unshipped)
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 
@@ -73,7 +73,7 @@ class Job:
 
 
 def grid_jobs(grid: str = "all", attack_n: int | None = 1000, profile: str = "cpu") -> list[Job]:
-    """The paper's grids from _config.yml: ``figure2`` (RF x M), ``figure8`` (heads x seeds at the
+    """The paper's grids from _config.yml: ``figure2`` (RF × M), ``figure8`` (heads × seeds at the
     headline RF/M), ``rf_sweep`` (RFs at the headline M), ``smoothing`` (the DS baselines), or
     ``all`` (figure2, figure8, then smoothing). The headline configuration (RF 7, M 0.5) is
     attacked on the whole test set. Under the ``cpu`` profile, ``all`` ends with the longer CPU
@@ -108,7 +108,7 @@ def grid_jobs(grid: str = "all", attack_n: int | None = 1000, profile: str = "cp
 
 
 def scaling_jobs(attack_n: int | None = 1000) -> list[Job]:
-    """The compute study's runs (issue 13): ``grids.scaling`` of _config.yml, each (width, epochs)
+    """The compute study's runs: ``grids.scaling`` of _config.yml, each (width, epochs)
     with the paper's warmup share, at the headline RF and M."""
     s = grids()["scaling"]
     return [Job(s["rf"], s["margin"], attack_n=attack_n, profile=s["profile"],
@@ -117,17 +117,7 @@ def scaling_jobs(attack_n: int | None = 1000) -> list[Job]:
             for w, e in s["runs"]]
 
 
-def _done(run_dir: Path, step: str) -> bool:
-    if step == "train":
-        m = run_dir / "metrics.json"
-        return m.is_file() and json.loads(m.read_text()).get("finished", False)
-    return (run_dir / {"certify": "certification.csv", "attack": "attack.json"}[step]).is_file()
-
-
-def epochs_done(run_dir: Path) -> int:
-    """Whole epochs trained in ``run_dir`` (its metrics.json, written at every epoch's end)."""
-    m = run_dir / "metrics.json"
-    return json.loads(m.read_text()).get("epoch", 0) if m.is_file() else 0
+_done = rundir.step_done
 
 
 def has_work(run_dir: Path, job: Job, retrain_unshipped: bool = False) -> bool:
@@ -136,33 +126,16 @@ def has_work(run_dir: Path, job: Job, retrain_unshipped: bool = False) -> bool:
             or (retrain_unshipped and unshipped(run_dir)))
 
 
-#: What a retrained run keeps of the run it replaced (:func:`summarise`).
-PREVIOUS = "previous.json"
-#: Where a run is trained again (``<run>/retrain/<run>/``) until it replaces the old run.
-RETRAIN = "retrain"
-
-
-def retrain_dir(run_dir: Path) -> Path:
-    """The folder in which ``run_dir`` is trained again: its own name, so the weights' metadata
-    and the executed notebooks name the run itself."""
-    return run_dir / RETRAIN / run_dir.name
-
-
-def unshipped(run_dir: Path) -> bool:
-    """A finished run with neither ``model.safetensors`` nor a ``checkpoint.pt`` to export it
-    from: the runs committed before models were shipped, whose checkpoints stayed on the machine
-    that trained them. Only training them again gives their weights."""
-    from .pretrained import WEIGHTS
-
-    return (_done(run_dir, "train") and not (run_dir / WEIGHTS).is_file()
-            and not (run_dir / CHECKPOINT).is_file())
+# rundir.PREVIOUS: what a retrained run keeps of the run it replaced (:func:`summarise`);
+# rundir.retrain_dir: where a run is trained again (``<run>/retrain/<run>/``) until it replaces
+# the old run; rundir.unshipped: a finished run with neither weights nor a checkpoint to export
+# them from (committed before models were shipped): only training it again gives its weights.
 
 
 def summarise(run_dir: Path) -> dict:
     """What ``previous.json`` keeps of a run that is replaced: the commit, torch and device that
     made it, its held-out metrics, every certification.csv row and the attack's summary."""
-    from .results import _json as read_json
-
+    read_json = rundir.read_json
     prov, attack = read_json(run_dir / "provenance.json"), read_json(run_dir / "attack.json")
     cert = run_dir / "certification.csv"
     return {
@@ -182,22 +155,18 @@ def summarise(run_dir: Path) -> dict:
 def replace_with_retrain(run_dir: Path, steps=("train", "certify", "attack")) -> dict:
     """A finished retrain (:func:`retrain_dir`, every step done) replaces the run it was trained
     for: the old run is summarised in ``previous.json`` (:func:`summarise`), its files go (git
-    history keeps them), the new ones move up. Safe to call again after an interruption: the
-    summary goes into the retrain folder before anything is deleted. Returns the summary."""
+    history keeps them), the new ones move up (:func:`bagcert_lib.rundir.move_in`). Safe to call
+    again after an interruption: the summary goes into the retrain folder before anything is
+    deleted. Returns the summary."""
     new = retrain_dir(run_dir)
     if not all(_done(new, s) for s in steps):
         raise RuntimeError(f"{new}: the retrain has not finished ({', '.join(steps)})")
-    prev = new / PREVIOUS
-    if not prev.is_file():               # else an earlier call stopped part-way
-        prev.write_text(json.dumps(summarise(run_dir), indent=2) + "\n")
-    for p in run_dir.iterdir():
-        if p.name not in (".lock", RETRAIN):
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
-    for p in list(new.iterdir()):
-        if p.name != ".lock":
-            os.replace(p, run_dir / p.name)
-    shutil.rmtree(run_dir / RETRAIN)
-    return json.loads((run_dir / PREVIOUS).read_text())
+    with rundir.lock(run_dir, "replacing it by its retrain"):
+        prev = new / PREVIOUS
+        if not prev.is_file():               # else an earlier call stopped part-way
+            rundir.write_json(prev, summarise(run_dir))
+        rundir.move_in(run_dir, new)
+    return rundir.read_json(run_dir / PREVIOUS)
 
 
 def _csv_rows(path: Path) -> list[dict]:
@@ -210,21 +179,12 @@ def _csv_rows(path: Path) -> list[dict]:
 
 @contextlib.contextmanager
 def run_lock(run_dir: Path):
-    """Hold an exclusive lock on ``run_dir`` (``flock`` on ``run_dir/.lock``); yields False when
-    another process holds it, so two sweeps started on one results folder never run the same
-    configuration. The OS drops the lock when its holder exits: a killed sweep leaves none behind."""
-    try:
-        import fcntl
-    except ImportError:            # no flock (Windows): no protection, as before
-        yield True
-        return
-    with open(run_dir / ".lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
+    """Hold ``run_dir``'s lock (:func:`bagcert_lib.rundir.lock`) for a sweep; yields False when
+    another process or thread holds it, so two sweeps started on one results folder never run
+    the same configuration. The notebooks executed meanwhile write the run directory under it.
+    The OS drops the lock when its holder dies: a killed sweep leaves none behind."""
+    with rundir.lock(run_dir, "sweep", busy_ok=True) as me:
+        yield me is not None
 
 
 def run_job(job: Job, profile: str, results: Path, device: str | None, log=print,
@@ -253,7 +213,8 @@ def run_job(job: Job, profile: str, results: Path, device: str | None, log=print
         if new.is_dir() and all(_done(new, s) for s in job.steps):   # stopped while replacing
             _replace(run_dir, log, job.steps)
         if _done(run_dir, "train") and (run_dir / CHECKPOINT).is_file():
-            from .pretrained import WEIGHTS, export_run
+            from .pretrained import export_run
+            from .rundir import WEIGHTS
             from .train import checkpoint_position
             if not (run_dir / WEIGHTS).is_file():
                 at = checkpoint_position(run_dir)
@@ -266,8 +227,7 @@ def run_job(job: Job, profile: str, results: Path, device: str | None, log=print
         into = run_dir
         if retrain_unshipped and unshipped(run_dir):
             into = new
-            from .results import _json as read_json
-            old = read_json(run_dir / "provenance.json").get("git", {}).get("commit")
+            old = rundir.read_json(run_dir / rundir.PROVENANCE).get("git", {}).get("commit")
             log(f"[redo] {run_dir.name}: no weights and no checkpoint; "
                 + (f"resuming its retrain in {new.relative_to(run_dir)}" if new.is_dir() else
                    f"training it again in {new.relative_to(run_dir)}")

@@ -3,22 +3,28 @@
 ``train(cfg, run_dir)`` writes one run directory::
 
     config.yaml       the TrainConfig
-    history.csv       per epoch: loss, lr, clean and certified accuracy on the held-out set, seconds
-    metrics.json      the last epoch's numbers
-    provenance.json   git commit, torch version, device, dataset name + sha256, wall time, s/epoch;
-                      segments: the commit and machine of every (re)start and its first epoch
     checkpoint.pt     model, optimizer, scheduler, epoch, history (every epoch, and every
                       ``checkpoint_minutes`` within one: then also the step and RNG state)
     model.safetensors the weights only, shipped with the run (``pretrained.load_pretrained``)
+    history.csv       per epoch: loss, lr, clean and certified accuracy on the held-out set, seconds
+    provenance.json   git commit, torch version, device, dataset name + sha256, wall time, s/epoch;
+                      segments: the commit and machine of every (re)start and its first epoch
+    metrics.json      the last epoch's numbers, written last (``finished``: every record is in)
+
+in that order at every epoch's end, each atomically, under the run folder's lock (``rundir``).
 
 Rerunning with the same run directory resumes from checkpoint.pt and ends at the same result as an
 uninterrupted run: every epoch reseeds its shuffling, augmentation and shake-shake noise from
 (seed, epoch); a checkpoint written mid-epoch also holds the step reached and the RNG state, and
 the resumed epoch skips the batches already trained on (drawing their augmentation numbers).
+A checkpoint of the last epoch whose records are missing (a kill after it was written) is
+completed: its weights and records are written from it. A finished run is left as it is
+(``retrain=True`` trains it again from scratch); a different configuration under its name is
+refused, naming the fields that differ.
 """
 from __future__ import annotations
 
-import json
+import contextlib
 import math
 import os
 import subprocess
@@ -29,20 +35,16 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from tqdm import tqdm
 
 from . import data as data_mod
 from .config import REPO_ROOT, TrainConfig
 from .methods import method_for
 from .model import conv_macs, num_parameters, training_flops
-from . import distributed
-from .pretrained import WEIGHTS, save_weights
+from . import distributed, rundir
+from .rundir import CHECKPOINT, RESUME_MAY_CHANGE, WEIGHTS, RunFolderError
 from .runtime import (compiled, configure_backends, default_device, device_name, memory_format,
                       use_amp, use_channels_last, cpu_class, cpu_features)
-
-CHECKPOINT = "checkpoint.pt"
-
 
 def build_model(cfg: TrainConfig, num_classes: int = 10):
     """BagCert's region scorer (App. A.1), or DS's ResNet-18 base classifier for a DS run."""
@@ -71,7 +73,7 @@ def cosine_warmup(total_steps: int, warmup_steps: int):
 def git_commit(root=REPO_ROOT) -> dict:
     """The commit this code runs from; ``dirty``: a tracked file outside ``results/`` differs from
     it (the code, not the result files other runs are writing beside this one). A copy of the
-    tree without ``.git`` (a lent GPU machine, a cluster's staging copy) names its commit in
+    tree without ``.git`` (a rented GPU machine, a cluster's staging copy) names its commit in
     ``$BAGCERT_GIT_COMMIT``; whether that copy was dirty is then unknown (None)."""
     def git(*args):
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
@@ -127,7 +129,7 @@ def training_loss(model, x, y, cfg: TrainConfig, head=None, device=None):
 def estimate_cost(cfg: TrainConfig, n_train: int | None = None, device=None, steps: int = 3,
                   epochs_left: int | None = None) -> dict:
     """What a run costs on this machine, from ``steps`` timed training steps of a fresh copy of
-    its model on random batches (issue 12): nobody should start a 25-hour job believing it takes 5.
+    its model on random batches: nobody should start a 25-hour job believing it takes 5.
 
     ``n_train``: training images (default: train_size, else 50,000 for CIFAR-10). The estimate
     covers training only; per-epoch evaluation adds a few percent."""
@@ -181,12 +183,11 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-#: Config fields a run may change when it resumes: the device, the data's location (the dataset
-#: itself is pinned by its sha256 in provenance.json), the memory format, compilation and the
-#: number of DataLoader workers (same numbers: augmentation is seeded per image, not per worker)
-#: and how often it checkpoints. The number of processes is not a config field either: a run may
-#: resume with another world size.
-RESUME_MAY_CHANGE = ("device", "data", "channels_last", "compile", "workers", "checkpoint_minutes")
+# rundir.RESUME_MAY_CHANGE: config fields a run may change when it resumes: the device, the
+# data's location (the dataset itself is pinned by its sha256 in provenance.json), the memory
+# format, compilation and the number of DataLoader workers (same numbers: augmentation is seeded
+# per image, not per worker) and how often it checkpoints. The number of processes is not a
+# config field either: a run may resume with another world size.
 
 
 def epoch_batches(x, y, cfg: TrainConfig, epoch: int, device, channels_last: bool, method=None,
@@ -212,28 +213,87 @@ def epoch_batches(x, y, cfg: TrainConfig, epoch: int, device, channels_last: boo
         yield distributed.shard(xb, ctx), distributed.shard(yb, ctx)
 
 
-def train(cfg: TrainConfig, run_dir, *, resume: bool = True, progress: bool = True,
-          stop_after: int | None = None, stop_after_steps: int | None = None) -> dict:
-    """Train one configuration into ``run_dir`` (resuming if a checkpoint is there).
+def train(cfg: TrainConfig, run_dir, *, resume: bool = True, retrain: bool = False,
+          progress: bool = True, stop_after: int | None = None,
+          stop_after_steps: int | None = None) -> dict:
+    """Train one configuration into ``run_dir`` (resuming if a checkpoint is there), holding
+    its lock (:func:`rundir.lock`: a second writer is refused).
 
+    A finished run is left untouched (returned with ``skipped``: its model and history);
+    ``retrain``: its files are deleted and it is trained again from scratch. A run folder of
+    another configuration is refused (RunFolderError listing the fields that differ).
     ``stop_after``: return after that many epochs of this call; ``stop_after_steps``: after that
     many training steps, as if killed just after its last mid-epoch checkpoint (both to test
-    resuming). Under torchrun every process calls this; rank 0 alone writes the run directory
-    (``distributed.py``).
+    resuming). Under torchrun every process calls this; rank 0 alone locks and writes the run
+    directory (``distributed.py``).
     """
     cfg.validate()
     ctx = distributed.setup(cfg.device, cfg.batch_size)    # world size 1 without torchrun
     try:
-        return _train(cfg, run_dir, ctx, resume=resume, progress=progress and ctx.is_main,
-                      stop_after=stop_after, stop_after_steps=stop_after_steps)
+        with rundir.lock(run_dir, "training") if ctx.is_main else contextlib.nullcontext() as me:
+            if me is not None and me.previous is not None and progress:
+                print(f"{run_dir}: took over the lock of {me.previous}, which is no longer running")
+            return _train(cfg, run_dir, ctx, resume=resume and not retrain, retrain=retrain,
+                          progress=progress and ctx.is_main, stop_after=stop_after,
+                          stop_after_steps=stop_after_steps)
     finally:
         distributed.teardown(ctx)
 
 
-def _train(cfg, run_dir, ctx, *, resume, progress, stop_after, stop_after_steps=None):
+def _check_run_folder(cfg: TrainConfig, run_dir: Path, retrain: bool, is_main: bool,
+                      progress: bool) -> bool:
+    """Before training into ``run_dir``: False when it holds a finished run (left as it is);
+    RunFolderError when it holds another configuration, or weights that no checkpoint resumes.
+    ``retrain`` (rank 0): the old run's files are deleted first."""
+    if (run_dir / rundir.CONFIG).is_file():
+        differ = rundir.config_differences(rundir.read_config(run_dir), cfg.to_dict())
+        if differ:
+            raise RunFolderError(f"{run_dir} holds a run of a different configuration "
+                                 f"({'; '.join(differ)}); train into another folder (--name)")
+    if retrain:
+        if is_main:
+            gone = rundir.remove(run_dir, (*rundir.TRAINING_FILES, *rundir.RESULT_FILES))
+            gone += rundir.remove(run_dir, [p.name for p in run_dir.glob("certification_*.csv")])
+            if progress and gone:
+                print(f"retraining {run_dir}: deleted {', '.join(gone)}")
+        return True
+    if rundir.finished(run_dir):
+        if progress:
+            print(f"{run_dir} is finished ({rundir.state(run_dir)}, {rundir.epochs_done(run_dir)}/"
+                  f"{cfg.epochs} epochs): left as it is; to train it again, use another --name "
+                  "or --retrain (which deletes its files)")
+        return False
+    if (run_dir / WEIGHTS).is_file() and not (run_dir / CHECKPOINT).is_file():
+        raise RunFolderError(f"{run_dir} holds {WEIGHTS} but no {CHECKPOINT} to resume from: training "
+                             "would overwrite them; use another --name, or --retrain to replace them")
+    return True
+
+
+def _finished_run(cfg: TrainConfig, run_dir: Path, device) -> dict:
+    """What :func:`train` returns for a finished run it left untouched."""
+    if (run_dir / WEIGHTS).is_file():
+        state, _ = rundir.read_weights(run_dir / WEIGHTS)
+        model = build_model(cfg, num_classes=state[method_for(cfg).classifier_key].shape[0])
+        rundir.check_weights(state, model.state_dict(), run_dir / WEIGHTS)
+        model.load_state_dict(state)
+        model = model.to(device)
+    elif (run_dir / CHECKPOINT).is_file():
+        model, _ = load_checkpoint_model(run_dir, device)
+    else:
+        model = None
+    hist = run_dir / rundir.HISTORY
+    history = rundir.read_csv(hist) if hist.is_file() else pd.DataFrame()
+    return {"model": model, "history": history, "run_dir": run_dir, "finished": True,
+            "skipped": True}
+
+
+def _train(cfg, run_dir, ctx, *, resume, progress, stop_after, stop_after_steps=None,
+           retrain=False):
     git = git_commit()      # the code this process runs, recorded once at start
     run_dir = Path(run_dir)
     device = ctx.device
+    if not _check_run_folder(cfg, run_dir, retrain, ctx.is_main, progress):
+        return _finished_run(cfg, run_dir, device)
     configure_backends()
     full, train_data, eval_data = load_data(cfg)           # raises before any training
     size = data_mod.image_size(full)
@@ -258,27 +318,27 @@ def _train(cfg, run_dir, ctx, *, resume, progress, stop_after, stop_after_steps=
     start_epoch, history, wall_before, segments = 0, [], 0.0, []
     start_step, partial = 0, None           # a checkpoint written mid-epoch: where in the epoch
     if resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=True)   # never unpickles
-        old, new = TrainConfig(**ck["config"]).to_dict(), cfg.to_dict()   # fields added later: defaults
-        for where in RESUME_MAY_CHANGE:      # where a run continues is not what it is
-            old.pop(where, None), new.pop(where, None)
-        if old != new:
-            changed = sorted(k for k in new if old.get(k) != new.get(k))
-            raise ValueError(f"{ckpt_path} was written by a different configuration ({', '.join(changed)} "
-                             "differ); use another run directory or resume=False")
+        ck = rundir.load_checkpoint(ckpt_path, map_location=device)   # never unpickles
+        # fields added later take their defaults; where a run continues is not what it is
+        changed = rundir.config_differences(ck["config"], cfg.to_dict())
+        if changed:
+            raise RunFolderError(f"{ckpt_path} was written by a different configuration "
+                                 f"({'; '.join(changed)}); use another run directory or resume=False")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         start_epoch, history, wall_before = ck["epoch"] + 1, ck["history"], ck["wall_s"]
         segments = ck.get("segments", [])
         start_step, partial = ck.get("step", 0), ck.get("partial")
-        if progress:
+        if progress and start_epoch == cfg.epochs and not start_step:
+            print(f"completing {run_dir}: {CHECKPOINT} holds all {cfg.epochs} epochs; writing its "
+                  "weights and records from it")
+        elif progress:
             within = (f", {start_step}/{steps_per_epoch} steps into epoch {start_epoch + 1}"
                       if start_step else "")
             print(f"resuming {run_dir} at epoch {start_epoch}/{cfg.epochs}{within}")
     if ctx.is_main:
-        with open(run_dir / "config.yaml", "w") as f:
-            yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
+        rundir.write_yaml(run_dir / rundir.CONFIG, cfg.to_dict())
     net = compiled(distributed.parallel(model, ctx), cfg.compile)   # DDP when world size > 1
 
     devices = distributed.gather_objects(device_name(device), ctx)
@@ -344,6 +404,10 @@ def _train(cfg, run_dir, ctx, *, resume, progress, stop_after, stop_after_steps=
         if stop_after_steps is not None and steps_done >= stop_after_steps and step + 1 < steps_per_epoch:
             break                   # as if killed mid-epoch: the last checkpoint stands
         losses = distributed.all_reduce_mean(losses, ctx)    # mean over the global batches
+        if not bool(torch.isfinite(losses)):                 # nothing of this epoch is saved
+            raise FloatingPointError(
+                f"training {run_dir} diverged in epoch {epoch + 1}: its loss is {losses.item()}; "
+                f"the last checkpoint ({CHECKPOINT}, epoch {epoch}) stands. Lower --lr")
         train_s = time.perf_counter() - t0
         row = None
         if ctx.is_main:      # rank 0 evaluates and writes; the others wait for its row
@@ -365,10 +429,18 @@ def _train(cfg, run_dir, ctx, *, resume, progress, stop_after, stop_after_steps=
                        f"  {row['images_per_s']:.0f} img/s")
         wall = wall_before + time.perf_counter() - t_start
         _save_checkpoint(ckpt_path, model, opt, sched, cfg, history, segments, epoch=epoch, wall=wall)
-        save_weights(model, cfg, run_dir / WEIGHTS, run=run_dir.name, epoch=epoch + 1,
-                     git_commit=git.get("commit"))         # the shipped model (issue 16)
+        rundir.save_weights(model, cfg, run_dir / WEIGHTS, run=run_dir.name, epoch=epoch + 1,
+                            git_commit=git.get("commit"))         # the shipped model
         _write_records(run_dir, cfg, model, full, train_data, eval_data, history, device, wall,
                        segments)
+    if (ctx.is_main and start_epoch == cfg.epochs and not start_step and history
+            and not rundir.finished(run_dir)):   # killed after the last checkpoint: complete it
+        segments = segments or [{"git": git, "device": device_name(device),
+                                 **_precision(device, cfg, channels_last)}]
+        rundir.save_weights(model, cfg, run_dir / WEIGHTS, run=run_dir.name, epoch=len(history),
+                            git_commit=segments[-1]["git"].get("commit") if segments else None)
+        _write_records(run_dir, cfg, model, full, train_data, eval_data, history, device,
+                       wall_before, segments)
     return {"model": model, "history": pd.DataFrame(history), "run_dir": run_dir,
             "finished": len(history) == cfg.epochs}
 
@@ -383,8 +455,7 @@ def _save_checkpoint(path: Path, model, opt, sched, cfg, history, segments, *, e
              "config": cfg.to_dict(), "wall_s": wall, "segments": segments}
     if step:
         state.update(step=step, partial=partial)
-    torch.save(state, path.with_suffix(".tmp"))
-    path.with_suffix(".tmp").replace(path)
+    rundir.save_checkpoint(path, state)
 
 
 def _rng_state(device) -> dict:
@@ -411,7 +482,7 @@ def _backfill_segments(segments: list, run_dir: Path):
     """Segments written before they recorded their CPU class take it from the run's last
     provenance.json (written by the last of them). Marked ``"precision_from": "provenance.json"``."""
     try:
-        prov = json.loads((run_dir / "provenance.json").read_text())
+        prov = rundir.read_json(run_dir / rundir.PROVENANCE)
     except (OSError, ValueError):
         return
     if not prov.get("cpu"):
@@ -425,14 +496,14 @@ def _backfill_segments(segments: list, run_dir: Path):
 
 def _write_records(run_dir, cfg, model, full, train_data, eval_data, history, device, wall,
                    segments):
-    pd.DataFrame(history).to_csv(run_dir / "history.csv", index=False)     # rank 0 only
+    """history.csv, provenance.json, then metrics.json (rank 0 only; each atomic): metrics.json
+    comes last, so a run whose metrics.json says ``finished`` has every record."""
+    rundir.write_csv(run_dir / rundir.HISTORY, pd.DataFrame(history))
     last = history[-1]
     metrics = {k: last[k] for k in ("epoch", "loss", "clean_accuracy", "certified_accuracy",
                                     "certified_global_accuracy")}
     metrics.update(eval_set=f"first {len(eval_data.y_test)} of a class-balanced test subset",
                    eval_patch=cfg.eval_patch, finished=len(history) == cfg.epochs)
-    with open(run_dir / "metrics.json", "w") as f:
-        json.dump(metrics, f, indent=2)
     train_s = [h["train_s"] for h in history]
     macs = conv_macs(model, data_mod.image_size(full))
     images_seen = len(history) * (len(train_data.y_train) // cfg.batch_size) * cfg.batch_size
@@ -449,8 +520,8 @@ def _write_records(run_dir, cfg, model, full, train_data, eval_data, history, de
             "segments": segments}
     prov.update({k: segments[-1].get(k, d) for k, d in (("world_size", 1), ("backend", None),
                                                          ("devices", [prov["device"]]))})
-    with open(run_dir / "provenance.json", "w") as f:
-        json.dump(prov, f, indent=2, default=str)
+    rundir.write_json(run_dir / rundir.PROVENANCE, prov)
+    rundir.write_json(run_dir / rundir.METRICS, metrics)
 
 
 class CheckpointPosition(NamedTuple):
@@ -467,25 +538,16 @@ class CheckpointPosition(NamedTuple):
 
 def checkpoint_position(run_dir) -> CheckpointPosition:
     """Where a run's resume checkpoint stands (:class:`CheckpointPosition`)."""
-    ck = torch.load(Path(run_dir) / CHECKPOINT, map_location="cpu", weights_only=True)
+    ck = rundir.load_checkpoint(Path(run_dir) / CHECKPOINT)
     return CheckpointPosition(ck["epoch"] + 1, ck.get("step", 0), ck["config"]["epochs"])
 
 
 def load_checkpoint_model(run_dir, device=None):
     """The model and config of a run's resume checkpoint (loaded with ``weights_only=True``)."""
     run_dir = Path(run_dir)
-    ck = torch.load(run_dir / CHECKPOINT, map_location=device or "cpu", weights_only=True)
+    ck = rundir.load_checkpoint(run_dir / CHECKPOINT, map_location=device or "cpu")
     cfg = TrainConfig(**ck["config"])
     model = build_model(cfg, num_classes=ck["model"][method_for(cfg).classifier_key].shape[0])
+    rundir.check_weights(ck["model"], model.state_dict(), run_dir / CHECKPOINT)
     model.load_state_dict(ck["model"])
     return model.to(device or "cpu").eval(), cfg
-
-
-def load_run(run_dir, device=None):
-    """The trained model and config of a run directory: its shipped ``model.safetensors`` when
-    present (never unpickles), else its resume checkpoint."""
-    from .pretrained import WEIGHTS, load_pretrained
-
-    if (Path(run_dir) / WEIGHTS).is_file():
-        return load_pretrained(Path(run_dir), device)
-    return load_checkpoint_model(run_dir, device)

@@ -35,7 +35,8 @@ from bagcert_lib.model import cifar_scorer, num_parameters
 from bagcert_lib.runs import figure_patches, results_dir
 from bagcert_lib.runtime import (autocast, cpu_class, cpu_features, device_name, memory_format,
                                  region_scores, use_amp, use_channels_last)
-from bagcert_lib.train import build_model, git_commit, load_run, train
+from bagcert_lib.pretrained import load_run
+from bagcert_lib.train import build_model, git_commit, train
 
 
 def trained_or_fresh(cfg, device):

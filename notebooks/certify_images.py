@@ -28,8 +28,12 @@
 # Your own images: `papermill notebooks/certify_images.ipynb out.ipynb -p images path/to/folder`
 # (any size: each is scaled and centre-cropped to 32×32). A picture inside a sub-folder named after
 # a CIFAR-10 class (`folder/cat/x.jpg`) is certified for that class; any other is certified for the
-# class the model predicts. The weights are read with `bagcert_lib.load_pretrained`: safetensors
-# only, nothing is unpickled.
+# class the model predicts. Any mode becomes 8-bit RGB (`bagcert_lib.data.folders.to_rgb`): 16-bit
+# grayscale is scaled by its depth, palette images go through their palette, CMYK through its ICC
+# profile, and transparent pixels are composited on white. A file that cannot be decoded (e.g. a
+# truncated JPEG) is named and skipped, the others are certified, and the end of the page lists
+# what was skipped. The weights are read with `bagcert_lib.load_pretrained`: safetensors only,
+# nothing is unpickled.
 
 # %% tags=["parameters"]
 run: str = None  # a run name or folder with model.safetensors (default: the shipped headline model)
@@ -42,7 +46,6 @@ device: str = None  # cpu, cuda, ... (default: cpu)
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 import torch
 from IPython.display import Markdown, display
@@ -50,8 +53,8 @@ from matplotlib.patches import Rectangle
 
 from bagcert_lib import load_pretrained
 from bagcert_lib.certifier import ScoreMaps, affected_range
-from bagcert_lib.data import CIFAR10_CLASSES, IMAGE_EXTENSIONS, load_dataset, subset
-from bagcert_lib.data.folders import _resize_center_crop
+from bagcert_lib.data import CIFAR10_CLASSES, load_dataset, subset
+from bagcert_lib.data.folders import load_own_images
 from bagcert_lib.figures import readable
 from bagcert_lib.results import shipped_headline
 from bagcert_lib.runtime import region_scores
@@ -69,24 +72,8 @@ else:
                      f"{model.receptive_field}, stride {model.stride}, {cfg.head} head)."))
 
 # %% tags=["hide-input"]
-def own_images(folder, size=(32, 32)):
-    """(images uint8 (N, 3, H, W), labels (N,) with -1 for unlabelled, names) of every picture in
-    ``folder``; one in a sub-folder named after a CIFAR-10 class is labelled with it."""
-    from PIL import Image
-
-    files = sorted(p for p in Path(folder).expanduser().rglob("*")
-                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
-    if not files:
-        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {folder}")
-    xs, ys = [], []
-    for f in files:
-        img = _resize_center_crop(Image.open(f).convert("RGB"), size)
-        xs.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1))
-        ys.append(CIFAR10_CLASSES.index(f.parent.name) if f.parent.name in CIFAR10_CLASSES else -1)
-    return torch.stack(xs), torch.tensor(ys), [f.name for f in files]
-
-
 batches = []   # (images uint8, labels or -1, names)
+skipped = []   # (file, why) of own images that could not be decoded
 if model is not None and n_test:
     try:
         ds = load_dataset("cifar10", progress=False)
@@ -96,7 +83,12 @@ if model is not None and n_test:
         display(Markdown(f"CIFAR-10 is not available here, so no test images are shown "
                          f"(`{type(e).__name__}`: {str(e).splitlines()[0]})."))
 if model is not None and images:
-    batches.append(own_images(images))
+    own = load_own_images(images, size=(32, 32), classes=CIFAR10_CLASSES)
+    skipped = own.skipped
+    for name, why in skipped:
+        print(f"skipped {name}: cannot be decoded ({why})")
+    if len(own.names):
+        batches.append((own.x, own.labels, own.names))
 if model is not None and not batches:
     display(Markdown("Nothing to certify: no test images and no `images` folder."))
 
@@ -192,3 +184,7 @@ if summary:
     display(readable(pd.DataFrame(summary), index=False))
 elif model is not None:
     print("No images were certified.")
+if images and model is not None:
+    own_done = sum(1 for row in summary if not row["image"].startswith("test image"))
+    print(f"Own images: {own_done} certified, {len(skipped)} skipped"
+          + "".join(f"\n  skipped {name}: {why}" for name, why in skipped))

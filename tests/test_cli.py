@@ -19,8 +19,18 @@ from bagcert_lib.__main__ import main
     (["train", "--dataset", "mnist"], "unknown dataset 'mnist'"),
     (["train", "--epochs", "x"], "argument --epochs: invalid int value: 'x'"),
     (["train", "--shake", "maybe"], "'maybe' is not a boolean"),
-    (["certify", "x", "--patches", "5y"], "patch '5y' is not N or HxW"),
+    (["certify", "x", "--patches", "5y"], "patch '5y' is not N or WxH (width × height"),
+    (["certify", "x", "--patches", "5x"], "patch '5x' is not N or WxH"),
+    (["certify", "x", "--patches", "x5"], "patch 'x5' is not N or WxH"),
+    (["certify", "x", "--patches", "5x5x5"], "patch '5x5x5' is not N or WxH"),
     (["certify", "x", "--patches", "0"], "patch '0' must be positive"),
+    (["certify", "x", "--patches", "0x3"], "patch '0x3' must be positive"),
+    (["train", "--sigma", "nan"], "argument --sigma: 'nan' is not allowed: give a finite number"),
+    (["train", "--lr", "inf"], "argument --lr: 'inf' is not allowed: give a finite number"),
+    (["train", "--margin", "inf"], "argument --margin: 'inf' is not allowed: give a finite number"),
+    (["train", "--margin=-inf"], "argument --margin: '-inf' is not allowed"),
+    (["train", "--stop-after", "0"], "argument --stop-after: '0' is not allowed: give a positive integer"),
+    (["train", "--seed", "-1"], "seed must be >= 0"),
     (["certify", "no-such-run"], "no model.safetensors or checkpoint.pt in run directory 'no-such-run'"),
     (["export", "no-such-run"], "no checkpoint.pt in run directory 'no-such-run'"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
@@ -35,7 +45,7 @@ def test_user_errors_are_one_line(argv, expected, capsys):
 
 def test_missing_and_corrupt_data(tmp_path, capsys):
     for data, expected in ((tmp_path / "nowhere", "CIFAR-10 not found. Looked in:"),
-                           (tmp_path, "cannot read archive")):
+                           (tmp_path, "cifar-10-python.tar.gz: md5 ")):
         if data == tmp_path:
             (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"not a tarball" * 100)
         with pytest.raises(SystemExit) as exit_:
@@ -125,3 +135,12 @@ def test_list_shows_a_retrain_in_progress(tmp_path):
     (retrain_dir(tmp_path / name) / "metrics.json").write_text(json.dumps({"epoch": 1}))
     row = list_runs(tmp_path).set_index("run").loc[name]
     assert row["epochs"] == "2/2, retraining 1/2" and len(list_runs(tmp_path)) == 1
+
+
+@pytest.mark.parametrize("text,patch", [("5", (5, 5)), ("24x1", (1, 24)), ("1x24", (24, 1)),
+                                        ("2X12", (12, 2)), ("3×4", (4, 3))])
+def test_patches_are_width_by_height(text, patch):
+    """The paper's notation: "24x1" is 24 wide and 1 high; the library's order is (h, w)."""
+    from bagcert_lib.__main__ import parse_patch
+
+    assert parse_patch(text) == patch

@@ -237,7 +237,8 @@ def test_resume_equals_uninterrupted_with_any_workers(cli_run, folder, monkeypat
     cfg.workers = 0                                                                   # none
     rest = train_mod.train(cfg, tmp_path / "part", progress=False)
     assert rest["finished"]
-    full, _ = train_mod.load_run(cli_run)
+    from bagcert_lib.pretrained import load_run
+    full, _ = load_run(cli_run)
     a, b = full.state_dict(), rest["model"].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     drop = ["train_s", "epoch_s", "images_per_s"]

@@ -46,14 +46,28 @@ def test_a_locked_run_is_skipped_and_a_finished_one_not_rerun(tmp_path):
 
     from bagcert_lib.sweep import Job, run_job, run_lock
 
+    import threading
+
     job, log = Job(7, 0.5), []
     run_dir = tmp_path / job.name("smoke")
     run_dir.mkdir()
-    with run_lock(run_dir) as mine:
-        assert mine
+    held, release = threading.Event(), threading.Event()
+
+    def other_sweep():                        # another holder: a thread has its own lock
+        with run_lock(run_dir) as mine:
+            assert mine
+            held.set()
+            release.wait(60)
+    holder = threading.Thread(target=other_sweep)
+    holder.start()
+    held.wait(60)
+    try:
         assert run_job(job, "smoke", tmp_path, "cpu", log=log.append) is None
         with run_lock(run_dir) as again:      # a second holder is refused while the first holds it
             assert not again
+    finally:
+        release.set()
+        holder.join()
     assert log == [f"[busy] {run_dir.name}: another process is running it; skipped"]
     (run_dir / "metrics.json").write_text(json.dumps({"finished": True}))
     (run_dir / "certification.csv").write_text("patch\n")

@@ -7,7 +7,8 @@ import torch
 
 from bagcert_lib import data as data_mod
 from bagcert_lib.config import grids, profile_config
-from bagcert_lib.train import CHECKPOINT, load_run, train
+from bagcert_lib.pretrained import load_run
+from bagcert_lib.train import CHECKPOINT, train
 
 
 def test_profiles_and_grids():
@@ -192,7 +193,7 @@ def test_resume_refuses_a_different_config(tmp_path, colour_folder):
                          train_size=None, eval_size=30)
     train(cfg, tmp_path / "run", progress=False)
     cfg.margin = 0.25
-    with pytest.raises(ValueError, match=r"different configuration \(margin differ\)"):
+    with pytest.raises(ValueError, match=r"different configuration \(margin 0.5 → 0.25\)"):
         train(cfg, tmp_path / "run", progress=False)
 
 

@@ -5,10 +5,16 @@
 3. ``cifar10-jpeg.tar.gz``, a JPEG (quality 75) re-encoding of all 60,000 CIFAR-10 images
    available offline on the project machines (see ``shared/datasets/README.md``). Results
    computed from it must say so: :meth:`ImageData.describe` records name and sha256.
+
+No input runs code: the official batches are pickles, so each file (or the archive) is checked
+against the official md5 before it is read, and read with an unpickler that admits only what the
+official files contain (dicts, lists, bytes and str, numbers, numpy arrays). A file that differs
+is refused, naming it with the expected and the found hash.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pathlib
 import pickle
@@ -37,6 +43,16 @@ CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
 CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 CIFAR10_FILES = ["batches.meta", *CIFAR10_TRAIN_BATCHES, "test_batch"]
+#: md5 of each file of the official ``cifar-10-batches-py/`` (the archive's is CIFAR10_MD5).
+CIFAR10_MD5S = {
+    "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+}
 
 CIFAR10_JPEG_ARCHIVE = "cifar10-jpeg.tar.gz"
 CIFAR10_JPEG_SHA256 = "ff26949c34c4e67da3fa472a1f142e33365dea058f94f1fa369b14ef3d986968"
@@ -83,16 +99,65 @@ def _not_found_message(what: str, checked: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _unpickle(raw: bytes, where: str) -> dict:
-    # The official CIFAR-10 format is pickle: only load files you trust.
+def _verify(where, found: str, expected: str) -> None:
+    """Refuse a file whose md5 is not the official one, before anything reads it."""
+    if found != expected:
+        raise DataCorruptError(
+            f"{where}: md5 {found}, expected {expected} (the official CIFAR-10 file); refused "
+            f"unread, since a changed pickle could run code: get the official archive from "
+            f"{CIFAR10_URL}")
+
+
+def _file_md5(path: pathlib.Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _reconstruct():
     try:
-        return pickle.loads(raw, encoding="bytes")
+        from numpy._core.multiarray import _reconstruct as fn     # numpy >= 2
+    except ImportError:                                             # numpy 1.x
+        from numpy.core.multiarray import _reconstruct as fn
+    return fn
+
+
+class OfficialUnpickler(pickle.Unpickler):
+    """Reads what the official CIFAR-10 batches hold and nothing else: dicts, lists, bytes, str
+    and numbers, and numpy arrays (``numpy.core.multiarray._reconstruct``, ``numpy.ndarray``,
+    ``numpy.dtype``). Any other global — a function a crafted pickle would call — is refused."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR-10 batch "
+                                         "(only numpy arrays, dicts, lists, bytes and numbers)")
+        return _reconstruct() if name == "_reconstruct" else getattr(np, name)
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("persistent ids are not allowed in a CIFAR-10 batch")
+
+
+def _unpickle(raw: bytes, where: str) -> dict:
+    """One official batch: md5-checked by the caller, then read with :class:`OfficialUnpickler`."""
+    try:
+        obj = OfficialUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except Exception as err:
         raise DataCorruptError(f"cannot unpickle {where}: {err}") from err
+    if not isinstance(obj, dict):
+        raise DataCorruptError(f"{where}: holds a {type(obj).__name__}, not a CIFAR-10 batch (a dict)")
+    return obj
 
 
 def _decode_official(raw: dict[str, bytes], where: str):
-    """raw: file name (e.g. 'data_batch_1') -> bytes. Returns classes and arrays."""
+    """raw: file name (e.g. 'data_batch_1') -> bytes, each checked against its official md5
+    before it is unpickled. Returns classes and arrays."""
+    for name in CIFAR10_FILES:
+        _verify(f"{where}/{name}", hashlib.md5(raw[name]).hexdigest(), CIFAR10_MD5S[name])
     meta = _unpickle(raw["batches.meta"], f"{where}/batches.meta")
     classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta.get(b"label_names", [])]
 
@@ -117,7 +182,9 @@ def _decode_official(raw: dict[str, bytes], where: str):
 
 
 def _read_official_tar(path: pathlib.Path) -> dict[str, bytes]:
-    """Read the needed members from the archive sequentially (gzip cannot seek cheaply)."""
+    """Read the needed members from the archive sequentially (gzip cannot seek cheaply), once
+    its md5 is the official archive's."""
+    _verify(path, _file_md5(path), CIFAR10_MD5)
     raw = {}
     try:
         with tarfile.open(path, "r:gz") as tar:
