@@ -219,9 +219,9 @@ def fit(x, y, form: str = "saturating", bound: dict | None = None) -> dict:
     raise ValueError(f"unknown form {form!r}; choose one of {FORMS}")
 
 
-def evaluate(params: dict, x) -> np.ndarray:
+def evaluate(params: dict, x, bounded: bool = True) -> np.ndarray:
     """The fitted curve at x = log10(FLOPs), held within [0, its bound]: 100 %, and for certified
-    accuracy the clean curve of the same form."""
+    accuracy the clean curve of the same form (``bounded=False``: the curve itself, unheld)."""
     x = np.asarray(x, float)
     f = params["form"]
     if f == "saturating":
@@ -230,6 +230,8 @@ def evaluate(params: dict, x) -> np.ndarray:
         y = 1 - np.exp(params["a"] + params["b"] * x)
     else:
         y = params["a"] + params["b"] * x
+    if not bounded:
+        return y
     if params.get("bound") is not None:
         y = np.minimum(y, evaluate(params["bound"], x))
     return np.clip(y, 0, 1)
@@ -254,7 +256,7 @@ def bootstrap(x, y, at, form: str = "saturating", n: int = 1000, seed: int = 0,
     return np.array(out)
 
 
-PREDICT_COLUMNS = ["metric", "form", "prediction", "low", "high", "rmse", "ceiling", "at_bound"]
+PREDICT_COLUMNS = ["metric", "form", "prediction", "low", "high", "rmse", "ceiling", "at_bound", "unbounded"]
 
 
 def _xy(study, metric):
@@ -272,7 +274,8 @@ def curves(study: pd.DataFrame, metric: str) -> dict:
 def predict(study: pd.DataFrame, metric: str, at_flops: float, n_boot: int = 1000,
             level: float = 0.95) -> pd.DataFrame:
     """Each form's prediction of ``metric`` at ``at_flops`` with its bootstrap band, its fit error
-    on our runs, and the saturating form's fitted ceiling (``at_bound``: held at its bound)."""
+    on our runs, and the saturating form's fitted ceiling (``at_bound``: held at its bound);
+    ``unbounded``: the curve's own value there, before the bound holds it."""
     x, y, clean = _xy(study, metric)
     if len(np.unique(x)) < 3:            # not enough computes to fit a 3-parameter curve yet
         return pd.DataFrame(columns=PREDICT_COLUMNS)
@@ -283,7 +286,8 @@ def predict(study: pd.DataFrame, metric: str, at_flops: float, n_boot: int = 100
         rows.append({"metric": metric, "form": form, "prediction": float(evaluate(p, np.log10(at_flops))),
                      "low": lo, "high": hi, "rmse": float(np.sqrt(np.mean((evaluate(p, x) - y) ** 2))),
                      "ceiling": p["A"] if form == "saturating" else np.nan,
-                     "at_bound": p.get("at_bound", False)})
+                     "at_bound": p.get("at_bound", False),
+                     "unbounded": float(evaluate(p, np.log10(at_flops), bounded=False))})
     return pd.DataFrame(rows, columns=PREDICT_COLUMNS)
 
 
