@@ -337,8 +337,8 @@ def describe_trend(t: dict) -> str:
         return "the compute study has too few runs to say"
     (c0, v0), (c1, v1) = t["smallest"], t["largest"]
     text = (f"in the compute study (RF 7, M 0.5) it {'grows' if t['grows'] else 'does not grow'} "
-            f"from {v0:.1%} at {c0:.1e} FLOPs to {v1:.1%} at {c1:.1e}")
+            f"from {v0 * 100:.1f} % at {c0:.1e} FLOPs to {v1 * 100:.1f} % at {c1:.1e}")
     if "lowest" in t:
-        text += (f"; at the paper's compute the curve forms predict {t['lowest']:.1%}–{t['highest']:.1%} "
-                 f"(bootstrap range {t['low']:.1%}–{t['high']:.1%}), an extrapolation")
+        text += (f"; at the paper's compute the curve forms predict {t['lowest'] * 100:.1f}–{t['highest'] * 100:.1f} % "
+                 f"(with their bootstrap bands {t['low'] * 100:.1f}–{t['high'] * 100:.1f} %), an extrapolation")
     return text

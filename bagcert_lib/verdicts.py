@@ -78,7 +78,7 @@ def ratio(ours, paper: float, factor: float = 2.0) -> Verdict:
     r = float(ours) / float(paper)
     if 1 / factor <= r <= factor:
         return _agree("matches")
-    return _disagree("differs", f"differs: {r:.1f}× the paper's")
+    return _disagree("differs", f"differs ({r:.1f}× the paper's)")
 
 
 def count(ours, paper) -> Verdict:

@@ -43,7 +43,7 @@ def test_a_difference_inside_and_outside_the_tolerance_is_the_same_rule_for_ever
     assert v.value(0.63, 0.60, 0.03).word == "matches" and v.value(0.6301, 0.60, 0.03).word == "differs"
     assert v.value(0.64, 0.60, 0.03).word == "differs"
     assert v.value(None, 0.60, 0.03).word == "not run"
-    assert v.ratio(230, 19.4).text == "differs: 11.9× the paper's"
+    assert v.ratio(230, 19.4).text == "differs (11.9× the paper's)"
     assert v.ratio(25, 19.4).word == "matches" and v.ratio(9, 19.4).word == "differs"
 
 
