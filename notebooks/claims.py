@@ -564,8 +564,10 @@ for key, col in {"clean": "clean", "certified_3_2": "certified", "certified_3_3"
     glue(f"headline_{key}", pct(hl[col]) if hl is not None else "not run yet", display=False)
 glue("headline_scale", scale_label(headline.reset_index()) if hl is not None else "no runs", display=False)
 glue("headline_flops", f"{hl.flops:.1e}" if hl is not None else "—", display=False)
-for r in claims.itertuples():   # the paper's own values, for the prose
+for r in table.itertuples():   # the paper's values and ours, for the prose
     glue(f"paper_{r.id}", paper_shown(r), display=False)
+    glue(f"ours_{r.id}", r.ours, display=False)
+    glue(f"verdict_{r.id}", r.verdict.text, display=False)
 col = baselines.query("method == 'ds-column'")
 if len(col) and hl is not None:
     glue("ds_column_5x5", pct(col.certified.iloc[0]), display=False)
