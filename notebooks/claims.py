@@ -204,6 +204,9 @@ def predicted(metric):
 def judge(r):
     """(ours as shown, Verdict, evidence) for claim row ``r``."""
     paper = r.paper_value
+    need = "gap" if r.id == "adv_prefers_larger_rf" else "clean"
+    if r.kind == "trend" and np.isnan(SIGMA[need]):
+        return "—", V.not_run(), "needs the seeds that measure seed noise"
     if r.id in ("clean_rf7_m05", "certified_rf7_m05"):
         if headline.empty:
             return "—", V.not_run(), ""
@@ -251,7 +254,7 @@ def judge(r):
             return "—", V.not_run(), ""
         others = m.drop(int(paper))
         d, se = V.difference([m[int(paper)]], [others.max()], SIGMA["certified"])
-        return (f"RF {int(m.idxmax())} ({d * 100:+.1f} points over RF {int(others.idxmax())}, ±{z * se * 100:.1f})",
+        return (f"RF {int(m.idxmax())} (RF {paper} {d * 100:+.1f} points against RF {int(others.idxmax())}, ±{z * se * 100:.1f})",
                 V.trend(d, se, +1, z), "M 0.5, certified 5 × 5 (3.2): " + ", ".join(f"RF {k} {pct(v)}" for k, v in m.items()))
     if r.id == "aspect_ratios":
         q = cert.query(f"{head_q} and condition == '3.2'")
@@ -538,6 +541,8 @@ other = [r.short for r in table.itertuples() if r.verdict.word == "not comparabl
 
 
 def listing(xs):
+    if not xs:
+        return "none"
     return ", ".join(xs[:-1]) + (" and " if len(xs) > 1 else "") + (xs[-1] if xs else "")
 
 
