@@ -579,4 +579,54 @@ if len(col) and hl is not None:
     glue("ds_column_flops", f"{col.flops.iloc[0]:.1e}", display=False)
 
 # %% tags=["hide-input"]
+def baselines_at_5x5():
+    """One plain sentence for Figure 2's page: how our baselines stand against BagCert at 5 × 5."""
+    base = baselines.query("method in ['ds-block', 'ds-column']")
+    if base.empty or grid.empty:
+        return "No baseline has been trained and certified at this scale yet."
+    parts, _ = dominated(grid, base)
+    top = grid.loc[grid.certified.idxmax()]
+    said = []
+    for run, b in base.iterrows():
+        name, v = method_name(b), parts[method_name(b)]
+        point = f"{pct(b.clean)} clean, {pct(b.certified)} certified, {b.flops:.1e} training FLOPs"
+        if v.word == "holds":
+            said.append(f"BagCert dominates our {name} run ({point})")
+        elif v.word == "no clear trend":
+            said.append(f"BagCert leads our {name} run ({point}) on both accuracies, but not beyond seed noise on both")
+        else:
+            said.append(f"our {name} run ({point}) is not dominated by any BagCert model (the grid's best certifies "
+                        f"{pct(top.certified)} with {pct(top.clean)} clean, {top.flops:.1e} FLOPs)")
+    return f"At our scale, against 5 × 5 patches, " + "; ".join(said) + "."
+
+
+def baselines_on_squares():
+    """One plain sentence for Figure 3's page: the square sizes where each baseline certifies more
+    than every BagCert model of the grid."""
+    base = baselines.query("method in ['ds-block', 'ds-column']")
+    sq = cert.query("patch_h == patch_w and condition == '3.2'").groupby("patch_h").certified_accuracy.max()
+    if base.empty or sq.empty:
+        return "No baseline has been trained and certified at this scale yet."
+    said = []
+    for run, b in base.iterrows():
+        c = all_cert[(all_cert.run == run) & (all_cert.patch_h == all_cert.patch_w)].groupby("patch_h").certified_accuracy.max()
+        above = [k for k in sq.index if k in c.index and c[k] > sq[k]]
+        name = method_name(b)
+        spans, start = [], None            # consecutive sizes, as "1 × 1 to 12 × 12"
+        for i, k in enumerate(above):
+            start = k if start is None else start
+            if i + 1 == len(above) or above[i + 1] != k + 1:
+                spans.append(shape(k, k) if start == k else f"{shape(start, start)} to {shape(k, k)}")
+                start = None
+        said.append(f"our {name} run ({b.flops:.1e} training FLOPs) certifies more than every BagCert model of the grid "
+                    + (f"against squares of {' and '.join(spans)}" if spans else "against no square size"))
+    return "At our scale, " + "; ".join(said) + "."
+
+
+glue("figure2_baselines", baselines_at_5x5(), display=False)
+glue("figure3_baselines", baselines_on_squares(), display=False)
+print(baselines_at_5x5())
+print(baselines_on_squares())
+
+# %% tags=["hide-input"]
 run_links(acc.reset_index(), "claims.ipynb")

@@ -64,6 +64,7 @@ glue("scaling_paper_clean", f"{PAPER['clean']:.0%}".replace("%", " %"), display=
 glue("scaling_paper_certified", f"{PAPER['certified']:.0%}".replace("%", " %"), display=False)
 glue("scaling_paper_flops", f"{paper_c:.1e}", display=False)
 glue("scaling_runs", f"{len(study)}", display=False)
+glue("scaling_n_boot", f"{n_boot:,}", display=False)
 if len(study):                  # our strongest model: the most certified accuracy against 5 × 5
     best = study.loc[study.certified.idxmax()]
     glue("best_scale", f"width {best.width}, {best.epochs} epochs, {best.flops:.1e} training FLOPs", display=False)
@@ -149,8 +150,8 @@ else:
 # ## Three curve forms, and the bounds they are held to
 #
 # Each form is fitted by least squares to every run (the seeds as separate points), in
-# x = log₁₀ FLOPs, and refitted to 1,000 resamples of the runs (drawn with replacement) for its
-# 95 % band:
+# x = log₁₀ FLOPs, and refitted to {glue:text}`scaling_n_boot` resamples of the runs (drawn with
+# replacement) for its 95 % band:
 #
 # - **log-linear**, acc = a + b·x: a straight line in log-compute, no ceiling of its own;
 # - **saturating**, acc = A − B·e^(−k(x − x₀)): the ceiling A is fitted from the data;
