@@ -519,6 +519,8 @@ for title, ids in SECTIONS.items():
                     f"<td>{e(paper_shown(r))}</td><td>{e(r.ours)}</td><td>{verdict_cell(r.verdict)}</td></tr>")
 print(f"Our runs: {scale_label(acc.reset_index())}.")
 display(HTML(
+    "<style>table.claims td, table.claims th {vertical-align: top; overflow-wrap: anywhere; padding: 0.3em 0.5em}"
+    " table.claims details p {margin: 0.3em 0; font-size: 0.95em}</style>"
     '<table class="claims" style="width:100%;table-layout:fixed;border-collapse:collapse;font-size:0.9em">'
     '<colgroup><col style="width:42%"><col style="width:14%"><col style="width:24%"><col style="width:20%"></colgroup>'
     "<thead><tr><th>claim</th><th>paper</th><th>ours</th><th>verdict</th></tr></thead><tbody>"
