@@ -22,9 +22,9 @@
 # printed under the table), so a claim that needs the paper's compute may not hold here: the
 # {doc}`compute study <scaling>` asks how far compute alone goes.
 #
-# {glue:text}`claims_summary`
+# {glue:md}`claims_summary_md`
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-input"]
 results: str = None  # results folder (default: $BAGCERT_RESULTS, else results/runs)
 profile: str = None  # runs to show; None: the first of paper, cpu, gpu, smoke with finished runs
 tolerance: float = 0.03  # a difference claim matches when |ours − paper| ≤ this (accuracy)
@@ -371,7 +371,7 @@ def judge(r):
         if v is None:
             return "—", V.not_run(), ""
         q = all_cert[(all_cert.run == run) & (all_cert.patch_h * all_cert.patch_w == 24)].sort_values("patch_h")
-        return (f"{pct(v)} (BagCert RF 7: {pct(bv)})", V.value(v, float(paper), tolerance),
+        return (f"{pct(v)} ({flops(run)}; BagCert RF 7: {pct(bv)}, {flops(b_run)})", V.value(v, float(paper), tolerance),
                 f"DS column {run} ({flops(run)}) against BagCert {b_run} ({flops(b_run)}), Condition 3.2. DS column on "
                 "every 24-pixel rectangle: " + ", ".join(f"{shape(x.patch_h, x.patch_w)} {pct(x.certified_accuracy)}" for x in q.itertuples())
                 + f"; on 5 × 5 squares {pct(certified_at(run, 5, 5, 'DS'))}.")
@@ -399,7 +399,8 @@ def judge(r):
             return "—", V.not_run(), ""
         best = grid.certified_33.idxmax()
         d = grid.certified_33.max() - blk.certified.iloc[0]
-        return (f"{d * 100:+.1f} points (BagCert {pct(grid.certified_33.max())}, DS block {pct(blk.certified.iloc[0])})",
+        return (f"{d * 100:+.1f} points (BagCert {pct(grid.certified_33.max())}, {flops(best)}; DS block "
+                f"{pct(blk.certified.iloc[0])}, {flops(blk.index[0])})",
                 V.value(d, float(paper), tolerance),
                 f"BagCert's best Condition 3.3 model {best} ({flops(best)}, clean {pct(grid.clean[best])}) against DS block "
                 f"{blk.index[0]} ({flops(blk.index[0])}, clean {pct(blk.clean.iloc[0])}, certified on "
@@ -411,7 +412,9 @@ def judge(r):
             return "—", V.not_run(), ""
         parts, lines = dominated(grid, base)
         col = base.query("method == 'ds-column'")
-        shown_ = "; ".join(f"{k}: {v.word}" for k, v in parts.items())
+        top = grid.loc[grid.certified.idxmax()]
+        shown_ = (f"certified: BagCert {pct(top.certified)} ({top.flops:.1e} FLOPs), "
+                  + ", ".join(f"{method_name(b)} {pct(b.certified)} ({b.flops:.1e})" for _, b in base.iterrows()))
         ev = "; ".join(lines) + (". The paper sets DS column aside as no general patch defense, because of "
                                 "short-but-wide patches (the 24 × 1 row), while granting that it does better on squares."
                                 if len(col) else "")
@@ -517,7 +520,7 @@ for title, ids in SECTIONS.items():
             ("Rule:", r.kind)) if v)
         body.append(f'<tr><td>{e(r.claim)}<details><summary>evidence</summary>{fold}</details></td>'
                     f"<td>{e(paper_shown(r))}</td><td>{e(r.ours)}</td><td>{verdict_cell(r.verdict)}</td></tr>")
-print(f"Our runs: {scale_label(acc.reset_index())}.")
+display(Markdown(f"Our runs: {scale_label(acc.reset_index())}."))
 display(HTML(
     "<style>table.claims td, table.claims th {vertical-align: top; overflow-wrap: anywhere; padding: 0.3em 0.5em}"
     " table.claims details p {margin: 0.3em 0; font-size: 0.95em}</style>"
@@ -556,10 +559,13 @@ summary = (f"Of the {count['judged']} claims judged at our scale, {count[V.REPRO
               + listing([f"{paper_shown(r)} {'clean' if 'clean' in r.id else 'certified'} accuracy lies "
                          f"{r.verdict.word} it" for r in ranges]) + "." if ranges else ""))
 glue("claims_summary", summary, display=False)
+glue("claims_summary_md", Markdown(summary), display=False)
+glue("claims_summary_html", HTML(html.escape(summary)), display=False)
 glue("claims_counts", f"{count[V.REPRODUCED]} of {count['judged']}", display=False)
-glue("claims_reproduced", listing(names(V.REPRODUCED)), display=False)
-glue("claims_partly", listing(names(V.PARTLY)), display=False)
-glue("claims_not_reproduced", listing(names(V.NOT_REPRODUCED)), display=False)
+for key, xs in {"reproduced": names(V.REPRODUCED), "partly": names(V.PARTLY),
+                "not_reproduced": names(V.NOT_REPRODUCED)}.items():
+    glue(f"claims_{key}", listing(xs), display=False)
+    glue(f"claims_{key}_html", HTML(html.escape(listing(xs))), display=False)
 glue("claims_not_run", listing(not_run), display=False)
 for k, v in {"reproduced": names(V.REPRODUCED), "partly": names(V.PARTLY), "not reproduced": names(V.NOT_REPRODUCED),
              "not run": not_run, "not comparable": other}.items():
@@ -579,6 +585,8 @@ col = baselines.query("method == 'ds-column'")
 if len(col) and hl is not None:
     glue("ds_column_5x5", pct(col.certified.iloc[0]), display=False)
     glue("ds_column_flops", f"{col.flops.iloc[0]:.1e}", display=False)
+    glue("ds_column_24x1", pct(certified_at(col.index[0], 1, 24, "DS")), display=False)
+    glue("bagcert_24x1", pct(certified_at(hl.name, 1, 24)), display=False)
 
 # %% tags=["hide-input"]
 def baselines_at_5x5():
@@ -625,6 +633,26 @@ def baselines_on_squares():
     return "At our scale, " + "; ".join(said) + "."
 
 
+def baselines_intro():
+    """The front page's sentence on DS column smoothing against BagCert, at our scale."""
+    col = baselines.query("method == 'ds-column'")
+    if col.empty or headline.empty:
+        return "We have not trained and certified column smoothing at this scale yet."
+    run, b = col.index[0], col.iloc[0]
+    v24, v5, top = certified_at(run, 1, 24, "DS"), b.certified, grid.loc[grid.certified.idxmax()]
+    matches = by_id.loc["ds_column_24x1"].verdict.word == "matches"
+    return (f"column smoothing certifies {pct(v24)} against short-but-wide 24 × 1 patches (BagCert, RF 7: "
+            f"{pct(certified_at(headline.index[0], 1, 24))}), "
+            + ("close to 0 % as the paper says" if matches else "not the paper's close to 0 %")
+            + f", but {pct(v5)} against 5 × 5 squares, "
+            + (f"above every BagCert model of our grid (best {pct(top.certified)})" if v5 > top.certified
+               else f"below the best BagCert model of our grid ({pct(top.certified)})")
+            + f", trained with {b.flops:.1e} FLOPs against {top.flops:.1e} for that BagCert model. "
+            "The paper sets column smoothing aside as no general patch defense because of such patches. "
+            + baselines_at_5x5())
+
+
+glue("baselines_intro_html", HTML(html.escape(baselines_intro())), display=False)
 glue("figure2_baselines", baselines_at_5x5(), display=False)
 glue("figure3_baselines", baselines_on_squares(), display=False)
 print(baselines_at_5x5())

@@ -25,18 +25,21 @@
 #
 # ## What the study shows, and how sure it is
 #
-# {glue:text}`scaling_conclusion`
+# {glue:md}`scaling_conclusion_md`
 #
-# {glue:text}`scaling_limits`
+# {glue:md}`scaling_limits_md`
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-input"]
 results: str = None  # results folder (default: $BAGCERT_RESULTS, else results/runs)
 n_boot: int = 1000  # bootstrap resamples per fit
 
 # %% tags=["hide-input"]
+import html
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from IPython.display import HTML, Markdown
 from myst_nb import glue
 
 from bagcert_lib import scaling
@@ -121,7 +124,8 @@ if fittable:
         f"compute. A prediction {scaling.decades(study, paper_c):.0f} decades out from "
         f"{study.flops.nunique()} computes is a guide to what more compute should buy, not a measurement.")
     glue("scaling_conclusion", conclusion, display=False)
-    glue("scaling_short", (
+    glue("scaling_conclusion_md", Markdown(conclusion), display=False)
+    short = (
         f"Carried {scaling.decades(study, paper_c):.1f} decades beyond our largest run to the paper's compute, three "
         f"curve forms fitted to our {len(study)} runs predict certified accuracy (5 × 5, Condition 3.2) of "
         f"{span_text(spread.loc['certified', 'lowest'], spread.loc['certified', 'highest'])} and clean accuracy of "
@@ -130,8 +134,11 @@ if fittable:
         f"{span_text(spread.loc['clean', 'low'], spread.loc['clean', 'high'])} with their bootstrap bands); the paper's "
         f"{pct(PAPER['certified'])} lies {where['certified']} the first range and its {pct(PAPER['clean'])} "
         f"{where['clean']} the second. Our runs do not show where accuracy levels off, so this is a guide to "
-        f"what the paper's compute should buy, not a measurement."), display=False)
+        f"what the paper's compute should buy, not a measurement.")
+    glue("scaling_short", short, display=False)
+    glue("scaling_short_html", HTML(html.escape(short)), display=False)
     glue("scaling_limits", limits, display=False)
+    glue("scaling_limits_md", Markdown(limits), display=False)
     glue("scaling_certified_forms", span_text(spread.loc["certified", "lowest"], spread.loc["certified", "highest"]), display=False)
     glue("scaling_certified_range", span_text(spread.loc["certified", "low"], spread.loc["certified", "high"]), display=False)
     glue("scaling_clean_forms", span_text(spread.loc["clean", "lowest"], spread.loc["clean", "highest"]), display=False)
@@ -141,7 +148,10 @@ if fittable:
     glue("scaling_decades", f"{scaling.decades(study, paper_c):.1f}", display=False)
     glue("scaling_span", f"{scaling.span(study):.1f}", display=False)
 else:
-    for key in ("conclusion", "limits", "certified_forms", "certified_range", "clean_forms", "clean_range",
+    glue("scaling_conclusion_md", Markdown("Fewer than three training computes have finished runs: no fit yet."), display=False)
+    glue("scaling_limits_md", Markdown("A fit needs runs at three or more training computes."), display=False)
+    glue("scaling_short_html", HTML("The compute study has no fit yet."), display=False)
+    for key in ("conclusion", "limits", "short", "certified_forms", "certified_range", "clean_forms", "clean_range",
                 "certified_where", "clean_where", "decades", "span"):
         glue(f"scaling_{key}", "not enough runs yet (a fit needs three training computes)", display=False)
     print("Fewer than three distinct computes have finished runs: no fit yet.")
