@@ -74,8 +74,8 @@ if len(study):                  # our strongest model: the most certified accura
     for key, col in {"clean": "clean", "certified_3_2": "certified", "certified_3_3": "certified_global"}.items():
         glue(f"best_{key}", f"{best[col] * 100:.1f} %", display=False)
     glue("best_run", best.run, display=False)
-print(f"{len(study)} runs at {study.flops.nunique() if len(study) else 0} training computes; "
-      f"the paper's model: {paper_c:.2e} FLOPs (width 768, 350 epochs)")
+display(Markdown(f"{len(study)} runs at {study.flops.nunique() if len(study) else 0} training computes; "
+                 f"the paper's model: {paper_c:.2e} FLOPs (width 768, 350 epochs)."))
 
 # %% tags=["hide-input"]
 if fittable:
@@ -163,9 +163,10 @@ else:
 # x = log₁₀ FLOPs, and refitted to {glue:text}`scaling_n_boot` resamples of the runs (drawn with
 # replacement) for its 95 % band:
 #
-# - **log-linear**, acc = a + b·x: a straight line in log-compute, no ceiling of its own;
-# - **saturating**, acc = A − B·e^(−k(x − x₀)): the ceiling A is fitted from the data;
-# - **power-law error**, 1 − acc = c·FLOPs^(−α): the error falls as a power of compute.
+# - **log-linear**, $\mathrm{acc} = a + b\,x$: a straight line in log-compute, no ceiling of its own;
+# - **saturating**, $\mathrm{acc} = A - B\,e^{-k(x - x_0)}$: the ceiling $A$ is fitted from the data;
+# - **power-law error**, $1 - \mathrm{acc} = c \cdot \mathrm{FLOPs}^{-\alpha}$: the error falls as a
+#   power of compute.
 #
 # None is preferred: they fit our runs about equally well, and where they part is the uncertainty
 # of the extrapolation. Each is held below a bound that needs no data: clean accuracy ≤ 100 %, and
@@ -176,10 +177,10 @@ else:
 # then do not determine it, and the curve follows the bound.
 
 # %% tags=["hide-input"]
-plt.rcParams.update({"font.size": 15})
+plt.rcParams.update({"font.size": 16})
 STYLE = {"log-linear": ("tab:blue", "-"), "saturating": ("tab:green", "--"), "power-law error": ("tab:purple", ":")}
-SHOWN = {"clean": "Clean", "certified": "Certified (Condition 3.2)"}   # 3.3: in the tables
-fig, axes = plt.subplots(1, 2, figsize=(10, 5.6), sharex=True, sharey=True)
+SHOWN = {"clean": "Clean", "certified": "Certified (3.2)"}   # Condition 3.3: in the tables
+fig, axes = plt.subplots(1, 2, figsize=(9, 5.8), sharex=True, sharey=True)
 lo_x = np.log10(study.flops.min()) - 0.2 if len(study) else 13
 grid = np.linspace(lo_x, np.log10(paper_c) + 0.2, 160)
 for ax, (metric, name) in zip(axes, SHOWN.items()):
@@ -231,18 +232,18 @@ plt.show()
 # %% tags=["hide-input"]
 if fittable:
     how = {True: "held at its bound", False: "from the data"}
-    rows = pred.assign(
-        accuracy=pred.metric.map(METRICS),
-        band=[span_text(lo, hi) for lo, hi in zip(pred.low, pred.high)],
-        ceiling=[("—" if f != "saturating" else f"{c * 100:.1f} % ({how[bool(b)]})")
-                 for f, c, b in zip(pred.form, pred.ceiling, pred.at_bound)],
-        held=[("" if u <= p_ + 5e-4 else f"yes: the curve itself says {u * 100:.0f} %")
-              for p_, u in zip(pred.prediction, pred.unbounded)],
-        paper=pred.metric.map(lambda m: pct(PAPER[m]) if m in PAPER else "not stated"))
-    view = rows[["accuracy", "form", "prediction", "band", "rmse", "ceiling", "held", "paper"]].rename(columns={
-        "form": "curve form", "prediction": "predicted", "band": "95 % band", "rmse": "fit error",
-        "ceiling": "saturating ceiling A", "held": "held at its bound?"})
-    display(view.style.format({"predicted": "{:.1%}", "fit error": "{:.1%}"}).hide(axis="index"))
+    def bound_note(r):
+        if r.form == "saturating":
+            return f"ceiling {r.ceiling * 100:.1f} %, " + ("held at its bound" if r.at_bound else "from the data")
+        if r.unbounded > r.prediction + 5e-4:
+            return f"held at its bound (the curve itself: {r.unbounded * 100:.0f} %)"
+        return "below its bound"
+    view = pd.DataFrame({
+        "accuracy": pred.metric.map(METRICS), "curve form": pred.form,
+        "predicted (95 % band)": [f"{p_ * 100:.1f} % ({span_text(lo, hi)})" for p_, lo, hi in zip(pred.prediction, pred.low, pred.high)],
+        "fit error": [f"{e * 100:.1f} points" for e in pred.rmse],
+        "ceiling and bound": [bound_note(r) for r in pred.itertuples()]})
+    display(view.style.hide(axis="index"))
     summary = spread.assign(accuracy=spread.index.map(METRICS)).reset_index(drop=True)
     summary["the forms predict"] = [span_text(a, b) for a, b in zip(spread.lowest, spread.highest)]
     summary["with their bands"] = [span_text(a, b) for a, b in zip(spread.low, spread.high)]
