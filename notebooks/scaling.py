@@ -227,23 +227,14 @@ plt.show()
 # {glue:text}`scaling_paper_certified` certified accuracy (Abstract, §4). The paper states no
 # Condition 3.3 value for it; the tables below give ours.
 #
-# ## What each form predicts at the paper's compute
+# ## What the forms predict at the paper's compute
+#
+# The uncertainty this page states is the spread across the three forms, each with its 95 %
+# bootstrap band; a single form's band is narrower and would overstate how much our runs say about
+# the paper's compute.
 
 # %% tags=["hide-input"]
 if fittable:
-    how = {True: "held at its bound", False: "from the data"}
-    def bound_note(r):
-        if r.form == "saturating":
-            return f"ceiling {r.ceiling * 100:.1f} %, " + ("held at its bound" if r.at_bound else "from the data")
-        if r.unbounded > r.prediction + 5e-4:
-            return f"held at its bound (the curve itself: {r.unbounded * 100:.0f} %)"
-        return "below its bound"
-    view = pd.DataFrame({
-        "accuracy": pred.metric.map(METRICS), "curve form": pred.form,
-        "predicted (95 % band)": [f"{p_ * 100:.1f} % ({span_text(lo, hi)})" for p_, lo, hi in zip(pred.prediction, pred.low, pred.high)],
-        "fit error": [f"{e * 100:.1f} points" for e in pred.rmse],
-        "ceiling and bound": [bound_note(r) for r in pred.itertuples()]})
-    display(view.style.hide(axis="index"))
     summary = spread.assign(accuracy=spread.index.map(METRICS)).reset_index(drop=True)
     summary["the forms predict"] = [span_text(a, b) for a, b in zip(spread.lowest, spread.highest)]
     summary["with their bands"] = [span_text(a, b) for a, b in zip(spread.low, spread.high)]
@@ -253,14 +244,30 @@ if fittable:
             .style.hide(axis="index"))
 
 # %% [markdown]
-# The second table is the uncertainty this page states: the spread across the three forms, each
-# with its bootstrap band. A single form's band is narrower and would overstate how much the runs
-# say about the paper's compute.
-#
+# Each form on its own: its prediction and band, its fit error on our runs, and whether its bound
+# holds it at the paper's compute.
+
+# %% tags=["hide-input"]
+if fittable:
+    def bound_note(r):
+        if r.form == "saturating":
+            return f"ceiling {r.ceiling * 100:.1f} %, " + ("held at its bound" if r.at_bound else "from the data")
+        if r.unbounded > r.prediction + 5e-4:
+            return f"held at its bound (the curve itself: {r.unbounded * 100:.0f} %)"
+        return "below its bound"
+
+    view = pd.DataFrame({
+        "accuracy": pred.metric.map(METRICS), "curve form": pred.form,
+        "predicted (95 % band)": [f"{p_ * 100:.1f} % ({span_text(lo, hi)})" for p_, lo, hi in zip(pred.prediction, pred.low, pred.high)],
+        "fit error": [f"{e * 100:.1f} points" for e in pred.rmse],
+        "ceiling and bound": [bound_note(r) for r in pred.itertuples()]})
+    display(view.style.hide(axis="index"))
+
+# %% [markdown]
 # ## The runs
 #
-# Every run of the study. Width 32 at 6 epochs is Figure 8's five Heaviside seeds; their spread is
-# the run-to-run noise drawn as error bars above. 10 × 10 and the worst 24-pixel rectangle show
+# Every run of the study. The runs that share one width and one epoch count are Figure 8's
+# Heaviside seeds; their spread is the run-to-run noise drawn as error bars above. 10 × 10 and the worst 24-pixel rectangle show
 # whether the claims that do not hold at our scale start to hold as compute grows (the claims page
 # uses them). Machines, hours and commits of each run are on the provenance page.
 
