@@ -249,7 +249,7 @@ def judge(r):
                 f"slope of clean accuracy on M within each RF, {len(g)} models. Spearman ρ per RF: "
                 + ", ".join(f"{x:+.2f}" for x in rho) + f". {ev}")
     if r.id == "best_rf":
-        m = grid.query(f"margin == {h['margin']}").set_index("rf").certified.dropna()
+        m = grid.query(f"margin == {h['margin']}").set_index("rf").certified.dropna().sort_index()
         if m.index.nunique() < 2 or int(paper) not in m.index:
             return "—", V.not_run(), ""
         others = m.drop(int(paper))
@@ -271,7 +271,7 @@ def judge(r):
         return (pct(q[10]), V.bound(q[10], nontrivial),
                 f"we count at least {nontrivial:.0%} as non-trivial (the paper gives no number); "
                 + ", ".join(f"{shape(k, k)} {pct(q[k])}" for k in (8, 10, 12, 14, 16) if k in q.index))
-    a = grid.dropna(subset=["adversarial_accuracy"])
+    a = grid.dropna(subset=["adversarial_accuracy"]).sort_values(["rf", "margin"])
     if r.id == "certified_never_broken":
         if a.empty:
             return "—", V.not_run(), ""
@@ -500,6 +500,9 @@ assert sorted(listed) == sorted(table.id), set(table.id) ^ set(listed)   # every
 e = html.escape
 
 
+RULE_NAMES = {"value": "difference", "prediction": "the compute study's range"}
+
+
 def verdict_cell(v):
     """The verdict in bold, its number or parts below it."""
     if not v.text.startswith(v.word):
@@ -517,13 +520,15 @@ for title, ids in SECTIONS.items():
         r = by_id.loc[cid]
         fold = "".join(f"<p><b>{k}</b> {e(v)}</p>" for k, v in (
             ("Evidence:", r.evidence), ("Why ours may differ:", r.why), ("Where in the paper:", r.locator),
-            ("Rule:", r.kind)) if v)
-        body.append(f'<tr><td>{e(r.claim)}<details><summary>evidence</summary>{fold}</details></td>'
-                    f"<td>{e(paper_shown(r))}</td><td>{e(r.ours)}</td><td>{verdict_cell(r.verdict)}</td></tr>")
+            ("Rule:", f"{RULE_NAMES.get(r.kind, r.kind)} (see How a verdict is reached)")) if v)
+        body.append(f"<tr><td>{e(r.claim)}</td><td>{e(paper_shown(r))}</td><td>{e(r.ours)}</td>"
+                    f"<td>{verdict_cell(r.verdict)}</td></tr>"
+                    f'<tr class="fold"><td colspan="4"><details><summary>evidence</summary>{fold}</details></td></tr>')
 display(Markdown(f"Our runs: {scale_label(acc.reset_index())}."))
 display(HTML(
     "<style>table.claims td, table.claims th {vertical-align: top; overflow-wrap: anywhere; padding: 0.3em 0.5em}"
-    " table.claims details p {margin: 0.3em 0; font-size: 0.95em}</style>"
+    " table.claims details p {margin: 0.3em 0 0.3em 1.2em; font-size: 0.95em}"
+    " table.claims tr.fold td {padding-top: 0; border-top: none}</style>"
     '<table class="claims" style="width:100%;table-layout:fixed;border-collapse:collapse;font-size:0.9em">'
     '<colgroup><col style="width:42%"><col style="width:14%"><col style="width:24%"><col style="width:20%"></colgroup>'
     "<thead><tr><th>claim</th><th>paper</th><th>ours</th><th>verdict</th></tr></thead><tbody>"
