@@ -32,7 +32,7 @@ ratio_factor: float = 2.0  # a ratio claim matches within this factor of the pap
 z: float = 2.0  # a trend holds when its effect exceeds z standard errors of seed noise
 nontrivial: float = 0.05  # certified accuracy we count as non-trivial (the paper gives no number)
 correlated: float = 0.8  # Pearson r we count as highly correlated (the paper gives no number)
-equal_compute: float = 1.25  # two runs are at equal training compute within this factor of FLOPs
+equal_compute_factor: float = 1.25  # two runs are at equal training compute within this factor of FLOPs
 
 # %% tags=["hide-input"]
 import html
@@ -122,7 +122,7 @@ RULES = f"""
   machine, the claim is judged as a ratio.
 - **Not run**: we have no value. Not run and not comparable rows stay out of the count, as do the
   two rows that set the paper's value against our compute study's range (inside, above or below).
-- **Equal compute**: two runs whose training FLOPs are within a factor {equal_compute:g}.
+- **Equal compute**: two runs whose training FLOPs are within a factor {equal_compute_factor:g}.
 """
 display(Markdown(RULES))
 sigma_view = pd.DataFrame({"quantity": ["clean accuracy", "certified accuracy, 5 × 5 (3.2)",
@@ -155,10 +155,19 @@ def method_name(r):
 
 
 def dominance(a, b):
-    """A's smaller lead over B (clean, certified), each in units of its seed-noise standard error
-    (two single runs: σ√2)."""
-    return min((a.clean - b.clean) / (SIGMA["clean"] * np.sqrt(2)),
-               (a.certified - b.certified) / (SIGMA["certified"] * np.sqrt(2)))
+    """A's smaller lead over B (clean, certified), each in units of its seed-noise standard error.
+    ``a`` and ``b`` are frames of runs (seeds): means compared, se = σ·√(1/n_a + 1/n_b)."""
+    leads = []
+    for q in ("clean", "certified"):
+        d, se = V.difference(a[q], b[q], SIGMA[q])
+        leads.append(d / se)
+    return min(leads)
+
+
+def label(b, base):
+    """A baseline's name, with its training FLOPs where the same method ran at several budgets."""
+    name = method_name(b)
+    return name if (base.method == b.method).sum() == 1 else f"{name} at {b.flops:.1e} FLOPs"
 
 
 def dominated(bagcert, base):
@@ -166,10 +175,10 @@ def dominated(bagcert, base):
     most, with one line of evidence per baseline."""
     parts, lines = {}, []
     for run, b in base.iterrows():
-        zs = pd.Series({r: dominance(a, b) for r, a in bagcert.iterrows()})
+        zs = pd.Series({r: dominance(bagcert.loc[[r]], base.loc[[run]]) for r in bagcert.index})
         best = zs.idxmax()
         a = bagcert.loc[best]
-        name = method_name(b)
+        name = label(b, base)
         parts[name] = V.trend(zs.max(), 1.0, +1, z)
         lines.append(f"{name} ({run}, {flops(run)}): clean {pct(b.clean)}, certified {pct(b.certified)}; "
                      f"BagCert {best} ({flops(best)}): clean {pct(a.clean)}, certified {pct(a.certified)}; "
@@ -177,14 +186,18 @@ def dominated(bagcert, base):
     return parts, lines
 
 
-def equal_compute_pairs(methods):
-    """(BagCert RF 7 M 0.5 run, baseline run) pairs at equal training compute, from every profile."""
+def equal_compute(methods):
+    """[(BagCert runs, baseline run)] at equal training compute, from every profile: for each
+    baseline run of ``methods``, the BagCert RF 7, M 0.5 runs (every seed) within a factor
+    ``equal_compute_factor`` of its training FLOPs."""
     every = accuracies(all_runs, all_cert)
     b = every.query(f"method == 'bagcert' and {head_q} and head == 'heaviside' and sigma == 0")
-    o = every[every.method.isin(methods)]
-    pairs = [(rb, ro) for rb in b.index for ro in o.index
-             if 1 / equal_compute <= b.flops[rb] / o.flops[ro] <= equal_compute]
-    return every, pairs
+    out = []
+    for ro, o in every[every.method.isin(methods)].iterrows():
+        near = b[(b.flops / o.flops).between(1 / equal_compute_factor, equal_compute_factor)]
+        if len(near):
+            out.append((near, every.loc[[ro]]))
+    return out
 
 
 inet = imagenet_runs(results)
@@ -421,20 +434,22 @@ def judge(r):
         return shown_, V.combine(parts), ev
     if r.id in ("cond33_follows_ds_block_equal_compute", "dominates_maskbn_cbn"):
         methods = ["ds-block"] if r.id.startswith("cond33") else ["mask-bn", "cbn"]
-        every, pairs = equal_compute_pairs(methods)
+        pairs = equal_compute(methods)
         if not pairs:
-            return ("—", V.not_run(), f"no {' or '.join(methods)} run within a factor {equal_compute:g} of a BagCert "
-                    f"RF 7, M 0.5 run's training FLOPs yet")
+            return ("—", V.not_run(), f"no {' or '.join(methods)} run within a factor {equal_compute_factor:g} of a "
+                    f"BagCert RF 7, M 0.5 run's training FLOPs yet")
         parts, lines = {}, []
-        for rb, ro in pairs:
-            a, b = every.loc[rb], every.loc[ro]
-            key = f"{method_name(b)} at {a.flops:.1e} FLOPs"
+        others = pd.concat([o for _, o in pairs])
+        for a, o in pairs:
+            b = o.iloc[0]
+            key = label(b, others)
             if r.id.startswith("cond33"):
-                parts[key] = V.value(a.certified_33 - b.certified, float(paper), tolerance)
+                parts[key] = V.value(a.certified_33.mean() - b.certified, float(paper), tolerance)
             else:
-                parts[key] = V.trend(dominance(a, b), 1.0, +1, z)
-            lines.append(f"{key}: BagCert {rb} clean {pct(a.clean)}, certified {pct(a.certified)} (3.3: {pct(a.certified_33)}); "
-                         f"{ro} ({b.flops:.1e} FLOPs) clean {pct(b.clean)}, certified {pct(b.certified)}")
+                parts[key] = V.trend(dominance(a, o), 1.0, +1, z)
+            lines.append(f"{key}: {o.index[0]} ({b.flops:.1e} FLOPs) clean {pct(b.clean)}, certified {pct(b.certified)}; "
+                         f"BagCert, mean of {len(a)} run(s) at {a.flops.mean():.1e} FLOPs: clean {pct(a.clean.mean())}, "
+                         f"certified {pct(a.certified.mean())} (Condition 3.3: {pct(a.certified_33.mean())})")
         return "; ".join(f"{k}: {v.text}" for k, v in parts.items()), V.combine(parts), "; ".join(lines)
     return "—", V.not_run(), ""
 
@@ -603,7 +618,7 @@ def baselines_at_5x5():
     top = grid.loc[grid.certified.idxmax()]
     said = []
     for run, b in base.iterrows():
-        name, v = method_name(b), parts[method_name(b)]
+        name, v = method_name(b), parts[label(b, base)]
         point = f"{pct(b.clean)} clean, {pct(b.certified)} certified, {b.flops:.1e} training FLOPs"
         if v.word == "holds":
             said.append(f"BagCert dominates our {name} run ({point})")
