@@ -1,4 +1,4 @@
-"""The compute study (issue 13): FLOPs counted from the model, and the curve fits."""
+"""The compute study: FLOPs counted from the model, and the curve fits with their bounds."""
 import numpy as np
 import torch
 import pytest
@@ -50,6 +50,56 @@ def test_bootstrap_band_contains_the_fit_and_needs_three_computes():
     assert (lo <= p + 1e-9).all() and (p <= hi + 1e-9).all() and (hi - lo)[1] >= (hi - lo)[0]
     with pytest.raises(ValueError, match="3 or more computes"):
         scaling.bootstrap([13, 13, 14], [0.1, 0.2, 0.3], [15.0])
+
+
+def test_the_saturating_ceiling_comes_from_the_data_or_sits_at_its_bound():
+    """A curve that bends gets its ceiling from the data; a straight line in log-compute does not
+    determine one, and the fit says so (``at_bound``) instead of passing the bound off as a fit."""
+    x = np.repeat(np.linspace(13, 16, 6), 2)
+    bends = 0.7 - 0.5 * np.exp(-1.5 * (x - 13))
+    p = scaling.fit(x, bends, "saturating")
+    assert p["A"] == pytest.approx(0.7, abs=0.01) and not p["at_bound"]
+    line = -1.5 + 0.13 * x
+    q = scaling.fit(x, line, "saturating")
+    assert q["A"] == 1.0 and q["at_bound"]
+
+
+def test_certified_accuracy_stays_below_clean_accuracy():
+    """Certified ≤ clean at every compute: a certified curve is capped by the clean curve of the
+    same form fitted to the same runs, and a saturating one's ceiling by the clean ceiling."""
+    x = np.repeat(np.linspace(13, 16, 5), 2)
+    clean = 0.6 - 0.4 * np.exp(-1.2 * (x - 13))            # bends to 60 %
+    cert = -1.6 + 0.13 * x                                    # a straight line, 48 % at 16
+    for form in scaling.FORMS:
+        bound = scaling.fit(x, clean, form)
+        p = scaling.fit(x, cert, form, bound)
+        far = np.linspace(13, 19, 13)
+        assert (scaling.evaluate(p, far) <= scaling.evaluate(bound, far) + 1e-12).all(), form
+    sat = scaling.fit(x, cert, "saturating", scaling.fit(x, clean, "saturating"))
+    assert sat["A"] <= 0.6 + 0.01 and sat["at_bound"]
+    below = cert - 0.02 + 0.01 * np.sin(x)                      # clean just under the certified line
+    boot = scaling.bootstrap(x, cert, [19.0], "log-linear", n=50, clean=below)
+    same = scaling.bootstrap(x, below, [19.0], "log-linear", n=50)   # the same resamples (seed 0)
+    assert np.allclose(boot, same)               # held at the clean curve of each resample
+
+
+def test_the_spread_across_forms_holds_every_form_and_its_band():
+    import pandas as pd
+
+    rng = np.random.default_rng(1)
+    x = np.repeat(np.linspace(13, 15.5, 6), 2)
+    clean = 0.3 + 0.17 * (x - 13) + rng.normal(0, 0.01, len(x))
+    study = pd.DataFrame({"flops": 10 ** x, "clean": clean, "certified": 0.4 * clean})
+    pred = pd.concat([scaling.predict(study, m, 1e18, n_boot=100) for m in ("clean", "certified")])
+    assert sorted(pred.form.unique()) == sorted(scaling.FORMS) and (pred.prediction <= 1).all()
+    s = scaling.spread(pred)
+    for m, g in pred.groupby("metric"):
+        assert s.loc[m, "low"] == g.low.min() and s.loc[m, "high"] == g.high.max()
+        assert s.loc[m, "lowest"] <= g.prediction.min() + 1e-12 and s.loc[m, "highest"] >= g.prediction.max() - 1e-12
+        assert (g.low <= g.prediction + 1e-9).all() and (g.prediction <= g.high + 1e-9).all()
+    cert, clean_ = pred.set_index(["metric", "form"]).prediction.loc["certified"], pred.set_index(["metric", "form"]).prediction.loc["clean"]
+    assert (cert <= clean_ + 1e-12).all()
+    assert scaling.decades(study, 1e18) == pytest.approx(2.5) and scaling.span(study) == pytest.approx(2.5)
 
 
 def test_learning_curves_and_runs_in_progress(tmp_path):
