@@ -355,8 +355,17 @@ def worst_case_direct(scores: torch.Tensor, labels: torch.Tensor, patch, rf, str
 
 
 def patch_label(patch) -> str:
+    """The paper's name of a patch shape, width × height: ``patch_label((1, 24)) == "24x1"``, the
+    short-but-wide patch of §4. ``patch`` is (h, w), the order the certifier keeps internally
+    (rows, then columns), or one int for a square."""
     h, w = _pair(patch, "patch")
-    return f"{h}x{w}"
+    return f"{w}x{h}"
+
+
+def patch_shape(label: str) -> tuple:
+    """(h, w) of a :func:`patch_label` ("24x1", width × height): ``patch_shape("24x1") == (1, 24)``."""
+    w, h = (int(x) for x in str(label).lower().replace("×", "x").split("x"))
+    return _pair((h, w), "patch")
 
 
 def _sync(device):
