@@ -86,8 +86,8 @@ class _Geometry:
             self.h_out * self.stride[0], self.w_out * self.stride[1])
         ph, pw = self.patch
         if ph > self.image_size[0] or pw > self.image_size[1]:
-            raise ValueError(f"patch {ph}x{pw} is larger than the image "
-                             f"{self.image_size[0]}x{self.image_size[1]}")
+            raise ValueError(f"patch {pw}x{ph} (width x height) is larger than the image "
+                             f"{self.image_size[1]}x{self.image_size[0]}")
 
 
 def _region_ranges(geo: _Geometry, device):

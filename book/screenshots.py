@@ -53,7 +53,7 @@ def screenshot(page: Path, png: Path, timeout: float = 90) -> Path:
     png.parent.mkdir(parents=True, exist_ok=True)
     png.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(prefix="bagcert-chromium-") as profile:
-        cmd = [chromium(), *FLAGS, f"--user-data-dir={profile}", f"--screenshot={png}", page.as_uri()]
+        cmd = [chromium(), *FLAGS, f"--user-data-dir={profile}", f"--screenshot={png}", page.resolve().as_uri()]
         try:
             run = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired as e:
@@ -69,7 +69,7 @@ def dump_dom(page: Path, timeout: float = 90) -> str:
         raise FileNotFoundError(f"{page} does not exist: build the book first (make book)")
     with tempfile.TemporaryDirectory(prefix="bagcert-chromium-") as profile:
         cmd = [chromium(), *FLAGS, f"--user-data-dir={profile}", "--dump-dom",
-               "--virtual-time-budget=10000", page.as_uri()]
+               "--virtual-time-budget=10000", page.resolve().as_uri()]
         try:
             run = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired as e:
@@ -163,7 +163,7 @@ def measure_layout(page: Path, timeout: float = 90) -> dict:
         dom = dump_dom(probe, timeout)
     finally:
         probe.unlink(missing_ok=True)
-    m = re.search(r'<pre id="bagcert-layout">(.*?)</pre>', dom, flags=re.S)
+    m = re.search(r'<pre id="bagcert-layout"[^>]*>(.*?)</pre>', dom, flags=re.S)
     if not m:
         raise RuntimeError(f"{page}: the layout probe did not run")
     from html import unescape

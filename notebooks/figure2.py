@@ -38,6 +38,7 @@ patch: str = "5x5"  # patch shape of the CIFAR-10 panel, width x height
 import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.lines import Line2D
+from IPython.display import Markdown
 from myst_nb import glue
 
 from bagcert_lib.config import REPO_ROOT
@@ -109,15 +110,15 @@ ax.set_ylabel(f"Certified accuracy (%), {patch.replace('x', '×')}")
 ax.set_title(f"CIFAR-10, {patch.replace('x', '×')} patches")
 ax.grid(alpha=0.3)
 fig.legend(handles=handles, loc="outside lower center", ncol=1)
-glue("figure2_made_from", made_from(pd.concat([runs, ds_runs])), display=False)
-glue("figure2_baselines", baselines_at_our_scale(results, profile, "3.2", patch)["sentence"] or
-     "No run of the grid has been certified yet.", display=False)
+glue("figure2_made_from", Markdown(made_from(pd.concat([runs, ds_runs]))), display=False)
+glue("figure2_baselines", Markdown(baselines_at_our_scale(results, profile, "3.2", patch)["sentence"] or
+                                   "No run of the grid has been certified yet."), display=False)
 plt.show()
 
 # %% [markdown]
-# {glue:text}`figure2_baselines`
+# {glue:md}`figure2_baselines`
 #
-# Made from {glue:text}`figure2_made_from`. Machines, commits, timings and the run folders:
+# Made from {glue:md}`figure2_made_from`. Machines, commits, timings and the run folders:
 # {doc}`provenance`.
 #
 # Our runs against the same patch, certified on the test set (BagCert per receptive field and

@@ -34,6 +34,7 @@ condition: str = "3.2"  # certification condition: 3.2 or 3.3
 
 # %% tags=["hide-input"]
 import matplotlib.pyplot as plt
+from IPython.display import Markdown
 from myst_nb import glue
 
 from bagcert_lib.config import grids
@@ -41,15 +42,15 @@ from bagcert_lib.figures import baselines_at_our_scale, book_style, made_from, r
 
 book_style()
 runs, fig, table = sweep_figure(grids()["square_patches"], condition, results, profile, figure="figure3")
-glue("figure3_made_from", made_from(runs), display=False)
-glue("figure3_baselines", baselines_at_our_scale(results, profile, condition, "5x5")["sentence"] or
-     "No run of the grid has been certified yet.", display=False)
+glue("figure3_made_from", Markdown(made_from(runs)), display=False)
+glue("figure3_baselines", Markdown(baselines_at_our_scale(results, profile, condition, "5x5")["sentence"] or
+                                   "No run of the grid has been certified yet."), display=False)
 plt.show()
 
 # %% [markdown]
-# {glue:text}`figure3_baselines`
+# {glue:md}`figure3_baselines`
 #
-# Made from {glue:text}`figure3_made_from`. Machines, commits, timings and the run folders:
+# Made from {glue:md}`figure3_made_from`. Machines, commits, timings and the run folders:
 # {doc}`provenance`.
 #
 # Certified accuracy (%) of the models drawn, at every other square up to 16 × 16 (each run's

@@ -33,6 +33,7 @@ condition: str = "3.2"  # certification condition: 3.2 or 3.3
 
 # %% tags=["hide-input"]
 import matplotlib.pyplot as plt
+from IPython.display import Markdown
 from myst_nb import glue
 
 from bagcert_lib.config import grids
@@ -42,11 +43,11 @@ book_style()
 # (h, w) pairs, drawn from tall-and-narrow (1 × 24) to short-but-wide (24 × 1)
 shapes = sorted(grids()["aspect_ratio_patches"], key=lambda hw: hw[1])
 runs, fig, table = sweep_figure(shapes, condition, results, profile, figure="figure4")
-glue("figure4_made_from", made_from(runs), display=False)
+glue("figure4_made_from", Markdown(made_from(runs)), display=False)
 plt.show()
 
 # %% [markdown]
-# Made from {glue:text}`figure4_made_from`. Machines, commits, timings and the run folders:
+# Made from {glue:md}`figure4_made_from`. Machines, commits, timings and the run folders:
 # {doc}`provenance`.
 #
 # Certified accuracy (%) of the models drawn, per shape (width × height):

@@ -30,6 +30,7 @@ results: str = None  # results folder (default: $BAGCERT_RESULTS, else results/r
 # %% tags=["hide-input"]
 import matplotlib.pyplot as plt
 import pandas as pd
+from IPython.display import Markdown
 from myst_nb import glue
 
 from bagcert_lib.config import grids
@@ -73,11 +74,11 @@ for ax, col, name in ((axes[0], "clean_accuracy", "Clean accuracy (%)"),
 axes[1].set_xlabel("Training compute so far (FLOPs)")
 axes[0].set_title(f"RF {h['rf']}, M {h['margin']}, held-out images (certified: Condition 3.2)")
 fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=1)
-glue("headline_made_from", made_from(runs), display=False)
+glue("headline_made_from", Markdown(made_from(runs)), display=False)
 plt.show()
 
 # %% [markdown]
-# Made from {glue:text}`headline_made_from`. Machines, commits, training times and the run
+# Made from {glue:md}`headline_made_from`. Machines, commits, training times and the run
 # folders: {doc}`provenance`.
 #
 # Test-set accuracy of each run at its last epoch (5 × 5 patches), with its training compute:
