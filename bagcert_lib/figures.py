@@ -100,6 +100,13 @@ def made_from(runs: pd.DataFrame) -> str:
         return "no finished runs"
     runs = runs.assign(training_flops=_flops(runs).values,
                        method=runs["method"].fillna("bagcert"))
+    span = lambda v, f=str: f(v.min()) if f(v.min()) == f(v.max()) else f"{f(v.min())}–{f(v.max())}"  # noqa: E731
+    if runs.groupby(["method", "profile", "width", "epochs"]).ngroups > 4:    # many scales: one line per model
+        return "; ".join(
+            f"{len(g)} {'BagCert' if method == 'bagcert' else method} runs of profiles "
+            f"{', '.join(dict.fromkeys(g.profile))} (width {span(g.width)}, {span(g.epochs)} epochs, "
+            f"{span(g.training_flops, flops_text)} training FLOPs)"
+            for method, g in runs.groupby("method", sort=False))
     parts = []
     for (method, profile, width, epochs), g in runs.groupby(["method", "profile", "width", "epochs"], sort=False):
         what = "BagCert" if method == "bagcert" else f"{method.replace('ds-', 'DS ')} (ResNet-18)"

@@ -100,5 +100,7 @@ if len(table):   # the run with the most training compute, glued for the book's 
     for key, col in (("clean", "clean"), ("certified_3_2", "certified (3.2)"),
                      ("certified_3_3", "certified (3.3)")):
         glue(f"longest_{key}", f"{best[col] * 100:.1f}%", display=False)
-table = table.drop(columns="wall_s").set_index(["profile", "width", "epochs"])
+table.index = [f"{r.profile}: width {r.width}, {r.epochs} epochs" for r in table.itertuples()]
+table = table.drop(columns=["wall_s", "profile", "width", "epochs"])
+table.index.name = "run"
 readable(table, percent=["clean", "certified (3.2)", "certified (3.3)"], formats={"training_flops": "{:.1e}"})

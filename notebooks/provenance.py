@@ -31,6 +31,7 @@ import pandas as pd
 from bagcert_lib.figures import readable
 from bagcert_lib.results import load_retrained, load_runs, run_links
 
+pd.set_option("display.max_colwidth", None)     # machine strings in full
 runs = load_runs(results)
 done = runs[runs.finished.fillna(False).astype(bool)].copy() if len(runs) else runs
 done["device"] = done.device.fillna("not recorded")
