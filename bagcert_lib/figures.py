@@ -20,21 +20,15 @@ def smoothing_label(run) -> str:
     return f"DS {kind} {'s' if kind == 'block' else 'b'}={int(run['ablation_size'])}, θ={run['theta']:g}"
 
 
-#: Figures in the book are this wide (inches at FIG_DPI): wider than the content column at 1280 px
-#: (about 650 px), so the browser only ever scales them down, and their text (FONT_SIZE points,
-#: about 19 px before scaling) stays at least as large as the body text.
+#: Figures in the book are this wide (inches at FIG_DPI, 800 px): wider than the content column at
+#: 1280 px (688 px), so the browser only ever scales them down, and their text (FONT_SIZE points,
+#: about 19 px before scaling, 16 px after) stays as large as the body text.
 FIG_WIDTH, FIG_DPI, FONT_SIZE = 8.0, 100, 14
 
 #: Colours and markers that say whose value a point is: ours measured (filled), the paper's
 #: stated values (red, hollow) and baselines as their papers report them (grey, hollow).
 PAPER_COLOR, REPORTED_COLOR, SHIPPED_COLOR = "tab:red", "0.35", "black"
 REPORTED_MARKERS = {"IBP": "^", "DS": "D", "Mask-BN": "s", "Mask-DS": "P", "CBN": "v"}
-
-#: The paper each baseline comes from (keys of book/references.bib), for the pages' citations.
-CITATIONS = {"IBP": "chiang2020certified", "DS": "levine2020derandomized", "DS block": "levine2020derandomized",
-             "DS column": "levine2020derandomized", "Mask-BN": "xiang2020patchguard",
-             "Mask-DS": "xiang2020patchguard", "CBN": "zhang2020clipped", "BagCert": "metzen2021bagcert"}
-
 
 def book_style():
     """matplotlib settings of every figure in the book (:data:`FIG_WIDTH`, :data:`FONT_SIZE`)."""
@@ -110,10 +104,9 @@ def made_from(runs: pd.DataFrame) -> str:
     parts = []
     for (method, profile, width, epochs), g in runs.groupby(["method", "profile", "width", "epochs"], sort=False):
         what = "BagCert" if method == "bagcert" else f"{method.replace('ds-', 'DS ')} (ResNet-18)"
-        lo, hi = g.training_flops.min(), g.training_flops.max()
-        fl = flops_text(lo) if flops_text(lo) == flops_text(hi) else f"{flops_text(lo)}–{flops_text(hi)}"
-        parts.append(f"{len(g)} {what} run{'s' if len(g) > 1 else ''} of profile {profile} "
-                     f"(width {width}, {epochs} epochs, {fl} training FLOPs{' each' if len(g) > 1 else ''})")
+        parts.append(f"{len(g)} {what} run{'s' if len(g) > 1 else ''} of profile {profile} (width {width}, "
+                     f"{epochs} epochs, {span(g.training_flops, flops_text)} training FLOPs"
+                     f"{' each' if len(g) > 1 else ''})")
     return "; ".join(parts)
 
 
@@ -175,7 +168,8 @@ def sweep_panels(cert: pd.DataFrame, patches: list, condition: str = "3.2",
         if shipped is not None and len(shipped):
             r = shipped.iloc[0].copy()
             r["training_flops"] = flops.get(r.run)
-            acc = shipped.query("condition == @condition").set_index("patch").reindex(labels)["certified_accuracy"] * 100
+            acc = shipped.query("condition == @condition").set_index("patch").reindex(labels)
+            acc = acc["certified_accuracy"] * 100
             ax.plot(x, acc.values, color=SHIPPED_COLOR, lw=3, marker="s", ms=5, zorder=4, label=shipped_label(r))
         for _, b in (reported if reported is not None else pd.DataFrame()).iterrows():
             if b.patch in labels:

@@ -52,7 +52,8 @@ if (runs.profile != "smoke").any():   # smoke runs only exercise the pipeline: n
 runs = runs.sort_values(["training_flops", "run"])
 hist = load_history(results).query("run in @runs.run").copy()
 per_run = runs.set_index("run")
-hist["flops"] = hist.epoch / hist.run.map(per_run.epochs_done.fillna(per_run.epochs)) * hist.run.map(per_run.training_flops)
+epochs_done = per_run.epochs_done.fillna(per_run.epochs)     # FLOPs after each epoch: a share of the run's
+hist["flops"] = hist.epoch / hist.run.map(epochs_done) * hist.run.map(per_run.training_flops)
 paper = paper_values("figure2").query("condition == '3.2'").iloc[0]
 fig, axes = plt.subplots(2, 1, figsize=(FIG_WIDTH, 10), sharex=True, layout="constrained")
 for run in runs.run:
