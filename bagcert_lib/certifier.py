@@ -108,8 +108,8 @@ class _Geometry:
             self.h_out * self.stride[0], self.w_out * self.stride[1])
         ph, pw = self.patch
         if ph > self.image_size[0] or pw > self.image_size[1]:
-            raise ValueError(f"patch {ph}x{pw} is larger than the image "
-                             f"{self.image_size[0]}x{self.image_size[1]}")
+            raise ValueError(f"patch {pw}x{ph} (width x height) is larger than the image "
+                             f"{self.image_size[1]}x{self.image_size[0]}")
 
 
 def _region_ranges(geo: _Geometry, device):
@@ -405,9 +405,17 @@ def worst_case_direct(scores: torch.Tensor, labels: torch.Tensor, patch, rf, str
 
 
 def patch_label(patch) -> str:
-    """The label of a patch (h, w) in results files, ``"<h>x<w>"``."""
+    """The paper's name of a patch shape, width × height: ``patch_label((1, 24)) == "24x1"``, the
+    short-but-wide patch of §4. ``patch`` is (h, w), the order the certifier keeps internally
+    (rows, then columns), or one int for a square."""
     h, w = _pair(patch, "patch")
-    return f"{h}x{w}"
+    return f"{w}x{h}"
+
+
+def patch_shape(label: str) -> tuple:
+    """(h, w) of a :func:`patch_label` ("24x1", width × height): ``patch_shape("24x1") == (1, 24)``."""
+    w, h = (int(x) for x in str(label).lower().replace("×", "x").split("x"))
+    return _pair((h, w), "patch")
 
 
 def _sync(device):

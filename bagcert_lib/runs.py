@@ -29,8 +29,9 @@ from .train import evaluate_batches, git_commit, test_batches
 
 
 def figure_patches(dataset: str = "cifar10") -> list:
-    """Every patch shape of Figures 3 and 4: squares 1..16 and the 24-pixel aspect ratios; for
-    ImageNet the 32 × 32 patch of Figure 2 (2.04 % of 224 × 224, App. A.1.2)."""
+    """Every patch shape of Figures 3 and 4 as (h, w) pairs: squares 1..16 and the 24-pixel aspect
+    ratios (labelled width x height by ``certifier.patch_label``); for ImageNet the 32x32 patch of
+    Figure 2 (2.04 % of 224x224, App. A.1.2)."""
     g = grids()
     if dataset == "imagenet":
         return [_pair(p, "patch") for p in g["imagenet_patches"]]

@@ -117,7 +117,7 @@ def affected_ablations(kind: str, size: int, patch, image_size) -> int:
     h, w = _pair(patch, "patch")
     H, W = _pair(image_size, "image_size")
     if h > H or w > W:
-        raise ValueError(f"patch {h}x{w} is larger than the image {H}x{W}")
+        raise ValueError(f"patch {w}x{h} (width x height) is larger than the image {W}x{H}")
     cols = min(w + size - 1, W)
     return min(h + size - 1, H) * cols if kind == "block" else cols
 

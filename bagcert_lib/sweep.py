@@ -172,7 +172,7 @@ def replace_with_retrain(run_dir: Path, steps=("train", "certify", "attack")) ->
 def _csv_rows(path: Path) -> list[dict]:
     import csv
 
-    keep = ("patch", "condition", "n", "clean_accuracy", "certified_accuracy")
+    keep = ("patch", "patch_h", "patch_w", "condition", "n", "clean_accuracy", "certified_accuracy")
     with open(path, newline="") as f:
         return [{k: r[k] for k in keep if k in r} for r in csv.DictReader(f)]
 

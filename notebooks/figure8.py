@@ -68,38 +68,9 @@ per_head = last.groupby("head").agg(
 readable(per_head)
 
 # %% [markdown]
-# ## The same configuration, trained again
-#
-# Runs committed before models were shipped were trained again to ship their weights
-# (`python -m bagcert_lib.sweep --retrain-unshipped`; the replaced run's numbers are kept in its
-# `previous.json`). Same configuration and seed, later code and torch: how far the test-set
-# numbers (all test images, 5×5, Condition 3.2) moved, beside the spread of the five Heaviside
-# seeds above.
-
-# %% tags=["hide-input"]
-from bagcert_lib.results import load_certification, load_retrained
-
-again = load_retrained(results).query("run in @runs.run and patch == '5x5' and condition == '3.2'")
-cert = load_certification(results).query("run in @runs.run and patch == '5x5' and condition == '3.2'")
-seeds = cert.query("head == 'heaviside'")
-spread = seeds.query("run not in @again.run")        # the seeds' spread, without the runs compared
-spread_of = f"the {len(spread)} Heaviside seeds not trained again"
-if len(spread) < 2:
-    spread, spread_of = seeds, f"the {len(seeds)} Heaviside seeds"
-if len(again):
-    table = again.set_index("run")[["clean_accuracy_before", "clean_accuracy_after",
-                                    "certified_accuracy_before", "certified_accuracy_after",
-                                    "commit_before", "commit_after", "torch_before", "torch_after"]]
-    table = table.assign(commit_before=table.commit_before.str[:7], commit_after=table.commit_after.str[:7])
-    display(readable(table, words={"clean_accuracy_before": "clean before", "clean_accuracy_after": "clean after",
-                                   "certified_accuracy_before": "certified before",
-                                   "certified_accuracy_after": "certified after"}))
-    print(f"moved by at most {(again.clean_accuracy_after - again.clean_accuracy_before).abs().max() * 100:.1f} "
-          f"points clean and {(again.certified_accuracy_after - again.certified_accuracy_before).abs().max() * 100:.1f} "
-          f"certified; {spread_of} span {(spread.clean_accuracy.max() - spread.clean_accuracy.min()) * 100:.1f} "
-          f"clean and {(spread.certified_accuracy.max() - spread.certified_accuracy.min()) * 100:.1f} certified")
-else:
-    print("No run shown on this page has been trained again yet.")
+# Runs committed before models were shipped were trained again to ship their weights (same
+# configuration and seed, later code); how far each moved against this spread of seeds, and the
+# code each was made with, is on the {doc}`provenance` page.
 
 # %% tags=["hide-input"]
 run_links(runs, "figure8.ipynb")

@@ -1,6 +1,7 @@
 """The book builds with warnings as errors, every figure page shows a figure, every page loads MathJax
 from the site itself, and the rendered site opens in headless Chromium (screenshots of the front
-page and a figure page; the formulas of the method page typeset, no raw TeX)."""
+page and a figure page; the formulas of the method page typeset, no raw TeX; at 1280 px every
+figure spans the content column and no table is wider than it)."""
 import importlib.util
 import os
 import re
@@ -40,7 +41,8 @@ def site(tmp_path_factory):
 
 def test_every_page_is_built(site):
     pages = ["index", "intro", "method", "reproduce", "api", "bibliography",
-             *[f"notebooks/{n}" for n in FIGURES + ["table1", "claims", "headline", "certify_images"]]]
+             *[f"notebooks/{n}" for n in FIGURES + ["table1", "claims", "headline", "certify_images",
+                                                    "provenance"]]]
     missing = [p for p in pages if not (site / f"{p}.html").is_file()]
     assert not missing, f"pages not built: {missing}"
 
@@ -63,7 +65,7 @@ def test_site_renders_in_chromium(site, tmp_path):
         screenshots.chromium()
     except FileNotFoundError:
         pytest.skip("no Chromium (Debian: apt install chromium)")
-    assert screenshots.main(["--html", str(site), "--out", str(tmp_path)]) == 0
+    assert screenshots.main(["--html", str(site), "--out", str(tmp_path), "--layout"]) == 0
     for name in screenshots.PAGES:
         png = tmp_path / f"{name}.png"
         assert png.stat().st_size > 20_000, f"{png} is suspiciously small"
@@ -115,3 +117,50 @@ def test_raw_tex_is_detected():
     assert screenshots.math_problems(raw)
     ok = "<html><body><p>An image <mjx-container><svg></svg></mjx-container></p><script>a = '\\(';</script></body></html>"
     assert screenshots.math_problems(ok) == []
+
+
+def _chromium_or_skip():
+    import screenshots
+    try:
+        screenshots.chromium()
+    except FileNotFoundError:
+        pytest.skip("no Chromium (Debian: apt install chromium)")
+    return screenshots
+
+
+@pytest.mark.parametrize("page", [p.removesuffix(".html") for p in
+                                  __import__("screenshots").LAYOUT_PAGES])
+def test_page_reads_at_1280_px(site, page):
+    """At 1280 px every figure of the page spans the content column (so its text is not shrunk
+    below the body's) and no table is wider than the column."""
+    screenshots = _chromium_or_skip()
+    problems = screenshots.check_layout(site / f"{page}.html")
+    assert not problems, f"{page}: " + "; ".join(problems)
+
+
+def test_layout_check_fails_on_a_narrow_figure_and_a_wide_table(tmp_path):
+    """The check itself, in Chromium on a constructed page: a 300-px figure in a 700-px column and a
+    table of 30 wide cells fail it; a 1,000-px figure and a small table pass."""
+    screenshots = _chromium_or_skip()
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for name, inches in (("narrow", 3), ("wide", 10)):
+        fig = plt.figure(figsize=(inches, 2), dpi=100)
+        fig.text(0.5, 0.5, name)
+        fig.savefig(tmp_path / f"{name}.png")
+        plt.close(fig)
+
+    def page(img, cells):
+        row = "".join(f"<td>cell_{i:02d}_xxxxxxxx</td>" for i in range(cells))
+        return (f'<html><body><article class="bd-article" style="width:700px;padding:0 20px">'
+                f'<div class="cell_output"><img src="{img}.png" style="max-width:100%"></div>'
+                f"<table><tr>{row}</tr></table></article></body></html>")
+
+    (tmp_path / "bad.html").write_text(page("narrow", 30))
+    (tmp_path / "good.html").write_text(page("wide", 3))
+    bad = screenshots.check_layout(tmp_path / "bad.html")
+    assert any("narrower than the content column (700 px)" in p for p in bad), bad
+    assert any(p.startswith("table") for p in bad), bad
+    assert screenshots.check_layout(tmp_path / "good.html") == []

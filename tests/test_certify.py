@@ -209,3 +209,20 @@ def test_direct_loop_equals_summed_area():
     for patch, rf, stride, size in [((3, 3), 5, 1, None), ((2, 4), 3, 2, (19, 19))]:
         margin = ScoreMaps(scores, labels).worst_case(patch, rf, stride, size)[0]
         assert torch.allclose(worst_case_direct(scores, labels, patch, rf, stride, size), margin)
+
+
+def test_patch_labels_are_width_by_height():
+    """Labels follow the paper, width × height (§4's short-but-wide patch is "24x1"); the
+    certifier keeps (h, w), and every row's label matches its patch_h / patch_w."""
+    from bagcert_lib.certifier import CertifiedCounter, patch_label, patch_shape
+
+    assert patch_label((1, 24)) == "24x1" and patch_label((12, 2)) == "2x12" and patch_label(5) == "5x5"
+    assert patch_shape("24x1") == (1, 24) and patch_shape("2×12") == (12, 2)
+    assert all(patch_shape(patch_label(p)) == p for p in [(1, 24), (24, 1), (3, 8), (7, 7)])
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (5,), generator=gen)
+    counter = CertifiedCounter([(1, 6), (6, 1)], 3, 1, None)
+    counter.add(random_scores(gen, labels, 3, 8, 8, "binary"), labels)
+    rows = counter.counts()
+    assert rows.patch.tolist() == ["6x1", "1x6"]
+    assert (rows.patch == [f"{w}x{h}" for h, w in zip(rows.patch_h, rows.patch_w)]).all()

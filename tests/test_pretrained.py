@@ -58,12 +58,12 @@ def test_certifying_one_shape_keeps_the_others(trained, tmp_path):
     shutil.copytree(run, copy)
     first = certify_run(copy, patches=[(3, 3), (5, 5), (2, 12)], progress=False)
     before = pd.read_csv(copy / "certification.csv", dtype={"condition": str})
-    assert list(before.patch) == list(first.patch) == ["3x3", "3x3", "5x5", "5x5", "2x12", "2x12"]
+    assert list(before.patch) == list(first.patch) == ["3x3", "3x3", "5x5", "5x5", "12x2", "12x2"]
     (copy / "certification.csv").write_text(                 # mark the old rows to see them replaced
         before.assign(device="before").to_csv(index=False))
     again = certify_run(copy, patches=[(5, 5), (4, 4)], progress=False)
     after = pd.read_csv(copy / "certification.csv", dtype={"condition": str})
-    assert list(after.patch) == ["3x3", "3x3", "5x5", "5x5", "2x12", "2x12", "4x4", "4x4"]
+    assert list(after.patch) == ["3x3", "3x3", "5x5", "5x5", "12x2", "12x2", "4x4", "4x4"]
     assert (after.device == "before").tolist() == [True, True, False, False, True, True, False, False]
     pd.testing.assert_frame_equal(after.iloc[2:4].reset_index(drop=True),
                                   again.iloc[:2].astype({"condition": str}).reset_index(drop=True),

@@ -233,7 +233,7 @@ def test_retrain_unshipped_keeps_the_old_run_until_the_new_one_replaces_it(tmp_p
         "model.safetensors", PREVIOUS, "provenance.json"]
     old = json.loads((run_dir / PREVIOUS).read_text())
     assert (old["commit"], old["torch"], old["metrics"]["clean_accuracy"]) == ("7211e83", "2.13.0+cpu", 0.41)
-    assert old["certification"][1] == {"patch": "5x5", "condition": "3.3", "n": "10000",
+    assert old["certification"][1] == {"patch": "5x5", "patch_h": "5", "patch_w": "5", "condition": "3.3", "n": "10000",
                                        "clean_accuracy": "0.4146", "certified_accuracy": "0.0896"}
     assert old["attack"]["adversarial_accuracy"] == 0.23 and old["attack"]["certified_broken"] == 0
     # the book compares the two runs (results.load_retrained)
