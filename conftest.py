@@ -1,4 +1,4 @@
-"""Test-suite guards shared by tests/ and notebooks/ (issue 12): CI never hangs silently.
+"""Test-suite guards shared by tests/ and notebooks/: CI never hangs silently.
 
 * ``suite_timeout`` (pyproject, seconds; ``$BAGCERT_SUITE_TIMEOUT`` overrides): a watchdog thread
   ends the whole run once it is over, naming the test that was running and dumping every thread's

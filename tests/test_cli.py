@@ -1,4 +1,4 @@
-"""The command line speaks plainly (issue 16): every user error is one line on stderr, exit 2, no
+"""The command line speaks plainly: every user error is one line on stderr, exit 2, no
 traceback; --debug shows the traceback."""
 import subprocess
 import sys

@@ -1,4 +1,4 @@
-"""Shipped models (issue 16): weights as safetensors beside config.yaml, loaded without unpickling."""
+"""Shipped models: weights as safetensors beside config.yaml, loaded without unpickling."""
 import pickle
 import shutil
 
@@ -50,7 +50,7 @@ def test_certify_needs_no_checkpoint(trained, tmp_path, monkeypatch):
 
 def test_certifying_one_shape_keeps_the_others(trained, tmp_path):
     """``certify <run> --patches 5`` on a run whose certification.csv holds every figure's shapes
-    replaces the 5×5 rows and keeps the others (issue 16's example command erased them)."""
+    replaces the 5×5 rows and keeps the others (a one-shape certify once erased them)."""
     import pandas as pd
 
     run, _, _ = trained

@@ -177,8 +177,8 @@ def test_git_commit_is_dirty_only_when_code_differs(tmp_path):
 
 
 def test_a_copy_without_git_names_its_commit_from_the_environment(tmp_path, monkeypatch):
-    """A lent GPU machine gets the tree without .git: the commit comes from $BAGCERT_GIT_COMMIT,
-    and whether the copy was dirty is unknown, not False."""
+    """A copy of the tree without .git (a GPU machine, a cluster's staging copy): the commit
+    comes from $BAGCERT_GIT_COMMIT, and whether the copy was dirty is unknown, not False."""
     from bagcert_lib.train import git_commit
 
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))    # no repository above it
@@ -219,7 +219,7 @@ def test_smoke_profile_on_cifar(tmp_path):
     assert ((h.certified_accuracy <= h.clean_accuracy) & (h.certified_global_accuracy <= h.certified_accuracy)).all()
 
 
-@pytest.mark.subprocess(timeout=400)      # issue 12: a native crash here fails this test only
+@pytest.mark.subprocess(timeout=400)      # a native crash here fails this test only
 @pytest.mark.parametrize("method", ["ds-block", "ds-column"])
 def test_smoothing_run_trains_resumes_and_certifies(tmp_path, colour_folder, method):
     """A Derandomized Smoothing base classifier goes through the same trainer, resumes exactly
