@@ -299,7 +299,7 @@ def _train(cfg, run_dir, ctx, *, resume, progress, stop_after, stop_after_steps=
     size = data_mod.image_size(full)
     streamed = isinstance(full, data_mod.StreamingImages)
     if cfg.eval_patch > min(size):
-        raise ValueError(f"eval_patch {cfg.eval_patch} is larger than the image {size[0]}x{size[1]}")
+        raise ValueError(f"eval_patch {cfg.eval_patch} is larger than the image {size[1]}x{size[0]}")
     torch.manual_seed(cfg.seed)             # the same initial weights on every rank
     method = method_for(cfg)
     model = method.build_model(cfg, num_classes=len(full.classes)).to(device)
