@@ -43,6 +43,7 @@ from IPython.display import HTML, Markdown
 from myst_nb import glue
 
 from bagcert_lib import scaling
+from bagcert_lib.certifier import patch_label
 from bagcert_lib.results import run_links
 
 study = scaling.study_runs(results)
@@ -273,8 +274,8 @@ if fittable:
 
 # %% tags=["hide-input"]
 cols = {"width": "width", "epochs": "epochs", "seed": "seed", "flops": "training FLOPs", "clean": "clean",
-        "certified": "5 × 5 (3.2)", "certified_global": "5 × 5 (3.3)",
-        "certified_10x10": "10 × 10 (3.2)", "certified_aspect_min": "worst 24-pixel (3.2)"}
+        **{col: f"{patch_label(side).replace('x', ' × ')} ({cond})" for (side, cond), col in scaling.COLUMNS.items()},
+        "certified_aspect_min": "worst 24-pixel (3.2)"}
 view = study[list(cols)].rename(columns=cols)
 pcts = [c for c in view.columns if c not in ("width", "epochs", "seed", "training FLOPs")]
 view.style.format({**{c: "{:.1%}" for c in pcts}, "training FLOPs": "{:.2e}"}, na_rep="—").hide(axis="index")
