@@ -129,7 +129,7 @@ display(Markdown(RULES))
 sigma_view = pd.DataFrame({"quantity": ["clean accuracy", "certified accuracy, 5 × 5 (3.2)",
                                         "certified accuracy, 5 × 5 (3.3)", "adversarial − certified (attack subset)"],
                            "seed noise σ": [pp(SIGMA[k]) for k in ("clean", "certified", "certified_33", "gap")]})
-display(sigma_view.style.hide(axis="index"))
+display(sigma_view.style.hide(axis="index").set_table_attributes('class="dataframe"'))
 
 # %% tags=["hide-input"]
 def pct(v):

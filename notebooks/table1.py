@@ -109,7 +109,7 @@ measured["parameters (M)"] = measured.parameters / 1e6
 measured["model"] = [f"{m} {mo}" if m == "BagCert" else f"{m}: {mo}".replace("theta ", "θ ")
                      for m, mo in zip(measured.method, measured.model)]
 glue("bench_device", bench.get("device", "not measured yet"), display=False)
-display(Markdown(f"Seconds for 10,000 images (ours from the `n` images timed, on "
+display(Markdown(f"Seconds for 10,000 images (ours scaled from the images timed, on "
                  f"{bench.get('device', 'no machine yet')}; the paper's on a Tesla V100):"))
 display(measured[["model", "n", "seconds for 10,000 images", "paper: seconds (V100)", "parameters (M)",
                   "certify_over_forward"]].pipe(
@@ -122,8 +122,9 @@ HTML(f"<details><summary>Accuracies of the timed images, and the run each model 
 
 # %% [markdown]
 # The ratios of this run next to the paper's (DS block vs BagCert RF 7: 788 s / 40.6 s; DS column:
-# 28 s / 40.6 s). `n` above is how many test images each row was timed on; accuracies on so few
-# images are for orientation only (the DS runs' own `certification.csv` has them on 1,000 / 10,000).
+# 28 s / 40.6 s). "images" above is how many test images each row was timed on; the accuracies
+# folded under the table, on so few images, are for orientation only (the DS runs' own
+# `certification.csv` has them on 1,000 / 10,000).
 
 # %% tags=["hide-input"]
 r = bench["ratios"]
