@@ -400,7 +400,8 @@ def readable(df: pd.DataFrame, percent=None, precision: int = 1, words: dict | N
 
     out.columns = [header(c) for c in df.columns]
     if not index:
-        return out.reset_index(drop=True).style.hide(axis="index").set_uuid("readable")
+        return (out.reset_index(drop=True).style.hide(axis="index").set_uuid("readable")
+                .set_table_attributes('class="dataframe"'))   # the book's table style, as with an index
     if isinstance(df.index, pd.MultiIndex):
         levels = [[_number(v, n, precision) for v in df.index.get_level_values(i)]
                   for i, n in enumerate(df.index.names)]

@@ -169,12 +169,12 @@ for x_uint8, labels, names in batches:
     for name, r in zip(names, rows):
         summary.append({"image": name, "class certified": classes[r["label"]],
                         "predicted": classes[r["predicted"]],
-                        "largest patch certified": f"{r['largest_certified']}×{r['largest_certified']}"
+                        "largest certified": f"{r['largest_certified']}×{r['largest_certified']}"
                         if r["largest_certified"] else "none",
-                        **{f"{p}×{p}": "✓" if c else "✗" for p, c in zip(patch_sizes, r["certified"])}})
+                        **{f"{p}": "✓" if c else "✗" for p, c in zip(patch_sizes, r["certified"])}})
 
 # %% [markdown]
-# The same in numbers: ✓ where Condition 3.2 holds for a square patch of that size at every
+# The same in numbers: ✓ under a patch side *p* where Condition 3.2 holds for a *p* × *p* patch at every
 # position, i.e. no patch of that size anywhere in the image can change the prediction.
 # Certification is monotone in the patch size (a larger patch covers a smaller one), so the ticks
 # end at the largest patch certified.

@@ -45,6 +45,7 @@ from myst_nb import glue
 
 from bagcert_lib import scaling
 from bagcert_lib import verdicts as V
+from bagcert_lib.certifier import patch_label
 from bagcert_lib.config import REPO_ROOT, grids
 from bagcert_lib.model import cifar_scorer, num_parameters
 from bagcert_lib.results import (GRID_RUNS, IMAGENET_VAL, imagenet_claims, imagenet_runs, load_certification,
@@ -128,7 +129,7 @@ display(Markdown(RULES))
 sigma_view = pd.DataFrame({"quantity": ["clean accuracy", "certified accuracy, 5 × 5 (3.2)",
                                         "certified accuracy, 5 × 5 (3.3)", "adversarial − certified (attack subset)"],
                            "seed noise σ": [pp(SIGMA[k]) for k in ("clean", "certified", "certified_33", "gap")]})
-display(sigma_view.style.hide(axis="index"))
+display(sigma_view.style.hide(axis="index").set_table_attributes('class="dataframe"'))
 
 # %% tags=["hide-input"]
 def pct(v):
@@ -136,7 +137,8 @@ def pct(v):
 
 
 def shape(hh, ww):
-    return f"{int(ww)} × {int(hh)}"
+    """The paper's name of a patch ``ww`` wide and ``hh`` high, width first: "24 × 1"."""
+    return patch_label((int(hh), int(ww))).replace("x", " × ")
 
 
 def certified_at(run, hh, ww, condition="3.2"):
@@ -630,29 +632,6 @@ def baselines_at_5x5():
     return f"At our scale, against 5 × 5 patches, " + "; ".join(said) + "."
 
 
-def baselines_on_squares():
-    """One plain sentence for Figure 3's page: the square sizes where each baseline certifies more
-    than every BagCert model of the grid."""
-    base = baselines.query("method in ['ds-block', 'ds-column']")
-    sq = cert.query("patch_h == patch_w and condition == '3.2'").groupby("patch_h").certified_accuracy.max()
-    if base.empty or sq.empty:
-        return "No baseline has been trained and certified at this scale yet."
-    said = []
-    for run, b in base.iterrows():
-        c = all_cert[(all_cert.run == run) & (all_cert.patch_h == all_cert.patch_w)].groupby("patch_h").certified_accuracy.max()
-        above = [k for k in sq.index if k in c.index and c[k] > sq[k]]
-        name = method_name(b)
-        spans, start = [], None            # consecutive sizes, as "1 × 1 to 12 × 12"
-        for i, k in enumerate(above):
-            start = k if start is None else start
-            if i + 1 == len(above) or above[i + 1] != k + 1:
-                spans.append(shape(k, k) if start == k else f"{shape(start, start)} to {shape(k, k)}")
-                start = None
-        said.append(f"our {name} run ({b.flops:.1e} training FLOPs) certifies more than every BagCert model of the grid "
-                    + (f"against squares of {' and '.join(spans)}" if spans else "against no square size"))
-    return "At our scale, " + "; ".join(said) + "."
-
-
 def baselines_intro():
     """The front page's sentence on DS column smoothing against BagCert, at our scale."""
     col = baselines.query("method == 'ds-column'")
@@ -673,10 +652,7 @@ def baselines_intro():
 
 
 glue("baselines_intro_html", HTML(html.escape(baselines_intro())), display=False)
-glue("figure2_baselines", baselines_at_5x5(), display=False)
-glue("figure3_baselines", baselines_on_squares(), display=False)
 print(baselines_at_5x5())
-print(baselines_on_squares())
 
 # %% tags=["hide-input"]
 run_links(acc.reset_index(), "claims.ipynb")

@@ -43,6 +43,7 @@ from IPython.display import HTML, Markdown
 from myst_nb import glue
 
 from bagcert_lib import scaling
+from bagcert_lib.certifier import patch_label
 from bagcert_lib.results import run_links
 
 study = scaling.study_runs(results)
@@ -241,7 +242,7 @@ if fittable:
     summary["paper"] = [pct(PAPER[m]) if m in PAPER else "not stated" for m in spread.index]
     summary["the paper's value"] = [(f"{where[m]} the range" if m in PAPER else "—") for m in spread.index]
     display(summary[["accuracy", "the forms predict", "with their bands", "paper", "the paper's value"]]
-            .style.hide(axis="index"))
+            .style.hide(axis="index").set_table_attributes('class="dataframe"'))
 
 # %% [markdown]
 # Each form on its own: its prediction and band, its fit error on our runs, and whether its bound
@@ -261,7 +262,7 @@ if fittable:
         "predicted (95 % band)": [f"{p_ * 100:.1f} % ({span_text(lo, hi)})" for p_, lo, hi in zip(pred.prediction, pred.low, pred.high)],
         "fit error": [f"{e * 100:.1f} points" for e in pred.rmse],
         "ceiling and bound": [bound_note(r) for r in pred.itertuples()]})
-    display(view.style.hide(axis="index"))
+    display(view.style.hide(axis="index").set_table_attributes('class="dataframe"'))
 
 # %% [markdown]
 # ## The runs
@@ -269,15 +270,18 @@ if fittable:
 # Every run of the study. The runs that share one width and one epoch count are Figure 8's
 # Heaviside seeds; their spread is the run-to-run noise drawn as error bars above. 10 × 10 and the worst 24-pixel rectangle show
 # whether the claims that do not hold at our scale start to hold as compute grows (the claims page
-# uses them). Machines, hours and commits of each run are on the provenance page.
+# uses them). Accuracies on the CIFAR-10 test set: clean, and certified against the patch named
+# (w × h; the certificate's Condition in parentheses). Machines, hours and commits of each run are
+# on the provenance page.
 
 # %% tags=["hide-input"]
 cols = {"width": "width", "epochs": "epochs", "seed": "seed", "flops": "training FLOPs", "clean": "clean",
-        "certified": "5 × 5 (3.2)", "certified_global": "5 × 5 (3.3)",
-        "certified_10x10": "10 × 10 (3.2)", "certified_aspect_min": "worst 24-pixel (3.2)"}
+        **{col: f"{patch_label(side).replace('x', ' × ')} ({cond})" for (side, cond), col in scaling.COLUMNS.items()},
+        "certified_aspect_min": "worst 24-pixel (3.2)"}
 view = study[list(cols)].rename(columns=cols)
 pcts = [c for c in view.columns if c not in ("width", "epochs", "seed", "training FLOPs")]
-view.style.format({**{c: "{:.1%}" for c in pcts}, "training FLOPs": "{:.2e}"}, na_rep="—").hide(axis="index")
+(view.style.format({**{c: "{:.1%}" for c in pcts}, "training FLOPs": "{:.2e}"}, na_rep="—").hide(axis="index")
+ .set_table_attributes('class="dataframe"'))
 
 # %% tags=["hide-input"]
 run_links(study, "scaling.ipynb")

@@ -29,6 +29,7 @@ profile: str = None  # runs to show; None: the first of paper, cpu, gpu, smoke w
 # %% tags=["hide-input"]
 
 import pandas as pd
+from IPython.display import HTML, Markdown, display
 from myst_nb import glue
 
 from bagcert_lib.config import REPO_ROOT, grids
@@ -61,12 +62,25 @@ readable(table)
 
 # %% [markdown]
 # Our runs beside them: certification time for the test images (forward pass + 5×5 certificate,
-# median over the runs of each RF) on the machine named, and our models' parameter counts:
+# median over the runs of each RF), split into its two parts, and our models' parameter counts.
+# Seconds in every column; the paper's on a Tesla V100 for 10,000 images, ours on the machine named
+# above the table:
 
 # %% tags=["hide-input"]
-side = table.join(ours.rename(columns=lambda c: f"ours: {c}"))
-side = side.astype({c: "Int64" for c in ("ours: n", "ours: parameters", "ours: width") if c in side})
-readable(side)
+common = {c: ours[c].iloc[0] for c in ("n", "width", "device") if len(ours) and ours[c].nunique() == 1}
+if common:
+    display(Markdown("Ours: " + ", ".join(
+        {"n": lambda v: f"{int(v):,} test images", "width": lambda v: f"models of width {int(v)}",
+         "device": lambda v: f"on {v}"}[c](v) for c, v in common.items()) + "."))
+side = pd.DataFrame({"paper: seconds": table["paper: seconds (V100, 10,000 images)"],
+                     "ours: seconds": ours.seconds, "ours: forward pass": ours.forward_s,
+                     "ours: certificate": ours.certify_s,
+                     "paper: parameters (M)": table["paper: parameters (M)"],
+                     "ours: parameters": ours.parameters.astype("Int64")}, index=table.index)
+for c in ("n", "width", "device"):          # what differs between the RFs stays in the table
+    if c not in common:
+        side[f"ours: {c}"] = ours[c].astype("Int64") if c != "device" else ours[c]
+readable(side, formats={"ours: certificate": "{:.3g}"})
 
 # %% [markdown]
 # ## BagCert against Derandomized Smoothing, measured here
@@ -92,15 +106,25 @@ measured["paper: seconds (V100)"] = [paper_seconds.get(m) if m in paper_seconds 
                                      paper_rf.get(int(model.split(",")[0][3:]))
                                      for m, model in zip(measured.method, measured.model)]
 measured["parameters (M)"] = measured.parameters / 1e6
+measured["model"] = [f"{m} {mo}" if m == "BagCert" else f"{m}: {mo}".replace("theta ", "θ ")
+                     for m, mo in zip(measured.method, measured.model)]
 glue("bench_device", bench.get("device", "not measured yet"), display=False)
-measured[["method", "model", "n", "seconds for 10,000 images", "paper: seconds (V100)", "parameters (M)",
-          "certify_over_forward", "clean_accuracy", "certified_accuracy_5x5"]].pipe(
-    readable, index=False, formats={"parameters (M)": "{:.2f}", "certify_over_forward": "{:.3f}"})
+display(Markdown(f"Seconds for 10,000 images (ours scaled from the images timed, on "
+                 f"{bench.get('device', 'no machine yet')}; the paper's on a Tesla V100):"))
+display(measured[["model", "n", "seconds for 10,000 images", "paper: seconds (V100)", "parameters (M)",
+                  "certify_over_forward"]].pipe(
+    readable, index=False, formats={"parameters (M)": "{:.2f}", "certify_over_forward": "{:.3f}"},
+    words={"seconds for 10,000 images": "ours: seconds", "paper: seconds (V100)": "paper: seconds",
+           "certify_over_forward": "certificate / forward pass"}))
+accuracy = measured[["model", "run", "n", "clean_accuracy", "certified_accuracy_5x5"]].pipe(readable, index=False)
+HTML(f"<details><summary>Accuracies of the timed images, and the run each model comes from</summary>"
+     f"{accuracy.to_html()}</details>")
 
 # %% [markdown]
 # The ratios of this run next to the paper's (DS block vs BagCert RF 7: 788 s / 40.6 s; DS column:
-# 28 s / 40.6 s). `n` above is how many test images each row was timed on; accuracies on so few
-# images are for orientation only (the DS runs' own `certification.csv` has them on 1,000 / 10,000).
+# 28 s / 40.6 s). "images" above is how many test images each row was timed on; the accuracies
+# folded under the table, on so few images, are for orientation only (the DS runs' own
+# `certification.csv` has them on 1,000 / 10,000).
 
 # %% tags=["hide-input"]
 r = bench["ratios"]
@@ -137,31 +161,39 @@ inet_bench = json.loads(inet_bench_path.read_text()) if inet_bench_path.is_file(
 rows = [("paper (§4)", 17, IMAGENET_VAL, float(claims.loc["imagenet_seconds", "paper_value"]), "Tesla V100")]
 rows += [(f"ours: {r.run}", r.rf, r.n, r.seconds_50k, r.device) for r in inet.itertuples()]
 if inet_bench:
-    rows.append((f"ours: benchmark, untrained weights, {inet_bench['threads']} thread(s), load average "
-                 f"{inet_bench['load_average_at_start'][0]:.1f}", inet_bench["model"]["rf"],
+    rows.append(("ours: benchmark (untrained weights)", inet_bench["model"]["rf"],
                  inet_bench["images"]["n"], inet_bench["extrapolated_50k_s"]["total"], inet_bench["device"]))
-inet_time = pd.DataFrame(rows, columns=["source", "rf", "images timed", "seconds for 50,000 images", "device"])
+    display(Markdown(f"The benchmark ran on {inet_bench['threads']} thread(s), load average "
+                     f"{inet_bench['load_average_at_start'][0]:.1f} at its start. Seconds for 50,000 images:"))
+inet_time = pd.DataFrame(rows, columns=["source", "rf", "images timed", "seconds", "device"])
 glue("imagenet_timing", "from our ImageNet runs" if len(inet) else "no ImageNet run yet", display=False)
-readable(inet_time, index=False, formats={"seconds for 50,000 images": "{:,.0f}", "rf": "{:d}"})
+readable(inet_time, index=False, formats={"seconds": "{:,.0f}", "rf": "{:d}"}, words={"rf": "RF"})
 
 # %% tags=["hide-input"]
 run_links(pd.concat([runs, inet]), "table1.ipynb")
 
 # %% [markdown]
 # Compute behind every finished run in the results folder, per profile, method and machine: the
-# wall time of training (`provenance.json`), of certifying every patch shape (`certification.csv`)
-# and of the PGD attack (`attack.json`). The benchmark runs are not included.
+# wall time in hours of training (`provenance.json`), of certifying every patch shape
+# (`certification.csv`) and of the PGD attack (`attack.json`), and the median seconds per training
+# epoch ("runs of": profile, method). The benchmark runs are not included; each run's width and
+# epochs are on the provenance page.
 
 # %% tags=["hide-input"]
 every = load_runs(results)
 every = every[every.finished.fillna(False).astype(bool)]
 hours = lambda s: s.sum() / 3600   # noqa: E731
 compute = every.groupby(["profile", "method", "device"]).agg(
-    runs=("run", "count"), width=("width", "first"), epochs=("epochs", "first"),
-    seconds_per_epoch=("seconds_per_epoch", "median"), training_hours=("wall_s", hours),
+    runs=("run", "count"), seconds_per_epoch=("seconds_per_epoch", "median"), training_hours=("wall_s", hours),
     certification_hours=("certify_wall_s", hours), attack_hours=("attack_wall_s", hours))
 compute["total_hours"] = compute[["training_hours", "certification_hours", "attack_hours"]].sum(axis=1)
 total = compute.groupby(level="profile").total_hours.sum()   # from the unrounded hours
-glue("compute", readable(compute, formats={c: "{:.2f}" for c in compute.columns if c.endswith("hours")}))
+shown = compute.reset_index()
+shown.insert(0, "runs of", shown.profile + ", " + shown.method)
+glue("compute", readable(shown.drop(columns=["profile", "method"]), index=False,
+                         formats={c: "{:.2f}" for c in compute.columns if c.endswith("hours")},
+                         words={"seconds_per_epoch": "s / epoch", "training_hours": "training",
+                                "certification_hours": "certifying", "attack_hours": "attack",
+                                "total_hours": "total"}))
 glue("compute_total", f"{total.sum():.1f} h of wall time over {int(compute.runs.sum())} runs ("
      + ", ".join(f"{p}: {h:.1f} h" for p, h in total.items()) + ")", display=False)
