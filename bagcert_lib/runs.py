@@ -24,6 +24,7 @@ from .attack import patch_attack
 from .certifier import _pair, affected_range
 from .config import REPO_ROOT, grids, profile_config
 from .runtime import default_device, device_name, memory_format, region_scores
+from .methods import method_for
 from .train import evaluate_batches, git_commit, load_run, test_batches
 
 
@@ -147,12 +148,13 @@ def attack_run(run_dir, n: int | None = 1000, patch=5, steps: int = 100, step_si
     model, cfg, ds, device = _load(run_dir, device, progress, n)
     gen = torch.Generator().manual_seed(seed)
     git = git_commit()
+    attack = getattr(method_for(cfg), "attack", patch_attack)    # a defense's own, else App. A.2's
     rows, t0, example = [], time.perf_counter(), None
     loader = test_batches(ds, cfg, device, batch_size, model=model)   # ImageNet: streamed, centre crop
     for x, y in tqdm(loader, total=data_mod.num_batches(len(ds.y_test), batch_size, False),
                      desc="attack", disable=not progress):
-        res = patch_attack(model, x, y, patch, steps=steps, step_size=step_size, head=cfg.head,
-                           amp=cfg.amp, generator=gen)
+        res = attack(model, x, y, patch, steps=steps, step_size=step_size, head=cfg.head,
+                     amp=cfg.amp, generator=gen)
         cert = res.certificate
         rows.append(pd.DataFrame({
             "label": y.cpu(), "clean_correct": res.clean_correct.cpu(),

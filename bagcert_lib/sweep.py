@@ -3,7 +3,8 @@
     python -m bagcert_lib.sweep --profile cpu                  # Figure 2 + Figure 8 grids
     python -m bagcert_lib.sweep --profile gpu --grid rf_sweep --devices cuda:0 cuda:1
     python -m bagcert_lib.sweep --profile cpu --devices cpu cpu   # two configurations at once, a core each
-    python -m bagcert_lib.sweep --profile cpu --grid smoothing   # the DS baselines (issue 5)
+    python -m bagcert_lib.sweep --profile cpu --grid smoothing   # the DS baselines
+    python -m bagcert_lib.sweep --profile cpu --grid equal-compute   # Mask-BN, CBN at BagCert's budgets
     python -m bagcert_lib.sweep --profile smoke --results /tmp/runs --dry-run
     python -m bagcert_lib.sweep --profile paper --grid figure2 --executor slurm \
         --slurm-partition gpu --gpus-per-job 4          # a SLURM job array, one job per configuration
@@ -21,7 +22,7 @@ train with DistributedDataParallel (``distributed.py``), then rank 0 certifies a
 
 ``--retrain-unshipped`` also trains again every finished run of the grid that has no
 ``model.safetensors`` and no checkpoint to export it from (runs committed before models were
-shipped, issue 16). The new run trains, certifies and attacks in ``<run>/retrain/<run>/`` beside
+shipped). The new run trains, certifies and attacks in ``<run>/retrain/<run>/`` beside
 the old one, which stays whole (and in the book) until then; only a finished retrain replaces it
 (:func:`replace_with_retrain`), keeping the old run's numbers in ``previous.json`` so the book can
 compare the two. A retrain stopped half-way resumes from its checkpoint in that folder, which can
@@ -67,9 +68,14 @@ class Job:
 
     @property
     def steps(self) -> tuple:
-        """train, certify, attack; DS baselines are not attacked (App. A.2 attacks BagCert)."""
-        return ("train", "certify") if self.extra.get("method", "bagcert") != "bagcert" else (
+        """train, certify, attack; DS baselines are not attacked (App. A.2 attacks BagCert; CBN
+        and Mask-BN have their own attacks)."""
+        return ("train", "certify") if self.extra.get("method", "bagcert") not in ATTACKED else (
             "train", "certify", "attack")
+
+
+#: The methods the sweep attacks after certifying them.
+ATTACKED = ("bagcert", "cbn", "mask-bn")
 
 
 def grid_jobs(grid: str = "all", attack_n: int | None = 1000, profile: str = "cpu") -> list[Job]:
@@ -92,9 +98,11 @@ def grid_jobs(grid: str = "all", attack_n: int | None = 1000, profile: str = "cp
         jobs += scaling_jobs(attack_n)
     if grid in ("smoothing", "all"):
         jobs += [Job(head_rf, head_m, extra=dict(ds)) for ds in g.get("smoothing", [])]
+    if grid == "equal-compute":
+        jobs += equal_compute_jobs(attack_n)
     if not jobs:
         raise ValueError(f"unknown grid {grid!r}; choose figure2, figure8, rf_sweep, smoothing, "
-                         "scaling, headline or all")
+                         "scaling, equal-compute, headline or all")
     unique = {}
     for j in jobs:
         key = (j.rf, j.margin, j.head, j.seed, tuple(sorted(j.extra.items())))
@@ -108,13 +116,23 @@ def grid_jobs(grid: str = "all", attack_n: int | None = 1000, profile: str = "cp
 
 
 def scaling_jobs(attack_n: int | None = 1000) -> list[Job]:
-    """The compute study's runs (issue 13): ``grids.scaling`` of _config.yml, each (width, epochs)
+    """The compute study's runs: ``grids.scaling`` of _config.yml, each (width, epochs)
     with the paper's warmup share, at the headline RF and M."""
     s = grids()["scaling"]
     return [Job(s["rf"], s["margin"], attack_n=attack_n, profile=s["profile"],
                 extra={"width": w, "epochs": e,
                        "warmup_epochs": round(e * s["warmup_fraction"], 3)})
             for w, e in s["runs"]]
+
+
+def equal_compute_jobs(attack_n: int | None = 1000) -> list[Job]:
+    """The other defenses on the region scorer at BagCert's training budgets
+    (``grids.equal_compute`` of _config.yml): every budget's profile and sizes, every method,
+    budget by budget (the cheaper first)."""
+    e = grids()["equal_compute"]
+    return [Job(e["rf"], grids()["headline"]["margin"], attack_n=attack_n, profile=b["profile"],
+                extra={"method": m, **{k: v for k, v in b.items() if k not in ("profile", "flops")}})
+            for b in e["budgets"] for m in e["methods"]]
 
 
 def _done(run_dir: Path, step: str) -> bool:
@@ -499,7 +517,7 @@ def main(argv=None):
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     p.add_argument("--profile", default="cpu")
     p.add_argument("--grid", default="all",
-                   help="figure2 | figure8 | rf_sweep | smoothing | scaling | headline | all")
+                   help="figure2 | figure8 | rf_sweep | smoothing | scaling | equal-compute | headline | all")
     p.add_argument("--results", help="parent of run directories (default: results/runs)")
     p.add_argument("--devices", nargs="+", help="run one configuration per device in parallel; "
                    "'cpu cpu' runs two at once on the CPU, splitting its cores between them")
