@@ -46,17 +46,20 @@ DEFENSES = [
 
 
 def model_for(cfg, device):
-    """The trained run's model when its weights are in results/runs, else a fresh one."""
+    """The run's model when its weights are in results/runs (and how far it trained), else a
+    fresh one: (model, run name or None, what the weights are)."""
     run = results_dir() / cfg.run_name()
     if (run / "model.safetensors").is_file() or (run / "checkpoint.pt").is_file():
         model, _ = load_run(run, device)
-        return model.eval(), run.name
+        m = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
+        what = "trained" if m.get("finished") else f"partly trained ({m.get('epoch', 0)} of {cfg.epochs} epochs)"
+        return model.eval(), run.name, what
     torch.manual_seed(0)
-    return build_model(cfg).to(device).eval(), None
+    return build_model(cfg).to(device).eval(), None, "fresh (no run with weights yet)"
 
 
 def measure(label, cfg, ds, n, device, patches) -> dict:
-    model, run = model_for(cfg, device)
+    model, run, weights = model_for(cfg, device)
     cl = use_channels_last(device, cfg.channels_last, model)
     model = model.to(memory_format=memory_format(device, cl))
     method = method_for(cfg)
@@ -69,7 +72,7 @@ def measure(label, cfg, ds, n, device, patches) -> dict:
     wall = time.perf_counter() - t0
     five = df[(df.patch == "5x5") & (df.condition == method.condition)].iloc[0]
     return {"defense": label, "method": cfg.method, "run": run,
-            "weights": "trained" if run else "fresh (no run with weights yet)",
+            "weights": weights,
             "width": cfg.width, "rf": cfg.rf if cfg.method in ("bagcert", "cbn", "mask-bn") else None,
             "parameters": num_parameters(model), "n": int(df.attrs["n"]),
             "patch_shapes": int(df.patch.nunique()),
