@@ -100,7 +100,7 @@ def list_runs(results=None, shipped_only: bool = False) -> "pd.DataFrame":
     runs = load_runs(results)
     if runs.empty:
         raise FileNotFoundError(f"no runs (config.yaml) under {results or 'results/runs'}")
-    cert = load_certification(results).query("patch == '5x5' and condition in ('3.2', 'DS')")
+    cert = load_certification(results).query("patch == '5x5' and condition in ('3.2', 'DS', 'CBN', 'Mask-BN')")
     cert = cert.set_index("run")[["clean_accuracy", "certified_accuracy"]]
     done = runs["epochs_done"].fillna(0).astype(int).astype(str) + "/" + runs["epochs"].astype(str)
     done = done.where(runs["finished"].fillna(False).astype(bool), done + " (training)")

@@ -221,9 +221,10 @@ plt.show()
 # %% tags=["hide-input"]
 if bench:
     cpu = bench["cpu"]
-    print(f"Measured {bench['date']} on {bench['device']}, {cpu.get('model')} "
-          f"({', '.join(k for k in ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16') if cpu.get(k))}), "
-          f"{bench['threads']} thread(s), commit {str(bench['git'].get('commit'))[:10]}.")
+    where = (f"{cpu.get('model')} ({', '.join(k for k in ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16') if cpu.get(k))})"
+             if bench["device"].startswith("CPU") else bench["device"])
+    print(f"Measured {bench['date']} on {where}, {bench['threads']} thread(s), "
+          f"commit {str(bench['git'].get('commit'))[:10]}.")
     bt = pd.DataFrame(bench["defenses"]).set_index("defense")
     bt["ratio to BagCert"] = bt["seconds_per_image"] / bt.loc["BagCert", "seconds_per_image"] \
         if "BagCert" in bt.index else np.nan
