@@ -128,3 +128,24 @@ def test_attack_breaks_uncertified_samples(trained):
     out, x, y = trained
     res = cbn.attack(out["model"], x, y, (24, 24), steps=25, generator=torch.Generator().manual_seed(0))
     assert res.flipped.sum() > 0
+
+
+def test_a_patch_changes_logits_only_in_its_region(trained):
+    """The receptive-field property the certificate rests on, on the trained scorer: a patch at
+    l changes no clipped logit outside R(l) (``certifier.affected_range``)."""
+    from bagcert_lib.certifier import affected_range
+
+    out, x, _ = trained
+    model = out["model"].eval()
+    base = cbn.scores(local_logits(model, x[:4], amp=False))
+    g = torch.Generator().manual_seed(0)
+    for ph, pw in [(3, 3), (2, 12), (1, 1)]:
+        r0, r1 = affected_range(32, 32, ph, model.receptive_field, model.stride)
+        c0, c1 = affected_range(32, 32, pw, model.receptive_field, model.stride)
+        for a, b in [(0, 0), (32 - ph, 32 - pw), (10, 7)]:
+            x2 = x[:4].clone()
+            x2[:, :, a:a + ph, b:b + pw] = torch.rand(4, 3, ph, pw, generator=g)
+            changed = (cbn.scores(local_logits(model, x2, amp=False)) != base).any(0).any(0)
+            inside = torch.zeros_like(changed)
+            inside[r0[a]:r1[a] + 1, c0[b]:c1[b] + 1] = True
+            assert changed.any() and not (changed & ~inside).any()
