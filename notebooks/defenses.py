@@ -23,8 +23,9 @@
 # the whole test set against 5×5 patches and every shape of Figures 3 and 4:
 #
 # * **BagCert** (§3): region scorer, Heaviside head, Condition 3.2;
-# * **CBN**, Clipped BagNet (Zhang et al., 2020): the same region scorer (RF 7), its class
-#   logits clipped by tanh(0.05 z − 1) and summed (`bagcert_lib.clipped_bagnet`);
+# * **CBN**, Clipped BagNet (Zhang et al., 2020): the same region scorer (RF 7), trained as a
+#   plain BagNet (cross-entropy on the mean logit, as Zhang et al. do), its class logits clipped
+#   by tanh(0.05 z − 1) and summed at test time (`bagcert_lib.clipped_bagnet`);
 # * **Mask-BN**, PatchGuard's robust masking (Xiang et al., 2021): the same region scorer, logits
 #   clipped to [0, ∞), the window of highest evidence masked per class, trained with masked
 #   features (`bagcert_lib.patchguard`);
