@@ -247,7 +247,8 @@ else:
 # next by more than twice the standard error of a difference of two accuracies on n test images
 # (√(2 p (1 − p) / n), p their mean); otherwise the leaders are **tied**. BagCert **dominates**
 # another defense at a budget when its clean and its certified accuracy (5×5) are both at least
-# the other's. Defenses without a run at a budget are not judged there.
+# the other's; its Condition 3.3 is compared with DS block by certified accuracy alone. Defenses
+# without a run at a budget are not judged there.
 
 # %% tags=["hide-input"]
 def verdicts(frame, shapes):
@@ -296,6 +297,16 @@ for i in range(len(BUDGETS)):
                      f"(clean {bc.loc['BagCert', 'clean_accuracy'] * 100:.1f} vs {bc.loc[other, 'clean_accuracy'] * 100:.1f} %, "
                      f"certified {bc.loc['BagCert', 'certified_accuracy'] * 100:.1f} vs "
                      f"{bc.loc[other, 'certified_accuracy'] * 100:.1f} %).")
+    # Condition 3.3 (BagCert's global certificate, §3.1) against DS block, the paper's Figure 2 pairing
+    b_run = chosen[(chosen["defense"] == "BagCert") & (chosen["budget"] == i)]["run"]
+    c33 = load_certification(results).query("run in @b_run and patch == @patch and condition == '3.3'")
+    ds_b = bc.loc["DS block", "certified_accuracy"]
+    if len(c33) and not np.isnan(ds_b):
+        x = float(c33.certified_accuracy.iloc[0])
+        lines.append(f"  BagCert's Condition 3.3 {'is at or above' if x >= ds_b else 'is below'} DS block "
+                     f"({x * 100:.1f} vs {ds_b * 100:.1f} % certified).")
+    else:
+        lines.append("  BagCert's Condition 3.3 against DS block: not judged (a run is missing).")
 print("\n".join(lines))
 glue("defenses_verdict", " ".join(l.strip() for l in lines), display=False)
 readable(v.assign(budget=[budget_label(i) for i in v["budget"]]).set_index(["budget", "patch w × h"])[["verdict"]])
