@@ -18,6 +18,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 #: What a run trains: BagCert's region scorer, or a Derandomized Smoothing base classifier
 #: (Levine & Feizi, 2020) with block or column ablations (``bagcert_lib.smoothing``).
 METHODS = ("bagcert", "ds-block", "ds-column")
+#: Defenses on the same region scorer's class logits: Clipped BagNet (``clipped_bagnet``) and
+#: PatchGuard's Mask-BN (``patchguard``); rf and width apply, margin, head and sigma do not.
+METHODS += ("cbn", "mask-bn")
 
 
 @dataclass
@@ -52,7 +55,7 @@ class TrainConfig:
     amp: bool | None = None          # bf16 autocast; None: when the device supports it
     channels_last: bool | None = None  # None: CUDA, AVX-512 CPUs, AVX2 where the model is safe (runtime.use_channels_last)
     device: str | None = None        # None: cuda if available else cpu
-    sync_bn: bool = True             # several processes: BatchNorm over the global batch (issue 14)
+    sync_bn: bool = True             # several processes: BatchNorm over the global batch
     compile: bool = False            # torch.compile the training model (opt-in; 0.88x eager on AVX2, width 32)
     profile: str | None = None
     method: str = "bagcert"
@@ -119,8 +122,10 @@ class TrainConfig:
             return (f"{self.profile or 'custom'}-{self.method}{self.ablation_size}"
                     f"-theta{self.theta:g}-seed{self.seed}")
         prefix = self.profile or "custom"
-        if prefix == "scaling":      # the compute study (issue 13): one profile, many sizes
+        if prefix == "scaling":      # the compute study: one profile, many sizes
             prefix += f"-w{self.width}-e{self.epochs}"
+        if self.method in ("cbn", "mask-bn"):
+            return f"{prefix}-{self.method}-rf{self.rf}-seed{self.seed}"
         return f"{prefix}-rf{self.rf}-m{self.margin:g}-{self.head}-s{self.sigma:g}-seed{self.seed}"
 
 

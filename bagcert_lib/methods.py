@@ -1,8 +1,11 @@
-"""What differs between BagCert and Derandomized Smoothing, behind one interface (issue 14).
+"""What differs between the certified defenses, behind one interface.
 
 The trainer (``train.py``) owns the loop, optimiser, schedule, data order, checkpoints and records;
 a :class:`Method` owns the model, the per-step loss and the certificate. ``method_for(cfg)``
-picks :class:`BagCert` (§3) or :class:`Smoothing` (Levine & Feizi, 2020) from ``cfg.method``.
+picks :class:`BagCert` (§3), :class:`Smoothing` (Levine & Feizi, 2020), or a defense on the same
+region scorer's class logits, :class:`LocalLogitDefense` (CBN, Zhang et al., 2020; Mask-BN,
+Xiang et al., 2021), from ``cfg.method``. A method with an ``attack`` is attacked with it
+(``runs.attack_run``); BagCert with App. A.2's.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import smoothing
+from . import clipped_bagnet, patchguard, smoothing
 from .certifier import certify_model
 from .config import TrainConfig
 from .heads import get_head
@@ -94,6 +97,30 @@ class Smoothing:
                                        amp=cfg.amp, progress=progress)
 
 
+class LocalLogitDefense(BagCert):
+    """BagCert's region scorer with per-region class logits in place of the Heaviside head,
+    trained, certified and attacked by one of :mod:`~bagcert_lib.clipped_bagnet` (``cbn``) or
+    :mod:`~bagcert_lib.patchguard` (``mask-bn``)."""
+
+    MODULES = {"cbn": clipped_bagnet, "mask-bn": patchguard}
+
+    def __init__(self, name: str):
+        self.defense = self.MODULES[name]
+        self.condition = self.defense.CONDITION
+
+    def loss(self, model, x, y, cfg, device):
+        return self.defense.loss(model, x, y, cfg, device)
+
+    def evaluate(self, model, batches, patches, cfg, device, progress=False):
+        return self.defense.certify_model(model, batches, patches, device=device, amp=cfg.amp,
+                                          progress=progress)
+
+    def attack(self, model, x, y, patch, **kw):
+        return self.defense.attack(model, x, y, patch, **kw)
+
+
 def method_for(cfg: TrainConfig) -> Method:
-    """The :class:`Method` of ``cfg.method`` (bagcert, ds-block, ds-column)."""
+    """The :class:`Method` of ``cfg.method`` (bagcert, ds-block, ds-column, cbn, mask-bn)."""
+    if cfg.method in LocalLogitDefense.MODULES:
+        return LocalLogitDefense(cfg.method)
     return Smoothing(cfg.smoothing) if cfg.smoothing else BagCert()

@@ -25,6 +25,7 @@ from .config import REPO_ROOT, grids, profile_config  # noqa: F401 (REPO_ROOT: A
 from .pretrained import load_run
 from .rundir import MODEL_FILES, results_dir  # noqa: F401 (API)
 from .runtime import default_device, device_name, memory_format, region_scores
+from .methods import method_for
 from .train import evaluate_batches, git_commit, test_batches
 
 
@@ -154,12 +155,13 @@ def _attack(run_dir, n, patch, steps, step_size, batch_size, device, seed, progr
     check_patches([patch], data_mod.image_size(ds))
     gen = torch.Generator().manual_seed(seed)
     git = git_commit()
+    attack = getattr(method_for(cfg), "attack", patch_attack)    # a defense's own, else App. A.2's
     rows, t0, example = [], time.perf_counter(), None
     loader = test_batches(ds, cfg, device, batch_size, model=model)   # ImageNet: streamed, centre crop
     for x, y in tqdm(loader, total=data_mod.num_batches(len(ds.y_test), batch_size, False),
                      desc="attack", disable=not progress):
-        res = patch_attack(model, x, y, patch, steps=steps, step_size=step_size, head=cfg.head,
-                           amp=cfg.amp, generator=gen)
+        res = attack(model, x, y, patch, steps=steps, step_size=step_size, head=cfg.head,
+                     amp=cfg.amp, generator=gen)
         cert = res.certificate
         rows.append(pd.DataFrame({
             "label": y.cpu(), "clean_correct": res.clean_correct.cpu(),

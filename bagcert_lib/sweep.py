@@ -4,6 +4,7 @@
     python -m bagcert_lib.sweep --profile gpu --grid rf_sweep --devices cuda:0 cuda:1
     python -m bagcert_lib.sweep --profile cpu --devices cpu cpu   # two configurations at once, a core each
     python -m bagcert_lib.sweep --profile cpu --grid smoothing   # the DS baselines
+    python -m bagcert_lib.sweep --profile cpu --grid equal-compute   # Mask-BN, CBN at BagCert's budgets
     python -m bagcert_lib.sweep --profile smoke --results /tmp/runs --dry-run
     python -m bagcert_lib.sweep --profile paper --grid figure2 --executor slurm \
         --slurm-partition gpu --gpus-per-job 4          # a SLURM job array, one job per configuration
@@ -67,9 +68,14 @@ class Job:
 
     @property
     def steps(self) -> tuple:
-        """train, certify, attack; DS baselines are not attacked (App. A.2 attacks BagCert)."""
-        return ("train", "certify") if self.extra.get("method", "bagcert") != "bagcert" else (
+        """train, certify, attack; DS baselines are not attacked (App. A.2 attacks BagCert; CBN
+        and Mask-BN have their own attacks)."""
+        return ("train", "certify") if self.extra.get("method", "bagcert") not in ATTACKED else (
             "train", "certify", "attack")
+
+
+#: The methods the sweep attacks after certifying them.
+ATTACKED = ("bagcert", "cbn", "mask-bn")
 
 
 def grid_jobs(grid: str = "all", attack_n: int | None = 1000, profile: str = "cpu") -> list[Job]:
@@ -92,9 +98,11 @@ def grid_jobs(grid: str = "all", attack_n: int | None = 1000, profile: str = "cp
         jobs += scaling_jobs(attack_n)
     if grid in ("smoothing", "all"):
         jobs += [Job(head_rf, head_m, extra=dict(ds)) for ds in g.get("smoothing", [])]
+    if grid == "equal-compute":
+        jobs += equal_compute_jobs(attack_n)
     if not jobs:
         raise ValueError(f"unknown grid {grid!r}; choose figure2, figure8, rf_sweep, smoothing, "
-                         "scaling, headline or all")
+                         "scaling, equal-compute, headline or all")
     unique = {}
     for j in jobs:
         key = (j.rf, j.margin, j.head, j.seed, tuple(sorted(j.extra.items())))
@@ -115,6 +123,16 @@ def scaling_jobs(attack_n: int | None = 1000) -> list[Job]:
                 extra={"width": w, "epochs": e,
                        "warmup_epochs": round(e * s["warmup_fraction"], 3)})
             for w, e in s["runs"]]
+
+
+def equal_compute_jobs(attack_n: int | None = 1000) -> list[Job]:
+    """The other defenses on the region scorer at BagCert's training budgets
+    (``grids.equal_compute`` of _config.yml): every budget's profile and sizes, every method,
+    budget by budget (the cheaper first)."""
+    e = grids()["equal_compute"]
+    return [Job(e["rf"], grids()["headline"]["margin"], attack_n=attack_n, profile=b["profile"],
+                extra={"method": m, **{k: v for k, v in b.items() if k not in ("profile", "flops")}})
+            for b in e["budgets"] for m in e["methods"]]
 
 
 _done = rundir.step_done
@@ -459,7 +477,7 @@ def main(argv=None):
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     p.add_argument("--profile", default="cpu")
     p.add_argument("--grid", default="all",
-                   help="figure2 | figure8 | rf_sweep | smoothing | scaling | headline | all")
+                   help="figure2 | figure8 | rf_sweep | smoothing | scaling | equal-compute | headline | all")
     p.add_argument("--results", help="parent of run directories (default: results/runs)")
     p.add_argument("--devices", nargs="+", help="run one configuration per device in parallel; "
                    "'cpu cpu' runs two at once on the CPU, splitting its cores between them")

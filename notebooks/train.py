@@ -37,7 +37,7 @@ data: str = None  # data location (else $BAGCERT_DATA, else the default location
 results: str = None  # parent folder of run directories (default: $BAGCERT_RESULTS, else results/runs)
 name: str = None  # run directory name (default: derived from the configuration)
 device: str = None  # cuda | cuda:1 | cpu (default: cuda if available)
-method: str = "bagcert"  # bagcert | ds-block | ds-column (Derandomized Smoothing baseline)
+method: str = "bagcert"  # bagcert | ds-block | ds-column (Derandomized Smoothing) | cbn | mask-bn
 ablation_size: int = None  # DS: block side / column band width (default 4)
 theta: float = None  # DS: vote threshold on the softmax (default 0.3)
 

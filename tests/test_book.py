@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BOOK = ROOT / "book"
 sys.path.insert(0, str(BOOK))
 FIGURES = ["figure2", "figure3", "figure4", "figure5", "figure6", "figure7", "figure8", "headline",
-           "scaling"]
+           "scaling", "defenses"]
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("jupyter_book") is None,
                                 reason="jupyter-book not installed (pip install -e '.[book]')")

@@ -1,0 +1,121 @@
+"""What certifying one image costs, for every defense, on one machine in one run.
+
+    python benchmarks/certify_cost.py [--n 500] [--n-block 10] [--out results/benchmarks/certify_cost.json]
+
+Every defense is certified through its own ``Method.evaluate`` (the loop the runs use) for every
+patch shape of Figures 3 and 4 at once, on the first images of the fixed class-balanced test
+subset: BagCert (Conditions 3.2/3.3), Derandomized Smoothing with block and column ablations,
+Clipped BagNet, PatchGuard's Mask-BN and, when its module is present, PatchCleanser. Each uses
+the trained cpu-profile run when results/runs has its weights, else a freshly initialised model
+of the same architecture (the cost barely depends on the weights; BagCert's and Mask-BN's
+pruning a little), which the JSON says. DS block makes 1,024 forward passes per image and is
+timed on ``--n-block`` images.
+
+Reported per image: the forward pass(es), the certification of all shapes, and the wall time;
+and per 10,000 images (the CIFAR-10 test set). Ratios hold on one machine; the JSON names it
+(CPU model and flags, threads), the date and the commit. Stop other jobs first.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from bagcert_lib import data as data_mod
+from bagcert_lib.config import METHODS, REPO_ROOT, profile_config
+from bagcert_lib.methods import method_for
+from bagcert_lib.model import num_parameters
+from bagcert_lib.runs import figure_patches, results_dir
+from bagcert_lib.runtime import (configure_backends, cpu_class, cpu_features, device_name,
+                                 memory_format, use_channels_last)
+from bagcert_lib.train import build_model, git_commit, load_run
+
+#: (label, TrainConfig overrides of the cpu profile), in the page's order
+DEFENSES = [
+    ("BagCert", {"rf": 7, "margin": 0.5}),
+    ("DS block", {"method": "ds-block"}),
+    ("DS column", {"method": "ds-column"}),
+    ("CBN", {"rf": 7, "method": "cbn"}),
+    ("Mask-BN", {"rf": 7, "method": "mask-bn"}),
+    ("PatchCleanser", {"method": "patchcleanser"}),
+]
+
+
+def model_for(cfg, device):
+    """The run's model when its weights are in results/runs (and how far it trained), else a
+    fresh one: (model, run name or None, what the weights are)."""
+    run = results_dir() / cfg.run_name()
+    if (run / "model.safetensors").is_file() or (run / "checkpoint.pt").is_file():
+        model, _ = load_run(run, device)
+        m = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
+        what = "trained" if m.get("finished") else f"partly trained ({m.get('epoch', 0)} of {cfg.epochs} epochs)"
+        return model.eval(), run.name, what
+    torch.manual_seed(0)
+    return build_model(cfg).to(device).eval(), None, "fresh (no run with weights yet)"
+
+
+def measure(label, cfg, ds, n, device, patches) -> dict:
+    model, run, weights = model_for(cfg, device)
+    cl = use_channels_last(device, cfg.channels_last, model)
+    model = model.to(memory_format=memory_format(device, cl))
+    method = method_for(cfg)
+    x, y = ds.x_test[:n], ds.y_test[:n]
+    warm = data_mod.batches(x[:2], y[:2], 2, device=device, channels_last=cl)
+    method.evaluate(model, warm, patches[:1], cfg, device)                  # allocations, kernels
+    t0 = time.perf_counter()
+    df = method.evaluate(model, data_mod.batches(x, y, 250, device=device, channels_last=cl),
+                         patches, cfg, device)
+    wall = time.perf_counter() - t0
+    five = df[(df.patch == "5x5") & (df.condition == method.condition)].iloc[0]
+    return {"defense": label, "method": cfg.method, "run": run,
+            "weights": weights,
+            "width": cfg.width, "rf": cfg.rf if cfg.method in ("bagcert", "cbn", "mask-bn") else None,
+            "parameters": num_parameters(model), "n": int(df.attrs["n"]),
+            "patch_shapes": int(df.patch.nunique()),
+            "forward_s_per_image": df.attrs["forward_s"] / n,
+            "certify_s_per_image": df.attrs["certify_s"] / n,
+            "seconds_per_image": wall / n, "seconds_per_10k_images": wall / n * 10_000,
+            "clean_accuracy_5x5": float(five.clean_accuracy),
+            "certified_accuracy_5x5": float(five.certified_accuracy)}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=500, help="test images per defense")
+    p.add_argument("--n-block", type=int, default=10, help="test images for DS block (1,024 passes each)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=str(REPO_ROOT / "results" / "benchmarks" / "certify_cost.json"))
+    a = p.parse_args(argv)
+    configure_backends()
+    device = torch.device(a.device)
+    ds = data_mod.subset(data_mod.load_dataset("cifar10", progress=False), n_test=max(a.n, a.n_block), seed=0)
+    patches = figure_patches()
+    rows, missing = [], []
+    for label, over in DEFENSES:
+        method = over.get("method", "bagcert")
+        if method not in METHODS or (method == "patchcleanser" and
+                                     importlib.util.find_spec("bagcert_lib.patchcleanser") is None):
+            missing.append(label)
+            print(f"{label}: not in this tree (method {method!r}); skipped")
+            continue
+        cfg = profile_config("cpu", **over)
+        n = a.n_block if method == "ds-block" else a.n
+        rows.append(measure(label, cfg, ds, n, device, patches))
+        r = rows[-1]
+        print(f"{label}: {r['seconds_per_image'] * 1e3:.2f} ms/image ({r['weights']}), "
+              f"{r['seconds_per_10k_images']:.0f} s per 10,000 images", flush=True)
+    out = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "git": git_commit(),
+           "torch": torch.__version__, "device": device_name(device), "cpu": cpu_features(),
+           "cpu_class": cpu_class(), "threads": torch.get_num_threads(),
+           "patch_shapes": [f"{h}x{w}" for h, w in patches], "defenses": rows, "missing": missing}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(out, indent=2, default=str) + "\n")
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,315 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Every defense at equal compute
+#
+# The paper's Figure 2 compares BagCert with defenses "taken from the respective papers": other
+# architectures, budgets and input sizes. Here every defense is trained on CIFAR-10 by the same
+# training loop at the same **training FLOPs**, counted by the same code
+# (`model.training_flops`: 6 × multiply-accumulates per image × images seen), and certified on
+# the whole test set against 5×5 patches and every shape of Figures 3 and 4:
+#
+# * **BagCert** (§3): region scorer, Heaviside head, Condition 3.2;
+# * **CBN**, Clipped BagNet (Zhang et al., 2020): the same region scorer (RF 7), trained as a
+#   plain BagNet (cross-entropy on the mean logit, as Zhang et al. do), its class logits clipped
+#   by tanh(0.05 z − 1) and summed at test time (`bagcert_lib.clipped_bagnet`);
+# * **Mask-BN**, PatchGuard's robust masking (Xiang et al., 2021): the same region scorer, logits
+#   clipped to [0, ∞), the window of highest evidence masked per class, trained with masked
+#   features (`bagcert_lib.patchguard`);
+# * **DS**, Derandomized Smoothing (Levine & Feizi, 2020), block and column ablations on a
+#   ResNet-18 (`bagcert_lib.smoothing`), at the width whose training costs about the same.
+#
+# Two budgets (`grids.equal_compute` of `_config.yml`): the `cpu` grid's (width 32, 6 epochs,
+# ≈ 1.2 × 10¹⁴ FLOPs) and the compute study's width 64 × 16 epochs (≈ 10¹⁵). A run belongs to
+# the budget whose FLOPs are within a factor of 2.5 of its own, and each defense is shown at a
+# budget by its run closest to the budget's FLOPs; the table gives each run's FLOPs.
+# Methods or budgets without a finished, certified run are named as such, never filled in.
+# Every certificate here is checked against brute force on small inputs and by a PGD patch attack
+# (`tests/test_clipped_bagnet.py`, `tests/test_patchguard.py`); the attack's numbers are in the
+# runs' `attack.json`.
+
+# %% tags=["parameters"]
+results: str = None  # results folder (default: $BAGCERT_RESULTS, else results/runs)
+patch: str = "5x5"  # patch shape of the clean-versus-certified panel
+benchmark: str = None  # certification-cost JSON (default: results/benchmarks/certify_cost.json)
+
+# %% tags=["hide-input"]
+import json
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from myst_nb import glue
+
+from bagcert_lib.config import REPO_ROOT, grids
+from bagcert_lib.figures import readable
+from bagcert_lib.results import load_certification, load_runs, run_links
+
+g = grids()
+BUDGETS = [{**b, "flops": float(b["flops"])} for b in g["equal_compute"]["budgets"]]
+RF = g["equal_compute"]["rf"]
+DEFENSES = ["BagCert", "CBN", "Mask-BN", "DS block", "DS column"]
+LABEL = {"bagcert": "BagCert", "cbn": "CBN", "mask-bn": "Mask-BN", "ds-block": "DS block",
+         "ds-column": "DS column"}
+CONDITION = {"BagCert": "3.2", "CBN": "CBN", "Mask-BN": "Mask-BN", "DS block": "DS", "DS column": "DS"}
+COLOR = {"BagCert": "tab:blue", "CBN": "tab:orange", "Mask-BN": "tab:green", "DS block": "tab:red",
+         "DS column": "tab:purple"}
+ASPECT = [f"{h}x{w}" for h, w in g["aspect_ratio_patches"]]
+SQUARES = [f"{s}x{s}" for s in g["square_patches"]]
+
+
+def budget_of(flops):
+    """Index of the budget within a factor 2.5 of ``flops`` (None: no budget)."""
+    if flops is None or not np.isfinite(flops) or flops <= 0:
+        return None
+    d = [abs(np.log(flops / b["flops"])) for b in BUDGETS]
+    return int(np.argmin(d)) if min(d) <= np.log(2.5) else None
+
+
+def budget_label(i):
+    b = BUDGETS[i]
+    return f"{b['flops']:.1e} FLOPs ({b['profile']}{', width ' + str(b['width']) if 'width' in b else ''})"
+
+
+runs = load_runs(results)
+done = runs[runs["finished"].fillna(False).astype(bool) & runs["certified"].fillna(False).astype(bool)].copy()
+done["defense"] = done["method"].map(LABEL)
+done["budget"] = [budget_of(f) for f in done["training_flops"].astype(float)]
+# BagCert, CBN and Mask-BN at the grid's receptive field; BagCert: every margin, Heaviside, seed 0
+keep = done["defense"].notna() & done["budget"].notna() & (
+    done["method"].str.startswith("ds-") | (done["rf"] == RF)) & (
+    (done["method"] != "bagcert") | ((done["head"] == "heaviside") & (done["seed"] == 0) & (done["sigma"] == 0)))
+shown = done[keep]
+cert = load_certification(results).query("run in @shown.run")
+cert = cert.merge(shown[["run", "defense", "budget", "training_flops"]], on="run")
+cert = cert[cert["condition"] == cert["defense"].map(CONDITION)]
+headline_margin = g["headline"]["margin"]
+# one run per (defense, budget): the one whose FLOPs are closest to the budget's (BagCert: its
+# headline margin); BagCert's other margins of the same profile and size join it in Figure 2's panel
+cand = shown[(shown["method"] != "bagcert") | (shown["margin"] == headline_margin)].copy()
+cand["distance"] = [abs(np.log(f / BUDGETS[int(b)]["flops"])) for f, b in
+                    zip(cand["training_flops"].astype(float), cand["budget"])]
+chosen = cand.sort_values(["distance", "run"]).drop_duplicates(["defense", "budget"])
+main = cert[cert["run"].isin(chosen["run"])]
+same = shown.merge(chosen.query("method == 'bagcert'")[["budget", "profile", "width", "epochs"]],
+                   on=["budget", "profile", "width", "epochs"])
+panel = cert[cert["run"].isin(chosen["run"]) | cert["run"].isin(same.query("method == 'bagcert'")["run"])]
+bench_path = Path(benchmark) if benchmark else REPO_ROOT / "results" / "benchmarks" / "certify_cost.json"
+bench = json.loads(bench_path.read_text()) if bench_path.is_file() else None
+cost = {d["defense"]: d for d in bench["defenses"]} if bench else {}
+
+# %% [markdown]
+# ## The table
+#
+# Per defense and budget: clean and certified accuracy on the test set against 5×5 patches, the
+# worst certified accuracy over the eight 24-pixel aspect ratios of Figure 4 (and which shape it
+# is), and the certification time per 10,000 images (all shapes of Figures 3 and 4 from one
+# forward pass per batch; from the cost benchmark below, measured on the `cpu`-budget models).
+# BagCert is its headline configuration (RF 7, M 0.5).
+
+# %% tags=["hide-input"]
+rows = []
+for i in range(len(BUDGETS)):
+    for d in DEFENSES:
+        c = main[(main["defense"] == d) & (main["budget"] == i)]
+        five = c[c["patch"] == patch]
+        asp = c[c["patch"].isin(ASPECT)]
+        worst = asp.loc[asp["certified_accuracy"].idxmin()] if len(asp) else None
+        rows.append({
+            "budget": budget_label(i), "defense": d,
+            "run": five["run"].iloc[0] if len(five) else "no run yet",
+            "training FLOPs": float(five["training_flops"].iloc[0]) if len(five) else np.nan,
+            "n": int(five["n"].iloc[0]) if len(five) else np.nan,
+            "clean_accuracy": float(five["clean_accuracy"].iloc[0]) if len(five) else np.nan,
+            "certified_accuracy": float(five["certified_accuracy"].iloc[0]) if len(five) else np.nan,
+            "worst_aspect_ratio_certified": float(worst.certified_accuracy) if worst is not None else np.nan,
+            "worst aspect ratio": (" × ".join(worst.patch.split("x")[::-1])      # w × h
+                                   if worst is not None else "—"),
+            "seconds per 10,000 images": cost.get(d, {}).get("seconds_per_10k_images", np.nan)})
+table = pd.DataFrame(rows).set_index(["budget", "defense"])
+missing = table[table["run"] == "no run yet"].index.tolist()
+readable(table, percent=["clean_accuracy", "certified_accuracy", "worst_aspect_ratio_certified"],
+         words={"certified_accuracy": f"certified {patch.replace('x', '×')}",
+                "worst_aspect_ratio_certified": "worst 24-pixel aspect ratio, certified"},
+         formats={"training FLOPs": "{:.2e}", "n": "{:,.0f}", "seconds per 10,000 images": "{:,.0f}"})
+
+# %% tags=["hide-input"]
+print("No finished, certified run yet: " + ("; ".join(f"{d} at {b}" for b, d in missing) if missing else "none")
+      + "." + ("" if bench else " No certification-cost benchmark yet (benchmarks/certify_cost.py)."))
+
+# %% [markdown]
+# ## Clean against certified accuracy (Figure 2's axes)
+#
+# One panel per budget. Filled markers: our runs (BagCert at every margin of its RF 7 run's profile
+# and size, joined by a thin line); grey open markers: the values other papers report for CIFAR-10 at this patch size
+# (`results/baselines/baselines.csv`; their own architectures and budgets, not equal compute).
+
+# %% tags=["hide-input"]
+baselines = pd.read_csv(REPO_ROOT / "results" / "baselines" / "baselines.csv")
+reported = baselines.query("dataset == 'CIFAR-10' and patch == @patch").drop_duplicates("method")
+marker = {"BagCert": "*", "CBN": "s", "Mask-BN": "D", "DS block": "X", "DS column": "P"}
+fig, axes = plt.subplots(1, len(BUDGETS), figsize=(13, 5.5), sharex=True, sharey=True)
+for i, ax in enumerate(np.atleast_1d(axes)):
+    here = panel[(panel["budget"] == i) & (panel["patch"] == patch)]
+    for d in DEFENSES:
+        pts = here[here["defense"] == d].sort_values("margin")
+        if d == "BagCert" and len(pts) > 1:
+            ax.plot(pts.clean_accuracy * 100, pts.certified_accuracy * 100, color=COLOR[d], lw=0.7)
+        ax.scatter(pts.clean_accuracy * 100, pts.certified_accuracy * 100, marker=marker[d],
+                   color=COLOR[d], s=90 if d == "BagCert" else 60,
+                   label=f"{d} (ours{', no run yet' if pts.empty else ''})")
+    for m, (_, b) in zip("^vo<>", reported.iterrows()):
+        ax.scatter(b.clean_accuracy * 100, b.certified_accuracy * 100, marker=m, facecolors="none",
+                   edgecolors="0.35", s=60, label=f"{b.method} (reported)")
+    ax.set_title(f"Budget {i + 1}: {budget_label(i)}", fontsize=10)
+    ax.set_xlabel("Clean accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+np.atleast_1d(axes)[0].set_ylabel(f"Certified accuracy (%), {patch.replace('x', ' × ')}")
+ax.set_xlim(0, 100), ax.set_ylim(0, 70)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## Against the patch's size and shape (Figures 3 and 4's axes)
+#
+# Certified accuracy against square patches 1×1 … 16×16 (left) and against the aspect ratio of
+# 24-pixel patches, w × h, from tall (1 × 24) to wide (24 × 1) (right), per budget. BagCert is its
+# headline configuration.
+
+# %% tags=["hide-input"]
+fig, axes = plt.subplots(len(BUDGETS), 2, figsize=(13, 4.2 * len(BUDGETS)), squeeze=False)
+for i in range(len(BUDGETS)):
+    for ax, shapes, title in ((axes[i, 0], SQUARES, "square patches"), (axes[i, 1], ASPECT, "24-pixel patches")):
+        for d in DEFENSES:
+            c = main[(main["defense"] == d) & (main["budget"] == i)].set_index("patch")
+            ys = [c.certified_accuracy.get(s, np.nan) * 100 for s in shapes]
+            ax.plot(range(len(shapes)), ys, marker=marker[d], color=COLOR[d],
+                    label=d + ("" if c.size else " (no run yet)"))
+        # h x w in the results; the paper names shapes w x h (width first)
+        ax.set_xticks(range(len(shapes)),
+                      [f"{s.split('x')[1]}×{s.split('x')[0]}" for s in shapes], fontsize=8,
+                      rotation=0 if shapes is SQUARES else 30)
+        ax.set_xlabel("patch w × h")
+        ax.set_ylabel("Certified accuracy (%)")
+        ax.set_title(f"Budget {i + 1} ({budget_label(i)}): {title}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## What certifying costs
+#
+# Seconds to certify one test image against every shape of Figures 3 and 4, each defense through
+# its own certificate, all in one run of `benchmarks/certify_cost.py` on one machine (the cpu
+# budget's models; DS block makes 1,024 forward passes per image).
+
+# %% tags=["hide-input"]
+if bench:
+    cpu = bench["cpu"]
+    where = (f"{cpu.get('model')} ({', '.join(k for k in ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16') if cpu.get(k))})"
+             if bench["device"].startswith("CPU") else bench["device"])
+    print(f"Measured {bench['date']} on {where}, {bench['threads']} thread(s), "
+          f"commit {str(bench['git'].get('commit'))[:10]}.")
+    bt = pd.DataFrame(bench["defenses"]).set_index("defense")
+    bt["ratio to BagCert"] = bt["seconds_per_image"] / bt.loc["BagCert", "seconds_per_image"] \
+        if "BagCert" in bt.index else np.nan
+    display(readable(bt[["weights", "n", "forward_s_per_image", "certify_s_per_image", "seconds_per_image",
+                         "seconds_per_10k_images", "ratio to BagCert"]],
+                     formats={"forward_s_per_image": "{:.4f}", "certify_s_per_image": "{:.4f}",
+                              "seconds_per_image": "{:.4f}", "seconds_per_10k_images": "{:,.0f}",
+                              "ratio to BagCert": "{:.1f}"}))
+    if bench.get("missing"):
+        print("Not in this benchmark (no module in this tree): " + ", ".join(bench["missing"]) + ".")
+else:
+    print("No certification-cost benchmark yet: run `python benchmarks/certify_cost.py`.")
+
+# %% [markdown]
+# ## Which defense wins where
+#
+# The rule, the same for every budget and patch shape: a defense **wins** a shape at a budget
+# when its certified accuracy is the highest among the runs at that budget and ahead of the
+# next by more than twice the standard error of a difference of two accuracies on n test images
+# (√(2 p (1 − p) / n), p their mean); otherwise the leaders are **tied**. BagCert **dominates**
+# another defense at a budget when its clean and its certified accuracy (5×5) are both at least
+# the other's; its Condition 3.3 is compared with DS block by certified accuracy alone. Defenses
+# without a run at a budget are not judged there.
+
+# %% tags=["hide-input"]
+def verdicts(frame, shapes):
+    out = []
+    for i in range(len(BUDGETS)):
+        for s in shapes:
+            c = frame[(frame["budget"] == i) & (frame["patch"] == s)].sort_values("certified_accuracy",
+                                                                                   ascending=False)
+            if c.empty:
+                continue
+            top = c.iloc[0]
+            if len(c) == 1:
+                out.append((i, s, f"{top.defense} alone"))
+                continue
+            nxt = c.iloc[1]
+            p, n = (top.certified_accuracy + nxt.certified_accuracy) / 2, min(top.n, nxt.n)
+            se = np.sqrt(2 * p * (1 - p) / n) if n else np.inf
+            gap = top.certified_accuracy - nxt.certified_accuracy
+            out.append((i, s, f"{top.defense} wins (+{gap * 100:.1f} points)" if gap > 2 * se
+                        else f"{top.defense} and {nxt.defense} tied"))
+    out = pd.DataFrame(out, columns=["budget", "patch", "verdict"])
+    out["patch w × h"] = [" × ".join(p.split("x")[::-1]) for p in out["patch"]]   # the paper's order
+    return out
+
+
+v = verdicts(main, [patch] + SQUARES[::3] + ASPECT)
+lines = []
+for i in range(len(BUDGETS)):
+    vi = v[v["budget"] == i]
+    if vi.empty:
+        lines.append(f"Budget {i + 1} ({budget_label(i)}): no certified runs yet.")
+        continue
+    five = vi[vi["patch"] == patch].verdict.iloc[0] if (vi["patch"] == patch).any() else "—"
+    counts = vi[vi["patch"] != patch].verdict.str.extract(r"^(.*?) (?:wins|alone|and)")[0].value_counts()
+    lines.append(f"Budget {i + 1} ({budget_label(i)}): at {patch.replace('x', ' × ')}: {five}; "
+                 "leader across the other shapes shown: "
+                 + ", ".join(f"{k} {n}×" for k, n in counts.items()) + ".")
+    bc = table.loc[budget_label(i)]
+    for other in ("CBN", "Mask-BN"):
+        if np.isnan(bc.loc["BagCert", "certified_accuracy"]) or np.isnan(bc.loc[other, "certified_accuracy"]):
+            lines.append(f"  BagCert against {other}: not judged (a run is missing).")
+            continue
+        dom = (bc.loc["BagCert", "clean_accuracy"] >= bc.loc[other, "clean_accuracy"]
+               and bc.loc["BagCert", "certified_accuracy"] >= bc.loc[other, "certified_accuracy"])
+        lines.append(f"  BagCert {'dominates' if dom else 'does not dominate'} {other} "
+                     f"(clean {bc.loc['BagCert', 'clean_accuracy'] * 100:.1f} vs {bc.loc[other, 'clean_accuracy'] * 100:.1f} %, "
+                     f"certified {bc.loc['BagCert', 'certified_accuracy'] * 100:.1f} vs "
+                     f"{bc.loc[other, 'certified_accuracy'] * 100:.1f} %).")
+    # Condition 3.3 (BagCert's global certificate, §3.1) against DS block, the paper's Figure 2 pairing
+    b_run = chosen[(chosen["defense"] == "BagCert") & (chosen["budget"] == i)]["run"]
+    c33 = load_certification(results).query("run in @b_run and patch == @patch and condition == '3.3'")
+    ds_b = bc.loc["DS block", "certified_accuracy"]
+    if len(c33) and not np.isnan(ds_b):
+        x = float(c33.certified_accuracy.iloc[0])
+        lines.append(f"  BagCert's Condition 3.3 {'is at or above' if x >= ds_b else 'is below'} DS block "
+                     f"({x * 100:.1f} vs {ds_b * 100:.1f} % certified).")
+    else:
+        lines.append("  BagCert's Condition 3.3 against DS block: not judged (a run is missing).")
+print("\n".join(lines))
+glue("defenses_verdict", " ".join(l.strip() for l in lines), display=False)
+readable(v.assign(budget=[budget_label(i) for i in v["budget"]]).set_index(["budget", "patch w × h"])[["verdict"]])
+
+# %% tags=["hide-input"]
+run_links(shown, "defenses.ipynb")
