@@ -1,4 +1,4 @@
-"""Clipped BagNet (CBN; Zhang, Yuan, Mueller & Kolter, 2020): a BagNet whose local logits are
+"""Clipped BagNet (CBN; Zhang, Yuan, McCoyd & Wagner, 2020): a BagNet whose local logits are
 clipped before they are averaged, with its certificate against a patch.
 
 Every region logit passes through φ(z) = tanh(0.05 z − 1) ∈ (−1, 1) (Zhang et al., 2020, §3;
