@@ -4,6 +4,7 @@
     python -m bagcert_lib.sweep --profile gpu --grid rf_sweep --devices cuda:0 cuda:1
     python -m bagcert_lib.sweep --profile cpu --devices cpu cpu   # two configurations at once, a core each
     python -m bagcert_lib.sweep --profile cpu --grid smoothing   # the DS baselines (issue 5)
+    python -m bagcert_lib.sweep --profile cpu --grid patchcleanser   # PatchCleanser at equal FLOPs
     python -m bagcert_lib.sweep --profile smoke --results /tmp/runs --dry-run
     python -m bagcert_lib.sweep --profile paper --grid figure2 --executor slurm \
         --slurm-partition gpu --gpus-per-job 4          # a SLURM job array, one job per configuration
@@ -92,9 +93,11 @@ def grid_jobs(grid: str = "all", attack_n: int | None = 1000, profile: str = "cp
         jobs += scaling_jobs(attack_n)
     if grid in ("smoothing", "all"):
         jobs += [Job(head_rf, head_m, extra=dict(ds)) for ds in g.get("smoothing", [])]
+    if grid == "patchcleanser":
+        jobs += [Job(head_rf, head_m, extra=dict(p)) for p in g.get("patchcleanser", [])]
     if not jobs:
         raise ValueError(f"unknown grid {grid!r}; choose figure2, figure8, rf_sweep, smoothing, "
-                         "scaling, headline or all")
+                         "scaling, patchcleanser, headline or all")
     unique = {}
     for j in jobs:
         key = (j.rf, j.margin, j.head, j.seed, tuple(sorted(j.extra.items())))
@@ -499,7 +502,7 @@ def main(argv=None):
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     p.add_argument("--profile", default="cpu")
     p.add_argument("--grid", default="all",
-                   help="figure2 | figure8 | rf_sweep | smoothing | scaling | headline | all")
+                   help="figure2 | figure8 | rf_sweep | smoothing | scaling | patchcleanser | headline | all")
     p.add_argument("--results", help="parent of run directories (default: results/runs)")
     p.add_argument("--devices", nargs="+", help="run one configuration per device in parallel; "
                    "'cpu cpu' runs two at once on the CPU, splitting its cores between them")
