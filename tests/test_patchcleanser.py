@@ -350,3 +350,23 @@ def test_config_and_method(tmp_path, colour_folder):
     df = method_for(cfg).evaluate(out["model"], batches, [(5, 5), (1, 24)], cfg, "cpu")
     assert list(df.condition) == ["PC", "PC"] and list(df.masks) == [36, 30]
     assert (df.certified_accuracy <= df.clean_accuracy).all() and (df.passes >= 6 * 30).all()
+
+
+def test_grid_is_at_bagcerts_training_flops():
+    """``grids.patchcleanser``: each run's training FLOPs (model.training_flops, as provenance.json
+    counts them) within 5 % of BagCert's cpu grid (width 32, 6 epochs) and of the compute study's
+    width 64 × 16 epochs, both at RF 7."""
+    from bagcert_lib.model import conv_macs, training_flops
+    from bagcert_lib.scaling import training_flops as bagcert_flops
+    from bagcert_lib.sweep import grid_jobs
+    from bagcert_lib.train import build_model
+
+    jobs = grid_jobs("patchcleanser", profile="cpu")
+    assert [j.steps for j in jobs] == [("train", "certify")] * 2
+    flops = []
+    for j in jobs:
+        cfg = profile_config("cpu", **j.extra)
+        images = cfg.epochs * (50_000 // cfg.batch_size) * cfg.batch_size
+        flops.append(training_flops(conv_macs(build_model(cfg)), images))
+    for got, want in zip(flops, (bagcert_flops(32, 6), bagcert_flops(64, 16))):
+        assert abs(got / want - 1) < 0.05, (got, want)
