@@ -28,7 +28,7 @@ PROFILE_ORDER = ("paper", "cpu", "gpu", "smoke")
 GRID_RUNS = "method == 'bagcert' and head == 'heaviside' and seed == 0 and sigma == 0"
 
 #: Derandomized Smoothing runs (Levine & Feizi, 2020; ``bagcert_lib.smoothing``), shown beside them.
-SMOOTHING_RUNS = "method != 'bagcert'"
+SMOOTHING_RUNS = "method in ('ds-block', 'ds-column')"
 
 CONFIG_COLUMNS = ["rf", "margin", "head", "sigma", "seed", "profile", "width", "epochs", "train_size",
                   "method", "ablation_size", "theta"]
