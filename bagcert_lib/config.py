@@ -21,6 +21,9 @@ METHODS = ("bagcert", "ds-block", "ds-column")
 #: Defenses on the same region scorer's class logits: Clipped BagNet (``clipped_bagnet``) and
 #: PatchGuard's Mask-BN (``patchguard``); rf and width apply, margin, head and sigma do not.
 METHODS += ("cbn", "mask-bn")
+#: PatchCleanser's base classifier (Xiang et al., 2022; ``bagcert_lib.patchcleanser``): a ResNet-18
+#: on whole images, certified by double masking.
+METHODS += ("patchcleanser",)
 
 
 @dataclass
@@ -31,6 +34,11 @@ class TrainConfig:
     width ``width`` on randomly ablated images, cross-entropy) with the same loader, optimiser and
     schedule; ``ablation_size`` is the block side / column band width and ``theta`` the vote
     threshold. rf, margin, head and sigma do not apply to it.
+
+    ``method`` patchcleanser trains the same ResNet-18 on 3-channel images with Cutout
+    (``cutout_holes`` holes of side ``cutout_size``, None: 128/224 of the image side) and
+    certifies double masking with ``num_masks`` masks per axis (the R-covering set; or the mask
+    stride ``mask_stride`` when set), Xiang et al. (2022).
     """
 
     dataset: str = "cifar10"         # cifar10 | imagefolder (in memory) | imagenet (streamed, App. A.1.2)
@@ -61,6 +69,10 @@ class TrainConfig:
     method: str = "bagcert"
     ablation_size: int = 4           # DS: block side s / column band width b
     theta: float = 0.3               # DS: an ablation votes for every class with softmax >= theta
+    num_masks: int = 6               # PatchCleanser: k masks per axis (the R-covering set)
+    mask_stride: int | None = None   # PatchCleanser: mask stride s instead of k
+    cutout_holes: int = 2            # PatchCleanser training: Cutout holes per image
+    cutout_size: int | None = None   # PatchCleanser training: hole side (None: 128/224 of the image)
     workers: int | None = None       # DataLoader workers, streamed data (None: GPU cores - 1 <= 8; CPU 0)
     checkpoint_minutes: float = 10.0  # also save the resume checkpoint mid-epoch this often (0: epoch ends only)
 
@@ -95,6 +107,11 @@ class TrainConfig:
         if int(self.ablation_size) < 1 or not 0 <= self.theta <= 1:
             raise ValueError(f"ablation_size must be >= 1 and theta in [0, 1], got "
                              f"{self.ablation_size!r}, {self.theta!r}")
+        if (int(self.num_masks) < 1 or self.mask_stride is not None and int(self.mask_stride) < 1
+                or int(self.cutout_holes) < 0 or self.cutout_size is not None and int(self.cutout_size) < 1):
+            raise ValueError(f"num_masks and mask_stride must be >= 1, cutout_holes >= 0 and "
+                             f"cutout_size >= 1, got {self.num_masks!r}, {self.mask_stride!r}, "
+                             f"{self.cutout_holes!r}, {self.cutout_size!r}")
         if self.rf not in known:
             raise ValueError(f"unknown receptive field {self.rf!r}; choose one of {sorted(known)}")
         if self.head not in HEADS:
@@ -122,6 +139,9 @@ class TrainConfig:
             return (f"{self.profile or 'custom'}-{self.method}{self.ablation_size}"
                     f"-theta{self.theta:g}-seed{self.seed}")
         prefix = self.profile or "custom"
+        if self.method == "patchcleanser":
+            masks = f"s{self.mask_stride}" if self.mask_stride else f"k{self.num_masks}"
+            return f"{prefix}-patchcleanser-w{self.width}-e{self.epochs}-{masks}-seed{self.seed}"
         if prefix == "scaling":      # the compute study: one profile, many sizes
             prefix += f"-w{self.width}-e{self.epochs}"
         if self.method in ("cbn", "mask-bn"):
@@ -160,7 +180,8 @@ def profile_config(name: str = "auto", path=None, **overrides) -> TrainConfig:
     """The :class:`TrainConfig` of profile ``name`` with ``overrides`` applied (None = keep).
 
     A DS run (``method`` ds-block / ds-column) first takes the profile's ``smoothing`` values
-    (e.g. a smaller width) and those under its method's name there, then the overrides."""
+    (e.g. a smaller width) and those under its method's name there, then the overrides; a
+    PatchCleanser run the profile's ``patchcleanser`` values."""
     cfg = load_config(path)
     name = resolve_profile(name)
     profiles = cfg["profiles"]
@@ -173,6 +194,8 @@ def profile_config(name: str = "auto", path=None, **overrides) -> TrainConfig:
         ds = profiles[name].get("smoothing") or {}
         values.update({k: v for k, v in ds.items() if k in fields})
         values.update(ds.get(method) or {})
+    if method == "patchcleanser":
+        values.update({k: v for k, v in (profiles[name].get(method) or {}).items() if k in fields})
     unknown = set(overrides) - fields
     if unknown:
         raise ValueError(f"unknown config keys {sorted(unknown)}; known: {sorted(fields)}")

@@ -4,7 +4,7 @@ The trainer (``train.py``) owns the loop, optimiser, schedule, data order, check
 a :class:`Method` owns the model, the per-step loss and the certificate. ``method_for(cfg)``
 picks :class:`BagCert` (§3), :class:`Smoothing` (Levine & Feizi, 2020), or a defense on the same
 region scorer's class logits, :class:`LocalLogitDefense` (CBN, Zhang et al., 2020; Mask-BN,
-Xiang et al., 2021), from ``cfg.method``. A method with an ``attack`` is attacked with it
+Xiang et al., 2021), or :class:`PatchCleanser` (Xiang et al., 2022), from ``cfg.method``. A method with an ``attack`` is attacked with it
 (``runs.attack_run``); BagCert with App. A.2's.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import clipped_bagnet, patchguard, smoothing
+from . import clipped_bagnet, patchcleanser, patchguard, smoothing
 from .certifier import certify_model
 from .config import TrainConfig
 from .heads import get_head
@@ -119,8 +119,34 @@ class LocalLogitDefense(BagCert):
         return self.defense.attack(model, x, y, patch, **kw)
 
 
+class PatchCleanser:
+    """PatchCleanser (Xiang et al., 2022): a ResNet-18 on 3-channel images trained with Cutout
+    (the authors' masking augmentation), cross-entropy; certified by double masking (``PC``)."""
+
+    condition = "PC"
+    classifier_key = "linear.weight"
+
+    def build_model(self, cfg, num_classes=10):
+        return smoothing.resnet18(num_classes=num_classes, width=cfg.width, in_channels=3)
+
+    def prepare(self, x, cfg):
+        return patchcleanser.random_cutout(x, cfg.cutout_holes, cfg.cutout_size)   # global RNG
+
+    def loss(self, model, x, y, cfg, device):
+        with autocast(device, cfg.amp):
+            logits = model(x)
+        return torch.nn.functional.cross_entropy(logits.float(), y)
+
+    def evaluate(self, model, batches, patches, cfg, device, progress=False):
+        return patchcleanser.certify_model(model, batches, patches, num_masks=cfg.num_masks,
+                                           stride=cfg.mask_stride, device=device, amp=cfg.amp,
+                                           progress=progress)
+
+
 def method_for(cfg: TrainConfig) -> Method:
-    """The :class:`Method` of ``cfg.method`` (bagcert, ds-block, ds-column, cbn, mask-bn)."""
+    """The :class:`Method` of ``cfg.method`` (bagcert, ds-block, ds-column, cbn, mask-bn, patchcleanser)."""
+    if cfg.method == "patchcleanser":
+        return PatchCleanser()
     if cfg.method in LocalLogitDefense.MODULES:
         return LocalLogitDefense(cfg.method)
     return Smoothing(cfg.smoothing) if cfg.smoothing else BagCert()

@@ -5,6 +5,7 @@
     python -m bagcert_lib.sweep --profile cpu --devices cpu cpu   # two configurations at once, a core each
     python -m bagcert_lib.sweep --profile cpu --grid smoothing   # the DS baselines
     python -m bagcert_lib.sweep --profile cpu --grid equal-compute   # Mask-BN, CBN at BagCert's budgets
+    python -m bagcert_lib.sweep --profile cpu --grid patchcleanser   # PatchCleanser at equal FLOPs
     python -m bagcert_lib.sweep --profile smoke --results /tmp/runs --dry-run
     python -m bagcert_lib.sweep --profile paper --grid figure2 --executor slurm \
         --slurm-partition gpu --gpus-per-job 4          # a SLURM job array, one job per configuration
@@ -100,9 +101,11 @@ def grid_jobs(grid: str = "all", attack_n: int | None = 1000, profile: str = "cp
         jobs += [Job(head_rf, head_m, extra=dict(ds)) for ds in g.get("smoothing", [])]
     if grid == "equal-compute":
         jobs += equal_compute_jobs(attack_n)
+    if grid == "patchcleanser":
+        jobs += [Job(head_rf, head_m, extra=dict(p)) for p in g.get("patchcleanser", [])]
     if not jobs:
         raise ValueError(f"unknown grid {grid!r}; choose figure2, figure8, rf_sweep, smoothing, "
-                         "scaling, equal-compute, headline or all")
+                         "scaling, equal-compute, patchcleanser, headline or all")
     unique = {}
     for j in jobs:
         key = (j.rf, j.margin, j.head, j.seed, tuple(sorted(j.extra.items())))
@@ -477,7 +480,7 @@ def main(argv=None):
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     p.add_argument("--profile", default="cpu")
     p.add_argument("--grid", default="all",
-                   help="figure2 | figure8 | rf_sweep | smoothing | scaling | equal-compute | headline | all")
+                   help="figure2 | figure8 | rf_sweep | smoothing | scaling | equal-compute | patchcleanser | headline | all")
     p.add_argument("--results", help="parent of run directories (default: results/runs)")
     p.add_argument("--devices", nargs="+", help="run one configuration per device in parallel; "
                    "'cpu cpu' runs two at once on the CPU, splitting its cores between them")
