@@ -135,7 +135,7 @@ def list_runs(results=None, shipped_only: bool = False, errors: list | None = No
     runs = load_runs(results, errors)
     if runs.empty and not errors:
         raise FileNotFoundError(f"no runs (config.yaml) under {results or 'results/runs'}")
-    cert = load_certification(results, errors).query("patch == '5x5' and condition in ('3.2', 'DS', 'CBN', 'Mask-BN')")
+    cert = load_certification(results, errors).query("patch == '5x5' and condition in ('3.2', 'DS', 'CBN', 'Mask-BN', 'PC')")
     if errors:                                 # a run's bad config.yaml: named once
         errors[:] = list({str(e): e for e in errors}.values())
     cert = cert.set_index("run")[["clean_accuracy", "certified_accuracy"]]

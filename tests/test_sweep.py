@@ -157,7 +157,7 @@ def _fake_steps(executed, stop_in_train=False):
             (run / "metrics.json").write_text(json.dumps({"epoch": 1, "finished": not stop_in_train}))
             (run / "checkpoint.pt").write_bytes(b"resume")
             if stop_in_train:
-                raise KeyboardInterrupt("the session ended")
+                raise KeyboardInterrupt("the machine was taken back")
             (run / "model.safetensors").write_bytes(b"weights")
             (run / "provenance.json").write_text(json.dumps({"git": {"commit": "abc1234"},
                                                              "torch": "2.14.1"}))
@@ -204,7 +204,7 @@ def test_retrain_unshipped_keeps_the_old_run_until_the_new_one_replaces_it(tmp_p
         return "\n".join(lines)
     assert "(retrain: no weights)" in listed()
 
-    # killed one epoch into the retrain (a session's end): the old run is untouched
+    # killed one epoch into the retrain (the machine stopped): the old run is untouched
     monkeypatch.setattr(papermill, "execute_notebook", _fake_steps(executed, stop_in_train=True))
     with pytest.raises(KeyboardInterrupt):
         run_job(job, "smoke", tmp_path, "cpu", log=log.append, retrain_unshipped=True)
