@@ -30,7 +30,11 @@
 #   clipped to [0, ∞), the window of highest evidence masked per class, trained with masked
 #   features (`bagcert_lib.patchguard`);
 # * **DS**, Derandomized Smoothing (Levine & Feizi, 2020), block and column ablations on a
-#   ResNet-18 (`bagcert_lib.smoothing`), at the width whose training costs about the same.
+#   ResNet-18 (`bagcert_lib.smoothing`), at the width whose training costs about the same;
+# * **PatchCleanser**, double masking (Xiang et al., 2022): a ResNet-18 trained with Cutout on
+#   whole images, certified when every prediction on the image with two masks of an R-covering
+#   mask set is the label (`bagcert_lib.patchcleanser`); certified on 1,000 test images, since it
+#   makes up to several hundred masked forward passes per image and shape.
 #
 # Two budgets (`grids.equal_compute` of `_config.yml`): the `cpu` grid's (width 32, 6 epochs,
 # ≈ 1.2 × 10¹⁴ FLOPs) and the compute study's width 64 × 16 epochs (≈ 10¹⁵). A run belongs to
@@ -55,6 +59,7 @@ import numpy as np
 import pandas as pd
 from myst_nb import glue
 
+from bagcert_lib.certifier import patch_label
 from bagcert_lib.config import REPO_ROOT, grids
 from bagcert_lib.figures import readable
 from bagcert_lib.results import load_certification, load_runs, run_links
@@ -62,14 +67,15 @@ from bagcert_lib.results import load_certification, load_runs, run_links
 g = grids()
 BUDGETS = [{**b, "flops": float(b["flops"])} for b in g["equal_compute"]["budgets"]]
 RF = g["equal_compute"]["rf"]
-DEFENSES = ["BagCert", "CBN", "Mask-BN", "DS block", "DS column"]
+DEFENSES = ["BagCert", "CBN", "Mask-BN", "DS block", "DS column", "PatchCleanser"]
 LABEL = {"bagcert": "BagCert", "cbn": "CBN", "mask-bn": "Mask-BN", "ds-block": "DS block",
-         "ds-column": "DS column"}
-CONDITION = {"BagCert": "3.2", "CBN": "CBN", "Mask-BN": "Mask-BN", "DS block": "DS", "DS column": "DS"}
+         "ds-column": "DS column", "patchcleanser": "PatchCleanser"}
+CONDITION = {"BagCert": "3.2", "CBN": "CBN", "Mask-BN": "Mask-BN", "DS block": "DS", "DS column": "DS",
+             "PatchCleanser": "PC"}
 COLOR = {"BagCert": "tab:blue", "CBN": "tab:orange", "Mask-BN": "tab:green", "DS block": "tab:red",
-         "DS column": "tab:purple"}
-ASPECT = [f"{h}x{w}" for h, w in g["aspect_ratio_patches"]]
-SQUARES = [f"{s}x{s}" for s in g["square_patches"]]
+         "DS column": "tab:purple", "PatchCleanser": "tab:brown"}
+ASPECT = [patch_label((h, w)) for h, w in g["aspect_ratio_patches"]]     # labels are w x h
+SQUARES = [patch_label(s) for s in g["square_patches"]]
 
 
 def budget_of(flops):
@@ -137,8 +143,7 @@ for i in range(len(BUDGETS)):
             "clean_accuracy": float(five["clean_accuracy"].iloc[0]) if len(five) else np.nan,
             "certified_accuracy": float(five["certified_accuracy"].iloc[0]) if len(five) else np.nan,
             "worst_aspect_ratio_certified": float(worst.certified_accuracy) if worst is not None else np.nan,
-            "worst aspect ratio": (" × ".join(worst.patch.split("x")[::-1])      # w × h
-                                   if worst is not None else "—"),
+            "worst aspect ratio": worst.patch.replace("x", " × ") if worst is not None else "—",
             "seconds per 10,000 images": cost.get(d, {}).get("seconds_per_10k_images", np.nan)})
 table = pd.DataFrame(rows).set_index(["budget", "defense"])
 missing = table[table["run"] == "no run yet"].index.tolist()
@@ -161,8 +166,9 @@ print("No finished, certified run yet: " + ("; ".join(f"{d} at {b}" for b, d in 
 # %% tags=["hide-input"]
 baselines = pd.read_csv(REPO_ROOT / "results" / "baselines" / "baselines.csv")
 reported = baselines.query("dataset == 'CIFAR-10' and patch == @patch").drop_duplicates("method")
-marker = {"BagCert": "*", "CBN": "s", "Mask-BN": "D", "DS block": "X", "DS column": "P"}
-fig, axes = plt.subplots(1, len(BUDGETS), figsize=(13, 5.5), sharex=True, sharey=True)
+marker = {"BagCert": "*", "CBN": "s", "Mask-BN": "D", "DS block": "X", "DS column": "P",
+          "PatchCleanser": "h"}
+fig, axes = plt.subplots(1, len(BUDGETS), figsize=(9, 5.2), sharex=True, sharey=True)
 for i, ax in enumerate(np.atleast_1d(axes)):
     here = panel[(panel["budget"] == i) & (panel["patch"] == patch)]
     for d in DEFENSES:
@@ -175,13 +181,14 @@ for i, ax in enumerate(np.atleast_1d(axes)):
     for m, (_, b) in zip("^vo<>", reported.iterrows()):
         ax.scatter(b.clean_accuracy * 100, b.certified_accuracy * 100, marker=m, facecolors="none",
                    edgecolors="0.35", s=60, label=f"{b.method} (reported)")
-    ax.set_title(f"Budget {i + 1}: {budget_label(i)}", fontsize=10)
-    ax.set_xlabel("Clean accuracy (%)")
+    ax.set_title(f"Budget {i + 1}: {BUDGETS[i]['flops']:.1e} FLOPs", fontsize=13)
+    ax.set_xlabel("Clean accuracy (%)", fontsize=13)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
-np.atleast_1d(axes)[0].set_ylabel(f"Certified accuracy (%), {patch.replace('x', ' × ')}")
+np.atleast_1d(axes)[0].set_ylabel(f"Certified accuracy (%), {patch.replace('x', ' × ')}", fontsize=13)
 ax.set_xlim(0, 100), ax.set_ylim(0, 70)
-fig.tight_layout()
+handles, labels = np.atleast_1d(axes)[0].get_legend_handles_labels()
+fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=11, frameon=False)
+fig.tight_layout(rect=(0, 0.2, 1, 1))
 plt.show()
 
 # %% [markdown]
@@ -192,7 +199,7 @@ plt.show()
 # headline configuration.
 
 # %% tags=["hide-input"]
-fig, axes = plt.subplots(len(BUDGETS), 2, figsize=(13, 4.2 * len(BUDGETS)), squeeze=False)
+fig, axes = plt.subplots(len(BUDGETS), 2, figsize=(9, 4.0 * len(BUDGETS) + 1.2), squeeze=False)
 for i in range(len(BUDGETS)):
     for ax, shapes, title in ((axes[i, 0], SQUARES, "square patches"), (axes[i, 1], ASPECT, "24-pixel patches")):
         for d in DEFENSES:
@@ -200,16 +207,17 @@ for i in range(len(BUDGETS)):
             ys = [c.certified_accuracy.get(s, np.nan) * 100 for s in shapes]
             ax.plot(range(len(shapes)), ys, marker=marker[d], color=COLOR[d],
                     label=d + ("" if c.size else " (no run yet)"))
-        # h x w in the results; the paper names shapes w x h (width first)
-        ax.set_xticks(range(len(shapes)),
-                      [f"{s.split('x')[1]}×{s.split('x')[0]}" for s in shapes], fontsize=8,
-                      rotation=0 if shapes is SQUARES else 30)
-        ax.set_xlabel("patch w × h")
-        ax.set_ylabel("Certified accuracy (%)")
-        ax.set_title(f"Budget {i + 1} ({budget_label(i)}): {title}", fontsize=10)
+        ax.set_xticks(range(len(shapes)), [s.replace("x", "×") for s in shapes], fontsize=10,
+                      rotation=0 if shapes is SQUARES else 40)
+        if shapes is SQUARES:
+            ax.set_xticks(range(len(shapes)), [s.split("x")[0] for s in shapes], fontsize=10)
+        ax.set_xlabel("square side" if shapes is SQUARES else "patch w × h", fontsize=12)
+        ax.set_ylabel("Certified (%)", fontsize=12)
+        ax.set_title(f"Budget {i + 1}, {BUDGETS[i]['flops']:.0e} FLOPs: {title}", fontsize=12)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-fig.tight_layout()
+handles, labels = axes[0, 0].get_legend_handles_labels()
+fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=11, frameon=False)
+fig.tight_layout(rect=(0, 1.0 / (4.0 * len(BUDGETS) + 1.2), 1, 1))
 plt.show()
 
 # %% [markdown]
@@ -270,7 +278,7 @@ def verdicts(frame, shapes):
             out.append((i, s, f"{top.defense} wins (+{gap * 100:.1f} points)" if gap > 2 * se
                         else f"{top.defense} and {nxt.defense} tied"))
     out = pd.DataFrame(out, columns=["budget", "patch", "verdict"])
-    out["patch w × h"] = [" × ".join(p.split("x")[::-1]) for p in out["patch"]]   # the paper's order
+    out["patch w × h"] = [p.replace("x", " × ") for p in out["patch"]]   # labels are w x h
     return out
 
 
