@@ -243,7 +243,8 @@ if bench:
                               "seconds_per_image": "{:.4f}", "seconds_per_10k_images": "{:,.0f}",
                               "ratio to BagCert": "{:.1f}"}))
     if bench.get("missing"):
-        print("Not in this benchmark (no module in this tree): " + ", ".join(bench["missing"]) + ".")
+        print("Not measured in this benchmark run: " + ", ".join(bench["missing"]) + " (its own "
+              "certification time is in its run's certification.csv, `certify_s`).")
 else:
     print("No certification-cost benchmark yet: run `python benchmarks/certify_cost.py`.")
 
