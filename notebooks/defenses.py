@@ -23,15 +23,15 @@
 # the whole test set against 5×5 patches and every shape of Figures 3 and 4:
 #
 # * **BagCert** (§3): region scorer, Heaviside head, Condition 3.2;
-# * **CBN**, Clipped BagNet (Zhang et al., 2020): the same region scorer (RF 7), trained as a
-#   plain BagNet (cross-entropy on the mean logit, as Zhang et al. do), its class logits clipped
+# * **CBN**, Clipped BagNet {cite}`zhang2020clipped`: the same region scorer (RF 7), trained as a
+#   plain BagNet (cross-entropy on the mean logit, as its authors do), its class logits clipped
 #   by tanh(0.05 z − 1) and summed at test time (`bagcert_lib.clipped_bagnet`);
-# * **Mask-BN**, PatchGuard's robust masking (Xiang et al., 2021): the same region scorer, logits
+# * **Mask-BN**, PatchGuard's robust masking {cite}`xiang2020patchguard`: the same region scorer, logits
 #   clipped to [0, ∞), the window of highest evidence masked per class, trained with masked
 #   features (`bagcert_lib.patchguard`);
-# * **DS**, Derandomized Smoothing (Levine & Feizi, 2020), block and column ablations on a
+# * **DS**, Derandomized Smoothing {cite}`levine2020derandomized`, block and column ablations on a
 #   ResNet-18 (`bagcert_lib.smoothing`), at the width whose training costs about the same;
-# * **PatchCleanser**, double masking (Xiang et al., 2022): a ResNet-18 trained with Cutout on
+# * **PatchCleanser**, double masking {cite}`xiang2022patchcleanser`: a ResNet-18 trained with Cutout on
 #   whole images, certified when every prediction on the image with two masks of an R-covering
 #   mask set is the label (`bagcert_lib.patchcleanser`); certified on 1,000 test images, since it
 #   makes up to several hundred masked forward passes per image and shape.
