@@ -32,7 +32,7 @@ ratio_factor: float = 2.0  # a ratio claim matches within this factor of the pap
 z: float = 2.0  # a trend holds when its effect exceeds z standard errors of seed noise
 nontrivial: float = 0.05  # certified accuracy we count as non-trivial (the paper gives no number)
 correlated: float = 0.8  # Pearson r we count as highly correlated (the paper gives no number)
-equal_compute_factor: float = 1.25  # two runs are at equal training compute within this factor of FLOPs
+equal_compute_factor: float = None  # equal training compute: FLOPs within this factor (default: grids.equal_compute.factor)
 
 # %% tags=["hide-input"]
 import html
@@ -57,6 +57,7 @@ all_runs = all_runs.assign(flops=scaling.run_flops(all_runs)) if len(all_runs) e
 all_cert = load_certification(results)
 shown = select_runs(all_runs, profile)
 h, f8 = grids()["headline"], grids()["figure8"]
+equal_compute_factor = float(equal_compute_factor or grids()["equal_compute"].get("factor", 1.25))
 
 
 def accuracies(runs, cert):
