@@ -60,6 +60,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from IPython.display import HTML
 from myst_nb import glue
 
 from bagcert_lib.certifier import patch_label
@@ -125,9 +126,10 @@ cost = {d["defense"]: d for d in bench["defenses"]} if bench else {}
 # %% [markdown]
 # ## The table
 #
-# Per defense and budget: clean and certified accuracy on the test set against 5×5 patches, the
-# worst certified accuracy over the eight 24-pixel aspect ratios of Figure 4 (and which shape it
-# is), and the certification time per 10,000 images (all shapes of Figures 3 and 4 from one
+# Per defense and budget: its run's training FLOPs, the test images certified, clean and certified
+# accuracy (%) against 5×5 patches, the worst certified accuracy (%) over the eight 24-pixel aspect
+# ratios of Figure 4 ("worst 24-px") and which shape it is, and the certification time in seconds
+# per 10,000 images ("s / 10k") (all shapes of Figures 3 and 4 from one
 # forward pass per batch; from the cost benchmark below, measured on the `cpu`-budget models).
 # BagCert is its headline configuration (RF 7, M 0.5).
 
@@ -151,10 +153,15 @@ for i in range(len(BUDGETS)):
             "seconds per 10,000 images": cost.get(d, {}).get("seconds_per_10k_images", np.nan)})
 table = pd.DataFrame(rows).set_index(["budget", "defense"])
 missing = table[table["run"] == "no run yet"].index.tolist()
-readable(table, percent=["clean_accuracy", "certified_accuracy", "worst_aspect_ratio_certified"],
-         words={"certified_accuracy": f"certified {patch.replace('x', '×')}",
-                "worst_aspect_ratio_certified": "worst 24-pixel aspect ratio, certified"},
-         formats={"training FLOPs": "{:.2e}", "n": "{:,.0f}", "seconds per 10,000 images": "{:,.0f}"})
+shown_table = table.drop(columns="run").rename(index={budget_label(i): f"{BUDGETS[i]['flops']:.1e}"
+                                                      for i in range(len(BUDGETS))})
+shown_table.index.names = ["budget (FLOPs)", "defense"]
+readable(shown_table, percent=["clean_accuracy", "certified_accuracy", "worst_aspect_ratio_certified"],
+         words={"training FLOPs": "FLOPs", "n": "images", "clean_accuracy": "clean",
+                "certified_accuracy": f"certified {patch.replace('x', '×')}",
+                "worst_aspect_ratio_certified": "worst 24-px", "worst aspect ratio": "at w × h",
+                "seconds per 10,000 images": "s / 10k"},
+         formats={"training FLOPs": "{:.1e}", "n": "{:,.0f}", "seconds per 10,000 images": "{:,.0f}"})
 
 # %% tags=["hide-input"]
 print("No finished, certified run yet: " + ("; ".join(f"{d} at {b}" for b, d in missing) if missing else "none")
@@ -322,6 +329,28 @@ for i in range(len(BUDGETS)):
         lines.append("  BagCert's Condition 3.3 against DS block: not judged (a run is missing).")
 print("\n".join(lines))
 glue("defenses_verdict", " ".join(l.strip() for l in lines), display=False)
+
+
+def summary():
+    """One sentence per budget for the front page: who certifies the most at 5×5, and what has no run."""
+    out = []
+    for i in range(len(BUDGETS)):
+        t = table.loc[budget_label(i)]
+        have = t[t["run"] != "no run yet"]
+        none = [d for d in t.index if d not in have.index]
+        if have.empty:
+            out.append(f"At {BUDGETS[i]['flops']:.1e} training FLOPs no defense has a finished run yet.")
+            continue
+        best = have["certified_accuracy"].idxmax()
+        rest = ", ".join(f"{d} {have.loc[d, 'certified_accuracy'] * 100:.1f} %" for d in have.index if d != best)
+        out.append(f"At {BUDGETS[i]['flops']:.1e} training FLOPs, {best} certifies the most against "
+                   f"{patch.replace('x', ' × ')} patches ({have.loc[best, 'certified_accuracy'] * 100:.1f} %"
+                   + (f"; {rest}" if rest else "") + ")"
+                   + (f"; no run yet: {', '.join(none)}." if none else "."))
+    return " ".join(out)
+
+
+glue("defenses_summary_html", HTML(summary()), display=False)
 readable(v.assign(budget=[budget_label(i) for i in v["budget"]]).set_index(["budget", "patch w × h"])[["verdict"]])
 
 # %% tags=["hide-input"]
