@@ -154,7 +154,15 @@ def flops(run):
 
 
 def method_name(r):
-    return {"ds-block": "DS block", "ds-column": "DS column", "mask-bn": "Mask-BN", "cbn": "CBN"}.get(r.method, r.method)
+    return {"ds-block": "DS block", "ds-column": "DS column", "mask-bn": "Mask-BN", "cbn": "CBN",
+            "patchcleanser": "PatchCleanser"}.get(r.method, r.method)
+
+
+def architecture(r):
+    """What a baseline run trains: BagCert's region scorer (CBN, Mask-BN) or a ResNet-18."""
+    if r.method in ("mask-bn", "cbn"):
+        return f"region scorer RF {int(r.rf)} of width {int(r.width)}"
+    return f"ResNet-18 of width {int(r.width)}"
 
 
 def dominance(a, b):
@@ -474,11 +482,11 @@ def why(r):
         return (f"{int(x.n_train or 0):,} vs 1,281,167 training images, {int(x.epochs_done or 0)} vs 60 epochs, "
                 f"certified on {int(x.n):,} vs 50,000 val images")
     if r.id.startswith(("ds_", "cond33", "baselines", "dominates")):
-        ds = "; ".join(f"{method_name(b)}: ResNet-18 of width {int(b.width)}, {int(b.epochs)} epochs, {b.flops:.1e} FLOPs"
+        ds = "; ".join(f"{method_name(b)}: {architecture(b)}, {int(b.epochs)} epochs, {b.flops:.1e} FLOPs"
                        for _, b in baselines.iterrows())
         hb = headline.iloc[0]
         return (f"{ds}; BagCert RF 7: width {int(hb.width)}, {int(hb.epochs)} epochs, {hb.flops:.1e} FLOPs. Neither side "
-                "is at the paper's scale, and their training compute differs")
+                "is at the paper's scale, and the training FLOPs of each side are given beside it")
     width, epochs = int(headline.width.iloc[0]), int(headline.epochs.iloc[0])
     ratio = num_parameters(cifar_scorer(h["rf"], 768)) / headline.parameters.iloc[0]
     text = f"width {width} vs 768 ({ratio:.0f}× fewer parameters at RF {h['rf']}), {epochs} vs 350 epochs"
