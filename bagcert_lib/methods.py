@@ -46,6 +46,14 @@ class Method(Protocol):
                  progress: bool = False) -> pd.DataFrame: ...
 
 
+def cross_entropy(model, x, y, cfg, device) -> torch.Tensor:
+    """The plain classifier's loss (DS's and PatchCleanser's base classifiers): cross-entropy of
+    the logits, the forward pass under the run's autocast."""
+    with autocast(device, cfg.amp):
+        logits = model(x)
+    return torch.nn.functional.cross_entropy(logits.float(), y)
+
+
 class BagCert:
     """§3: region scorer (App. A.1), margin loss L_R + σ L_oh (§3.3), Conditions 3.2 / 3.3 (§3.1)."""
 
@@ -87,9 +95,7 @@ class Smoothing:
         return smoothing.random_ablation(x, self.kind, cfg.ablation_size)   # global RNG
 
     def loss(self, model, x, y, cfg, device):
-        with autocast(device, cfg.amp):
-            logits = model(x)
-        return torch.nn.functional.cross_entropy(logits.float(), y)
+        return cross_entropy(model, x, y, cfg, device)
 
     def evaluate(self, model, batches, patches, cfg, device, progress=False):
         return smoothing.certify_model(model, batches, patches, kind=self.kind,
@@ -133,9 +139,7 @@ class PatchCleanser:
         return patchcleanser.random_cutout(x, cfg.cutout_holes, cfg.cutout_size)   # global RNG
 
     def loss(self, model, x, y, cfg, device):
-        with autocast(device, cfg.amp):
-            logits = model(x)
-        return torch.nn.functional.cross_entropy(logits.float(), y)
+        return cross_entropy(model, x, y, cfg, device)
 
     def evaluate(self, model, batches, patches, cfg, device, progress=False):
         return patchcleanser.certify_model(model, batches, patches, num_masks=cfg.num_masks,
