@@ -63,6 +63,53 @@ def patch_mask(shape, row, col, patch, device) -> torch.Tensor:
     return (in_r[:, :, None] & in_c[:, None, :]).unsqueeze(1).float()
 
 
+def pgd_patch(model, x: torch.Tensor, mask: torch.Tensor, evaluate, *, steps: int = 100,
+              step_size: float = 0.025, generator: torch.Generator | None = None):
+    """App. A.2's PGD on the pixels under ``mask`` (B, 1, H, W), the one loop every defense's
+    attack runs. The patch starts uniform in [0, 1]; each step moves it by step_size · sign(∇)
+    and projects it back onto [0, 1], the rest of the image fixed.
+
+    ``evaluate(a, live)`` gets the iterates ``a`` (n, C, H, W; they require grad) of the samples
+    ``live`` still unbroken and returns ``wrong`` (n,) bool, the defense's prediction differs
+    from the label, and ``objective`` (n,), differentiable, what the attacker maximises. A sample
+    is broken at its first wrong iterate, which is kept, and costs nothing after. The model is
+    frozen and in eval mode while it runs. Returns (images, broken)."""
+    if steps < 0 or step_size <= 0:
+        raise ValueError("steps must be >= 0 and step_size > 0")
+    x = x.detach()
+    p = torch.rand(x.shape, generator=generator, device="cpu").to(x.device)
+    adv = x * (1 - mask) + p * mask
+    best = adv.clone()
+    broken = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    flags = [(q, q.requires_grad) for q in model.parameters()]
+    was_training = model.training
+    model.eval()
+    for q, _ in flags:
+        q.requires_grad_(False)
+    try:
+        for step in range(steps + 1):
+            live = (~broken).nonzero().squeeze(1)        # only unbroken images cost compute
+            if len(live) == 0:
+                break
+            a = adv[live].requires_grad_(True)
+            wrong, objective = evaluate(a, live)
+            best[live[wrong]] = a.detach()[wrong]        # the first iterate that flips is kept
+            broken[live[wrong]] = True
+            if step == steps or bool(wrong.all()):
+                break
+            (grad,) = torch.autograd.grad(objective[~wrong].sum(), a)
+            with torch.no_grad():
+                m = mask[live]
+                stepped = (a + step_size * grad.sign() * m).clamp(0, 1)
+                adv[live] = x[live] * (1 - m) + stepped * m
+    finally:
+        for q, flag in flags:
+            q.requires_grad_(flag)
+        model.train(was_training)
+    best[~broken] = adv.detach()[~broken]
+    return best, broken
+
+
 def patch_attack(model, x: torch.Tensor, y: torch.Tensor, patch=5, *, steps: int = 100,
                  step_size: float = 0.025, margin: float = 1.0, head: str = "heaviside",
                  amp: bool | None = None, generator: torch.Generator | None = None) -> AttackResult:
@@ -90,40 +137,19 @@ def patch_attack(model, x: torch.Tensor, y: torch.Tensor, patch=5, *, steps: int
     cert = maps.certify(patch, model.receptive_field, model.stride, image_size=tuple(x.shape[-2:]))
     target, row, col = cert.target, cert.row, cert.col
     mask = patch_mask(x.shape, row, col, patch, x.device)
-    p = torch.rand(x.shape, generator=generator, device="cpu").to(x.device)
-    adv = x * (1 - mask) + p * mask
-    best = adv.clone()
-    broken = torch.zeros(len(y), dtype=torch.bool, device=x.device)
-    flags = [(q, q.requires_grad) for q in model.parameters()]
-    for q, _ in flags:
-        q.requires_grad_(False)
-    try:
-        for step in range(steps + 1):
-            live = (~broken).nonzero().squeeze(1)        # only unbroken images cost compute
-            if len(live) == 0:
-                break
-            adv_live = adv[live].requires_grad_(True)
-            with autocast(x.device, amp):
-                logits = model(adv_live)
-            scores = head_fn(logits.float())
-            wrong = ~ScoreMaps(scores.detach(), y[live]).correct
-            best[live[wrong]] = adv_live.detach()[wrong]   # the first iterate that flips is kept
-            broken[live[wrong]] = True
-            if step == steps or bool(wrong.all()):
-                break
-            S = scores.mean((2, 3))
-            t, c = y[live], target[live]
-            d = S.gather(1, t[:, None]) - S.gather(1, c[:, None])          # Δ_{c*} / (w h)
-            loss = -torch.clamp(d.squeeze(1), max=margin)[~wrong]         # L_R for c*, maximised
-            (grad,) = torch.autograd.grad(loss.sum(), adv_live)
-            with torch.no_grad():
-                m = mask[live]
-                stepped = (adv_live + step_size * grad.sign() * m).clamp(0, 1)
-                adv[live] = x[live] * (1 - m) + stepped * m
-    finally:
-        for q, flag in flags:
-            q.requires_grad_(flag)
-    best[~broken] = adv.detach()[~broken]
+
+    def evaluate(a, live):
+        with autocast(x.device, amp):
+            logits = model(a)
+        scores = head_fn(logits.float())
+        wrong = ~ScoreMaps(scores.detach(), y[live]).correct
+        S = scores.mean((2, 3))
+        t, c = y[live], target[live]
+        d = S.gather(1, t[:, None]) - S.gather(1, c[:, None])             # Δ_{c*} / (w h)
+        return wrong, -torch.clamp(d.squeeze(1), max=margin)               # L_R for c*, maximised
+
+    best, broken = pgd_patch(model, x, mask, evaluate, steps=steps, step_size=step_size,
+                             generator=generator)
     return AttackResult(images=best, row=row, col=col, target=target,
                         clean_correct=maps.correct, adv_correct=maps.correct & ~broken,
                         flipped=maps.correct & broken, certificate=cert)

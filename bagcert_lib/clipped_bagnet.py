@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from .attack import AttackResult
 from .certifier import CertifiedCounter, ScoreMaps, _sync
-from .local_logits import LocalCertificate, local_logits, pgd_patch
+from .local_logits import LocalCertificate, local_logits, pgd_at_weakest
 from .runtime import autocast
 
 #: φ(z) = tanh(SCALE · z + SHIFT) (Zhang et al., 2020)
@@ -123,8 +123,8 @@ def attack(model, x, y, patch=5, *, steps=100, step_size=0.025, amp=None, genera
     y = y.to(x.device).long()
     cert = certify(local_logits(model, x, amp), y, patch, model.receptive_field, model.stride,
                    image_size=tuple(x.shape[-2:]))
-    images, broken = pgd_patch(model, x, y, cert, patch, margin, predict, steps=steps,
-                               step_size=step_size, amp=amp, generator=generator)
+    images, broken = pgd_at_weakest(model, x, y, cert, patch, margin, predict, steps=steps,
+                                    step_size=step_size, amp=amp, generator=generator)
     return AttackResult(images=images, row=cert.row, col=cert.col, target=cert.target,
                         clean_correct=cert.correct, adv_correct=cert.correct & ~broken,
                         flipped=cert.correct & broken, certificate=cert)

@@ -1,6 +1,6 @@
 """What Clipped BagNet and PatchGuard's Mask-BN share: per-region class logits z ∈ ℝ^{C×H×W}
 from the region scorer (App. A.1, the classifier's 1×1 convolution without a head), the window
-of outputs one patch can reach, window sums, and a PGD patch attack on a defense's margin.
+of outputs one patch can reach, window sums, and the patch attack on a defense's margin.
 
 A patch of h × w pixels at l changes only the outputs R(l) (``certifier.affected_range``); every
 R(l) lies inside one *window* of k_h × k_w outputs, k = max_l #rows (resp. columns) of R(l), which
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .attack import patch_mask, pgd_patch
 from .certifier import _pair, affected_range
 from .runtime import autocast
 
@@ -81,47 +82,19 @@ class LocalCertificate:
         return self.certified
 
 
-def pgd_patch(model, x, y, cert: LocalCertificate, patch, margin, predict, *, steps=100,
-              step_size=0.025, amp=None, generator=None):
-    """App. A.2's PGD on the patch pixels at each sample's l*, for a defense given by
-    ``margin(z, y, target)`` (evidence of y minus that of the target, differentiable, (B,)) and
-    ``predict(z)`` (its prediction, (B,)). A sample is broken as soon as an iterate changes the
-    prediction away from y; that iterate is kept. Returns (images, broken)."""
-    from .attack import patch_mask
+def pgd_at_weakest(model, x, y, cert: LocalCertificate, patch, margin, predict, *, steps=100,
+                   step_size=0.025, amp=None, generator=None):
+    """App. A.2's PGD (:func:`~bagcert_lib.attack.pgd_patch`) on the patch at each sample's l*,
+    for a defense given by ``margin(z, y, target)`` (evidence of y minus that of the target,
+    differentiable, (B,)) and ``predict(z)`` (its prediction, (B,)). Returns (images, broken)."""
+    y = y.to(x.device).long()
+    mask = patch_mask(x.shape, cert.row, cert.col, _pair(patch, "patch"), x.device)
 
-    patch = _pair(patch, "patch")
-    model.eval()
-    x, y = x.detach(), y.to(x.device).long()
-    mask = patch_mask(x.shape, cert.row, cert.col, patch, x.device)
-    p = torch.rand(x.shape, generator=generator, device="cpu").to(x.device)
-    adv = x * (1 - mask) + p * mask
-    best = adv.clone()
-    broken = torch.zeros(len(y), dtype=torch.bool, device=x.device)
-    flags = [(q, q.requires_grad) for q in model.parameters()]
-    for q, _ in flags:
-        q.requires_grad_(False)
-    try:
-        for step in range(steps + 1):
-            live = (~broken).nonzero().squeeze(1)
-            if len(live) == 0:
-                break
-            a = adv[live].requires_grad_(True)
-            with autocast(x.device, amp):
-                z = model(a)
-            z = z.float()
-            wrong = predict(z.detach()) != y[live]
-            best[live[wrong]] = a.detach()[wrong]
-            broken[live[wrong]] = True
-            if step == steps or bool(wrong.all()):
-                break
-            loss = -margin(z, y[live], cert.target[live])[~wrong]
-            (grad,) = torch.autograd.grad(loss.sum(), a)
-            with torch.no_grad():
-                m = mask[live]
-                stepped = (a + step_size * grad.sign() * m).clamp(0, 1)
-                adv[live] = x[live] * (1 - m) + stepped * m
-    finally:
-        for q, flag in flags:
-            q.requires_grad_(flag)
-    best[~broken] = adv.detach()[~broken]
-    return best, broken
+    def evaluate(a, live):
+        with autocast(x.device, amp):
+            z = model(a)
+        z = z.float()
+        return predict(z.detach()) != y[live], -margin(z, y[live], cert.target[live])
+
+    return pgd_patch(model, x, mask, evaluate, steps=steps, step_size=step_size,
+                     generator=generator)

@@ -36,7 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attack import patch_mask, pgd_patch
 from .certifier import _pair, _sync, patch_label
+from .runtime import autocast
 
 #: The value of a masked pixel (grey; see the module docstring).
 MASK_VALUE = 0.5
@@ -163,17 +165,14 @@ class _Counter:
     """Forward passes of the base model, one per masked image."""
 
     def __init__(self, model: nn.Module, amp, chunk: int):
-        from .runtime import autocast
-
         self.model, self.amp, self.chunk, self.passes = model, amp, int(chunk), 0
-        self._autocast = autocast
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """argmax labels of the model on x (N, C, H, W), at most ``chunk`` images a pass."""
         out = []
         for i in range(0, len(x), self.chunk):
             xb = x[i:i + self.chunk]
-            with self._autocast(x.device, self.amp):
+            with autocast(x.device, self.amp):
                 out.append(self.model(xb).float().argmax(1))
             self.passes += len(xb)
         return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=x.device)
@@ -320,8 +319,6 @@ def certify_model(model: nn.Module, batches: Iterable, patches: Sequence, *,
     is the shape's time, ``forward_s`` the undefended forward pass (shared)."""
     from tqdm import tqdm
 
-    from .runtime import autocast
-
     patches = [_pair(p, "patch") for p in patches]
     if not patches:
         raise ValueError("give at least one patch shape")
@@ -413,15 +410,12 @@ def random_cutout(x: torch.Tensor, holes: int = CUTOUT_HOLES, size: int | None =
 def patch_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ms, row, col, *,
                  steps: int = 50, step_size: float = 0.05, amp: bool | None = False,
                  pairs: bool = True, generator: torch.Generator | None = None) -> dict:
-    """PGD on the h × w patch at (row, col) of each image (App. A.2's style) against every
-    mask pair: the patch pixels p ∈ [0, 1] maximise the cross-entropy of the label over all
-    images x ⊙ r_i ⊙ r_j (r_i = r_j included), i.e. against both rounds of double masking
+    """PGD (:func:`~bagcert_lib.attack.pgd_patch`) on the h × w patch at (row, col) of each
+    image: the patch pixels p ∈ [0, 1] maximise the cross-entropy of the label over all images
+    x ⊙ r_i ⊙ r_j (r_i = r_j included), i.e. against both rounds of double masking
     (``pairs=False``: the first round's x ⊙ r_i only, (|𝓜| + 1) / 2 times cheaper). Every iterate's
     double-masking prediction is checked; an image is broken as soon as one differs from its
-    label. Returns ``broken`` (B,) bool and the final ``images``."""
-    from .attack import patch_mask
-    from .runtime import autocast
-
+    label, and that iterate is kept. Returns ``broken`` (B,) bool and the ``images``."""
     h, w = ms.patch
     B = len(x)
     row = torch.as_tensor(row, device=x.device).expand(B)
@@ -432,32 +426,16 @@ def patch_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ms, row, co
         ii, jj = torch.triu_indices(len(hide), len(hide), 0, device=x.device)
         hide = hide[ii] | hide[jj]                                  # (P, H, W)
     P = len(hide)
-    noise = torch.rand(x.shape, generator=generator, device="cpu").to(x.device)
-    adv = x * (1 - mask) + noise * mask
-    broken = torch.zeros(B, dtype=torch.bool, device=x.device)
     y = y.to(x.device).long()
-    flags = [(q, q.requires_grad) for q in model.parameters()]
-    was_training = model.training
-    model.eval()
-    for q, _ in flags:
-        q.requires_grad_(False)
-    try:
-        for step in range(steps + 1):
-            res = double_masking(model, adv, ms, amp=amp, check=False)
-            broken |= res.prediction != y
-            if step == steps:
-                break
-            adv = adv.detach().requires_grad_(True)
-            imgs = apply_masks(adv.repeat_interleave(P, 0), hide.repeat(B, 1, 1))
-            with autocast(x.device, amp):
-                logits = model(imgs).float()
-            loss = F.cross_entropy(logits, y.repeat_interleave(P), reduction="sum")
-            (grad,) = torch.autograd.grad(loss, adv)
-            with torch.no_grad():
-                adv = (adv + step_size * grad.sign() * mask).clamp(0, 1)
-                adv = x * (1 - mask) + adv * mask
-    finally:
-        for q, flag in flags:
-            q.requires_grad_(flag)
-        model.train(was_training)
-    return {"broken": broken, "images": adv.detach()}
+
+    def evaluate(a, live):
+        wrong = double_masking(model, a.detach(), ms, amp=amp, check=False).prediction != y[live]
+        imgs = apply_masks(a.repeat_interleave(P, 0), hide.repeat(len(a), 1, 1))
+        with autocast(x.device, amp):
+            logits = model(imgs).float()
+        loss = F.cross_entropy(logits, y[live].repeat_interleave(P), reduction="none")
+        return wrong, loss.view(len(a), P).sum(1)
+
+    images, broken = pgd_patch(model, x, mask, evaluate, steps=steps, step_size=step_size,
+                               generator=generator)
+    return {"broken": broken, "images": images}

@@ -44,8 +44,8 @@ import torch.nn.functional as F
 
 from .attack import AttackResult
 from .certifier import _pair, _sync, patch_label
-from .local_logits import (LocalCertificate, local_logits, patch_origin, pgd_patch, summed_area,
-                           window_sums, window_shape)
+from .local_logits import (LocalCertificate, local_logits, patch_origin, pgd_at_weakest,
+                           summed_area, window_sums, window_shape)
 from .runtime import autocast
 
 CONDITION = "Mask-BN"
@@ -228,9 +228,9 @@ def attack(model, x, y, patch=5, *, steps=100, step_size=0.025, amp=None, genera
         g = masked_evidence(zz + (features(zz) - zz).detach(), window, threshold)
         return g.gather(1, yy[:, None]).squeeze(1) - g.gather(1, target[:, None]).squeeze(1)
 
-    images, broken = pgd_patch(model, x, y, cert, patch, margin,
-                               lambda zz: predict(zz, window, threshold), steps=steps,
-                               step_size=step_size, amp=amp, generator=generator)
+    images, broken = pgd_at_weakest(model, x, y, cert, patch, margin,
+                                    lambda zz: predict(zz, window, threshold), steps=steps,
+                                    step_size=step_size, amp=amp, generator=generator)
     return AttackResult(images=images, row=cert.row, col=cert.col, target=cert.target,
                         clean_correct=cert.correct, adv_correct=cert.correct & ~broken,
                         flipped=cert.correct & broken, certificate=cert)
