@@ -134,10 +134,20 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def _size_tag(self) -> str:
+        """``-w{width}-e{epochs}`` when they differ from the profile's own for this method (a DS
+        run trained at another budget), else ''."""
+        try:
+            own = profile_config(self.profile, method=self.method)
+        except (ValueError, FileNotFoundError):
+            return ""
+        same = (own.width, own.epochs) == (self.width, self.epochs)
+        return "" if same else f"-w{self.width}-e{self.epochs}"
+
     def run_name(self) -> str:
         if self.smoothing:
             return (f"{self.profile or 'custom'}-{self.method}{self.ablation_size}"
-                    f"-theta{self.theta:g}-seed{self.seed}")
+                    f"-theta{self.theta:g}{self._size_tag()}-seed{self.seed}")
         prefix = self.profile or "custom"
         if self.method == "patchcleanser":
             masks = f"s{self.mask_stride}" if self.mask_stride else f"k{self.num_masks}"

@@ -129,13 +129,23 @@ def scaling_jobs(attack_n: int | None = 1000) -> list[Job]:
 
 
 def equal_compute_jobs(attack_n: int | None = 1000) -> list[Job]:
-    """The other defenses on the region scorer at BagCert's training budgets
-    (``grids.equal_compute`` of _config.yml): every budget's profile and sizes, every method,
-    budget by budget (the cheaper first)."""
+    """Every other defense at BagCert's training budgets (``grids.equal_compute`` of
+    _config.yml), budget by budget (the cheaper first): the region-scorer defenses (``methods``)
+    at the budget's profile and sizes, then the ResNet-18 ones (``resnet_methods``) at its
+    ``resnet`` profile and sizes."""
     e = grids()["equal_compute"]
-    return [Job(e["rf"], grids()["headline"]["margin"], attack_n=attack_n, profile=b["profile"],
-                extra={"method": m, **{k: v for k, v in b.items() if k not in ("profile", "flops")}})
-            for b in e["budgets"] for m in e["methods"]]
+    rf, margin = e["rf"], grids()["headline"]["margin"]
+    jobs = []
+    for b in e["budgets"]:
+        sizes = {k: v for k, v in b.items() if k not in ("profile", "flops", "resnet")}
+        jobs += [Job(rf, margin, attack_n=attack_n, profile=b["profile"],
+                     extra={"method": m, **sizes}) for m in e["methods"]]
+        resnet = dict(b.get("resnet") or {})
+        if resnet:
+            profile = resnet.pop("profile", b["profile"])
+            jobs += [Job(rf, margin, attack_n=attack_n, profile=profile, extra={**m, **resnet})
+                     for m in e.get("resnet_methods", [])]
+    return jobs
 
 
 _done = rundir.step_done

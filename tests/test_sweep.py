@@ -382,3 +382,39 @@ def test_the_sweep_command_line_speaks_plainly():
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, (args, proc.stderr)
         assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1 and says in proc.stderr
+
+
+def test_equal_compute_grid_trains_every_defense_at_each_budget():
+    """Each budget: the region-scorer defenses at its profile, then DS block and column and
+    PatchCleanser at the ResNet-18 size of the same training FLOPs (within the page's factor)."""
+    from bagcert_lib.model import conv_macs, training_flops
+    from bagcert_lib.smoothing import resnet18
+
+    e = grids()["equal_compute"]
+    jobs = grid_jobs("equal-compute", profile="cpu")
+    per_budget = len(e["methods"]) + len(e["resnet_methods"])
+    assert len(jobs) == per_budget * len(e["budgets"])
+    names = [j.name("cpu") for j in jobs]
+    assert len(set(names)) == len(names)
+    assert names[:per_budget] == ["cpu-mask-bn-rf7-seed0", "cpu-cbn-rf7-seed0",
+                                  "cpu-ds-column4-theta0.3-w16-e12-seed0",
+                                  "cpu-ds-block4-theta0.3-w16-e12-seed0",
+                                  "cpu-patchcleanser-w16-e12-k6-seed0"]
+    per_epoch = (50_000 // 96) * 96
+    for budget, chunk in zip(e["budgets"], (jobs[i:i + per_budget] for i in range(0, len(jobs), per_budget))):
+        for j in chunk:
+            if j.extra["method"].startswith("ds-"):
+                flops = training_flops(conv_macs(resnet18(width=j.extra["width"])),
+                                       j.extra["epochs"] * per_epoch)
+                assert 1 / e["factor"] <= flops / float(budget["flops"]) <= e["factor"], j.name("cpu")
+
+
+def test_a_ds_run_off_its_profiles_size_is_named_with_it():
+    """The committed DS runs keep their names; the same method at another budget gets its own."""
+    from bagcert_lib.config import profile_config
+
+    assert profile_config("cpu", method="ds-block").run_name() == "cpu-ds-block4-theta0.3-seed0"
+    assert (profile_config("cpu", method="ds-column", epochs=12).run_name()
+            == "cpu-ds-column4-theta0.3-w16-e12-seed0")
+    assert (profile_config("cpu", method="ds-block", width=32, epochs=31).run_name()
+            == "cpu-ds-block4-theta0.3-w32-e31-seed0")
