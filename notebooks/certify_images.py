@@ -126,19 +126,19 @@ def certify_images(model, cfg, x_uint8, labels, sizes):
 
 def show(x_uint8, s, rows, names, classes):
     """One row per image: the image, the two score maps with R(l*), and the numbers beside them."""
-    fig, axes = plt.subplots(len(rows), 4, figsize=(11, 2.6 * len(rows)), squeeze=False,
-                             gridspec_kw={"width_ratios": [1, 1, 1, 1.5]})
+    fig, axes = plt.subplots(len(rows), 4, figsize=(8, 2.5 * len(rows)), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 1, 1, 2]})
     for i, (r, ax) in enumerate(zip(rows, axes)):
         p = r["shown_patch"]
         r0, r1, c0, c1 = r["region"]
         ax[0].imshow(x_uint8[i].permute(1, 2, 0).numpy())
         ax[0].add_patch(Rectangle((r["col"] - 0.5, r["row"] - 0.5), p, p, fill=False, ec="yellow", lw=1.5))
-        ax[0].set_title(names[i], fontsize=9)
+        ax[0].set_title(names[i], fontsize=11)
         kind = "true" if r["labelled"] else "predicted"
         for a, cls, what in ((ax[1], r["label"], f"{kind} class"), (ax[2], r["target"], "strongest other c*")):
             a.imshow(s[i, cls].numpy(), cmap="gray", vmin=0, vmax=1)
             a.add_patch(Rectangle((c0 - 0.5, r0 - 0.5), c1 - c0 + 1, r1 - r0 + 1, fill=False, ec="red", lw=1.5))
-            a.set_title(f"{what}: {classes[cls]}\nΣ scores = {s[i, cls].sum():.0f}", fontsize=9)
+            a.set_title(f"{what}:\n{classes[cls]}, Σ = {s[i, cls].sum():.0f}", fontsize=11)
         for a in ax[:3]:
             a.set_xticks([])
             a.set_yticks([])
@@ -148,14 +148,16 @@ def show(x_uint8, s, rows, names, classes):
                  f"label: {classes[r['label']]}" if r["labelled"] else "no label: predicted class used",
                  f"predicted: {classes[r['predicted']]}",
                  f"at {p}×{p}: l* = (row {r['row']}, col {r['col']})",
-                 f"R(l*): rows {r0}–{r1}, cols {c0}–{c1} ({(r1 - r0 + 1) * (c1 - c0 + 1)} outputs)",
+                 f"R(l*): rows {r0}–{r1}, cols {c0}–{c1}",
+                 f"  ({(r1 - r0 + 1) * (c1 - c0 + 1)} outputs)",
                  f"c* = {classes[r['target']]}",
-                 f"min Σ∉R Δ − |R| = {r['margin']:.0f} ({'> 0: certified' if r['margin'] > 0 else '≤ 0: fails'})"]
+                 f"min Σ∉R Δ − |R| = {r['margin']:.0f}",
+                 f"  ({'> 0: certified' if r['margin'] > 0 else '≤ 0: fails'})"]
         ax[3].axis("off")
-        ax[3].text(0, 0.95, lines[0], fontsize=11, weight="bold", va="top", transform=ax[3].transAxes,
+        ax[3].text(0, 1.0, lines[0], fontsize=12, weight="bold", va="top", transform=ax[3].transAxes,
                    color="tab:green" if r["largest_certified"] else "tab:red")
-        ax[3].text(0, 0.75, "\n".join(lines[2:]), fontsize=8.5, va="top", transform=ax[3].transAxes,
-                   linespacing=1.5)
+        ax[3].text(0, 0.84, "\n".join(lines[2:]), fontsize=10, va="top", transform=ax[3].transAxes,
+                   linespacing=1.35)
     fig.tight_layout()
     return fig
 

@@ -30,7 +30,8 @@
 #   clipped to [0, ∞), the window of highest evidence masked per class, trained with masked
 #   features (`bagcert_lib.patchguard`);
 # * **DS**, Derandomized Smoothing {cite}`levine2020derandomized`, block and column ablations on a
-#   ResNet-18 (`bagcert_lib.smoothing`), at the width whose training costs about the same;
+#   ResNet-18 (`bagcert_lib.smoothing`); DS block is certified on 1,000 test images, since it
+#   classifies 1,024 ablations of each;
 # * **PatchCleanser**, double masking {cite}`xiang2022patchcleanser`: a ResNet-18 trained with Cutout on
 #   whole images, certified when every prediction on the image with two masks of an R-covering
 #   mask set is the label (`bagcert_lib.patchcleanser`); certified on 1,000 test images, since it
@@ -40,15 +41,17 @@
 # ≈ 1.2 × 10¹⁴ FLOPs) and the compute study's width 64 × 16 epochs (≈ 1.3 × 10¹⁵). A run belongs to
 # a budget when its training FLOPs are within the factor `grids.equal_compute.factor` (1.25) of
 # the budget's, the same rule as the claims page's equal-compute rows, and each defense is shown
-# at a budget by its run closest to the budget's FLOPs; the table gives each run's FLOPs. Our DS
-# runs (6.4 × 10¹³ FLOPs, half the first budget) are therefore not shown here: they are on the
-# Figure 2–4 pages.
+# at a budget by its run closest to the budget's FLOPs; the table gives each run's FLOPs. The
+# region-scorer defenses train at BagCert's width and epochs; DS and PatchCleanser train a
+# ResNet-18 of the size that costs the same (`resnet` of each budget: width 16 × 12 epochs and
+# width 32 × 31 epochs). The DS runs of the Figure 2–4 pages (width 16 × 6 epochs,
+# 6.4 × 10¹³ FLOPs, half the first budget) belong to no budget.
 # Methods or budgets without a finished, certified run are named as such, never filled in.
 # Every certificate here is checked against brute force on small inputs and by a PGD patch attack
 # (`tests/test_clipped_bagnet.py`, `tests/test_patchguard.py`); the attack's numbers are in the
 # runs' `attack.json`.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-input"]
 results: str = None  # results folder (default: $BAGCERT_RESULTS, else results/runs)
 patch: str = "5x5"  # patch shape of the clean-versus-certified panel
 benchmark: str = None  # certification-cost JSON (default: results/benchmarks/certify_cost.json)
