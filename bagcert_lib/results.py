@@ -157,8 +157,33 @@ def grid_runs(results=None, profile: str | None = None) -> pd.DataFrame:
 
 
 def smoothing_runs(results=None, profile: str | None = None) -> pd.DataFrame:
-    """The finished DS runs (:data:`SMOOTHING_RUNS`) of one profile (see :func:`select_runs`)."""
-    return select_runs(load_runs(results), profile).query(SMOOTHING_RUNS)
+    """The finished DS runs (:data:`SMOOTHING_RUNS`) of one profile (see :func:`select_runs`), one
+    per method (:func:`one_per_method`)."""
+    return one_per_method(select_runs(load_runs(results), profile)).query(SMOOTHING_RUNS)
+
+
+def one_per_method(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` (one profile's) with one run per baseline method, every BagCert run kept: the run
+    whose training FLOPs are closest, as a ratio, to the median of the profile's BagCert
+    headline runs (``grids.headline``'s RF and M), so that a baseline trained at BagCert's
+    compute is the one compared; on a tie, and without BagCert runs, the larger budget."""
+    import numpy as np
+
+    from .config import grids
+
+    h = grids()["headline"]
+    bag = runs[runs["method"] == "bagcert"]
+    other = runs[runs["method"] != "bagcert"]
+    if other.empty:
+        return runs
+    ref = bag[(bag["rf"] == h["rf"]) & (bag["margin"] == h["margin"])]["training_flops"]
+    ref = float(pd.to_numeric(ref, errors="coerce").median()) if len(ref) else float("nan")
+    flops = pd.to_numeric(other["training_flops"], errors="coerce").astype(float)
+    distance = np.abs(np.log(flops / ref)) if np.isfinite(ref) and ref > 0 else -flops
+    order = pd.DataFrame({"distance": distance.fillna(np.inf), "larger": -flops.fillna(0)},
+                         index=other.index).sort_values(["distance", "larger"], kind="stable")
+    chosen = other.loc[order.index].drop_duplicates("method")
+    return runs.loc[runs.index.isin(bag.index) | runs.index.isin(chosen.index)]
 
 
 #: Images of ImageNet's validation set: what the paper's "roughly 7 minutes" certifies (§4).

@@ -49,13 +49,13 @@ from bagcert_lib.certifier import patch_label
 from bagcert_lib.config import REPO_ROOT, grids
 from bagcert_lib.model import cifar_scorer, num_parameters
 from bagcert_lib.results import (GRID_RUNS, IMAGENET_VAL, imagenet_claims, imagenet_runs, load_certification,
-                                 load_runs, run_links, scale_label, select_runs)
+                                 load_runs, one_per_method, run_links, scale_label, select_runs)
 
 claims = pd.read_csv(REPO_ROOT / "results" / "paper" / "claims.csv", dtype={"paper_value": str}).fillna("")
 all_runs = load_runs(results)
 all_runs = all_runs.assign(flops=scaling.run_flops(all_runs)) if len(all_runs) else all_runs.assign(flops=[])
 all_cert = load_certification(results)
-shown = select_runs(all_runs, profile)
+shown = one_per_method(select_runs(all_runs, profile))   # a baseline: its run at BagCert's compute
 h, f8 = grids()["headline"], grids()["figure8"]
 equal_compute_factor = float(equal_compute_factor or grids()["equal_compute"].get("factor", 1.25))
 

@@ -86,3 +86,22 @@ def test_made_from_names_profile_width_epochs_and_flops(tmp_path):
     line = made_from(load_runs(_results(tmp_path, 0.2)))
     assert "1 BagCert run of profile cpu (width 32, 6 epochs, 1.2e14 training FLOPs)" in line
     assert "DS column (ResNet-18) run of profile cpu (width 16, 6 epochs, 6.4e13 training FLOPs)" in line
+
+
+def test_one_run_per_baseline_method_at_bagcerts_compute():
+    """Two DS column runs of one profile: the one trained at BagCert's FLOPs is the one compared;
+    without BagCert runs, the larger budget; every BagCert run stays."""
+    import pandas as pd
+
+    from bagcert_lib.results import one_per_method
+
+    runs = pd.DataFrame([
+        {"run": "b", "method": "bagcert", "rf": 7, "margin": 0.5, "training_flops": 1.2e14},
+        {"run": "b9", "method": "bagcert", "rf": 9, "margin": 0.5, "training_flops": 1.5e14},
+        {"run": "col-half", "method": "ds-column", "rf": 7, "margin": 0.5, "training_flops": 6.4e13},
+        {"run": "col-equal", "method": "ds-column", "rf": 7, "margin": 0.5, "training_flops": 1.28e14},
+        {"run": "blk", "method": "ds-block", "rf": 7, "margin": 0.5, "training_flops": 6.4e13},
+    ])
+    assert sorted(one_per_method(runs).run) == ["b", "b9", "blk", "col-equal"]
+    no_bagcert = runs[runs.method != "bagcert"].assign(training_flops=[6.4e13, 1.0e15, 6.4e13])
+    assert sorted(one_per_method(no_bagcert).run) == ["blk", "col-equal"]
