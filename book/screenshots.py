@@ -223,20 +223,17 @@ def main(argv=None) -> int:
             return 1
         print(png)
     failed = False
-    for rel in [f"{x}.html" for x in a.math] if a.math is not None else MATH_PAGES:
-        problems = check_math(a.html / rel)
-        for problem in problems:
-            print(f"{rel}: {problem}", file=sys.stderr)
-        failed |= bool(problems)
-        if not problems:
-            print(f"{rel}: formulas rendered by MathJax")
-    for rel in [f"{x}.html" for x in a.layout] if a.layout is not None else LAYOUT_PAGES:
-        problems = check_layout(a.html / rel)
-        for problem in problems:
-            print(f"{rel}: {problem}", file=sys.stderr)
-        failed |= bool(problems)
-        if not problems:
-            print(f"{rel}: every figure spans the content column, every table fits it ({WIDTH} px window)")
+    checks = [(a.math, MATH_PAGES, check_math, "formulas rendered by MathJax"),
+              (a.layout, LAYOUT_PAGES, check_layout,
+               f"every figure spans the content column, every table fits it ({WIDTH} px window)")]
+    for asked, default, check, ok in checks:
+        for rel in [f"{x}.html" for x in asked] if asked is not None else default:
+            problems = check(a.html / rel)
+            for problem in problems:
+                print(f"{rel}: {problem}", file=sys.stderr)
+            failed |= bool(problems)
+            if not problems:
+                print(f"{rel}: {ok}")
     return 1 if failed else 0
 
 
