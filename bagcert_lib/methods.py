@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import clipped_bagnet, patchcleanser, patchguard, smoothing
+from . import clipped_bagnet, mask_ds, patchcleanser, patchguard, smoothing
 from .certifier import certify_model
 from .config import TrainConfig
 from .heads import get_head
@@ -80,7 +80,10 @@ class BagCert:
 
 class Smoothing:
     """Derandomized Smoothing (Levine & Feizi, 2020): ResNet-18 on one random block / column
-    ablation per image, cross-entropy; certified by vote counts (condition ``DS``)."""
+    ablation per image, cross-entropy; certified by vote counts (condition ``DS``). A column
+    model is also certified by PatchGuard's robust masking on the same forward passes
+    (:mod:`~bagcert_lib.mask_ds`, condition ``Mask-DS``), as BagCert reports Conditions 3.2
+    and 3.3 of one model."""
 
     condition = "DS"
     classifier_key = "linear.weight"
@@ -98,6 +101,10 @@ class Smoothing:
         return cross_entropy(model, x, y, cfg, device)
 
     def evaluate(self, model, batches, patches, cfg, device, progress=False):
+        if self.kind == mask_ds.KIND:          # DS's rows first, then Mask-DS's
+            return mask_ds.certify_model(model, batches, patches, size=cfg.ablation_size,
+                                         theta=cfg.theta, device=device, amp=cfg.amp,
+                                         progress=progress, desc="certify DS, Mask-DS")
         return smoothing.certify_model(model, batches, patches, kind=self.kind,
                                        size=cfg.ablation_size, theta=cfg.theta, device=device,
                                        amp=cfg.amp, progress=progress)

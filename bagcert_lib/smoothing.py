@@ -124,24 +124,21 @@ def affected_ablations(kind: str, size: int, patch, image_size) -> int:
 
 # --------------------------------------------------------------------------- prediction
 
-@torch.no_grad()
-def vote_counts(model: nn.Module, x: torch.Tensor, kind: str, size: int, theta: float, *,
-                amp: bool | None = None, chunk: int = 1024) -> torch.Tensor:
-    """Votes n (B, C) int64 of Levine & Feizi (2020): n[b, c] is the number of ablations of image
-    b whose softmax for c is ≥ θ. The base ``model`` (eval mode, restored afterwards) sees at
-    most ``chunk`` ablated images per forward pass; the softmax is taken in float32."""
-    from .runtime import autocast
-
-    size = _check(kind, size)
-    if not 0.0 <= theta <= 1.0:
-        raise ValueError(f"theta must lie in [0, 1], got {theta!r}")
+def _check_batch(x: torch.Tensor, chunk: int) -> None:
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk!r}")
     if x.dim() != 4 or x.shape[0] == 0:
         raise ValueError(f"x must be a non-empty batch (B, 3, H, W), got {tuple(x.shape)}")
+
+
+def _softmax_chunks(model: nn.Module, x: torch.Tensor, kind: str, size: int, amp, chunk: int):
+    """Yield (b0, index, p): the float32 softmax p (nb, len(index), C) of the base classifier on
+    images x[b0:b0+chunk] under the ablations ``index``, at most ``chunk`` inputs a forward pass.
+    The model is in eval mode while the generator runs (its mode restored afterwards)."""
+    from .runtime import autocast
+
     image_size = tuple(x.shape[-2:])
     A = num_ablations(kind, image_size)
-    counts = None
     was_training = model.training
     model.eval()
     try:
@@ -153,13 +150,43 @@ def vote_counts(model: nn.Module, x: torch.Tensor, kind: str, size: int, theta: 
                 inputs = ablate(xb, _masks(kind, size, image_size, index))
                 with autocast(x.device, amp):
                     logits = model(inputs)
-                votes = (logits.float().softmax(1) >= theta).view(xb.shape[0], len(index), -1)
-                if counts is None:
-                    counts = torch.zeros(x.shape[0], votes.shape[-1], dtype=torch.long,
-                                         device=x.device)
-                counts[b0:b0 + chunk] += votes.sum(1)
+                yield b0, index, logits.float().softmax(1).view(xb.shape[0], len(index), -1)
     finally:
         model.train(was_training)
+
+
+@torch.no_grad()
+def ablation_softmax(model: nn.Module, x: torch.Tensor, kind: str, size: int, *,
+                     amp: bool | None = None, chunk: int = 1024) -> torch.Tensor:
+    """The base classifier's softmax on every ablation of every image, float32 (B, A, C):
+    ``p[b, a]`` is image b under ablation a (:func:`ablation_masks`' order). The votes of
+    :func:`vote_counts` are (p ≥ θ) summed over a, from the very same forward passes."""
+    size = _check(kind, size)
+    _check_batch(x, chunk)
+    out = None
+    for b0, index, p in _softmax_chunks(model, x, kind, size, amp, chunk):
+        if out is None:
+            out = torch.empty(x.shape[0], num_ablations(kind, tuple(x.shape[-2:])), p.shape[-1],
+                              device=x.device)
+        out[b0:b0 + p.shape[0], index] = p
+    return out
+
+
+@torch.no_grad()
+def vote_counts(model: nn.Module, x: torch.Tensor, kind: str, size: int, theta: float, *,
+                amp: bool | None = None, chunk: int = 1024) -> torch.Tensor:
+    """Votes n (B, C) int64 of Levine & Feizi (2020): n[b, c] is the number of ablations of image
+    b whose softmax for c is ≥ θ. The base ``model`` (eval mode, restored afterwards) sees at
+    most ``chunk`` ablated images per forward pass; the softmax is taken in float32."""
+    size = _check(kind, size)
+    if not 0.0 <= theta <= 1.0:
+        raise ValueError(f"theta must lie in [0, 1], got {theta!r}")
+    _check_batch(x, chunk)
+    counts = None
+    for b0, _, p in _softmax_chunks(model, x, kind, size, amp, chunk):
+        if counts is None:
+            counts = torch.zeros(x.shape[0], p.shape[-1], dtype=torch.long, device=x.device)
+        counts[b0:b0 + p.shape[0]] += (p >= theta).sum(1)
     return counts
 
 

@@ -114,7 +114,8 @@ def evaluate(model, x, y, cfg: TrainConfig, device, patches=None, progress=False
 
 def evaluate_batches(model, loader, cfg: TrainConfig, device, patches=None, progress=False):
     """Clean and certified accuracy over ``loader``'s batches: the one evaluation loop. BagCert:
-    Conditions 3.2 and 3.3 (§3.1); a DS run: the smoothed classifier's certificate (``DS``)."""
+    Conditions 3.2 and 3.3 (§3.1); a DS run: the smoothed classifier's certificate (``DS``),
+    a DS column run also robust masking on its column ablations (``Mask-DS``)."""
     return method_for(cfg).evaluate(model, loader, patches or [cfg.eval_patch], cfg, device,
                                      progress=progress)
 

@@ -62,8 +62,9 @@ equal_compute_factor = float(equal_compute_factor or grids()["equal_compute"].ge
 
 def accuracies(runs, cert):
     """One row per run: clean and certified accuracy against 5 × 5 patches (BagCert: Condition 3.2
-    and 3.3; a baseline: its own certificate), with its config, training FLOPs and attack results."""
-    c = cert[(cert.patch_h == 5) & (cert.patch_w == 5) & cert.run.isin(runs.run)]
+    and 3.3; a baseline: its own certificate, so a DS column run's is DS's, not its second one,
+    Mask-DS), with its config, training FLOPs and attack results."""
+    c = cert[(cert.patch_h == 5) & (cert.patch_w == 5) & cert.run.isin(runs.run) & (cert.condition != "Mask-DS")]
     if c.empty:
         return runs.iloc[:0].assign(clean=[], certified=[], certified_33=[]).set_index("run")
     p = c.pivot_table(index="run", columns="condition", values="certified_accuracy")
@@ -394,7 +395,8 @@ def judge(r):
         v, bv = certified_at(run, hh, ww, "DS"), certified_at(b_run, hh, ww)
         if v is None:
             return "—", V.not_run(), ""
-        q = all_cert[(all_cert.run == run) & (all_cert.patch_h * all_cert.patch_w == 24)].sort_values("patch_h")
+        q = all_cert[(all_cert.run == run) & (all_cert.patch_h * all_cert.patch_w == 24)
+                     & (all_cert.condition == "DS")].sort_values("patch_h")
         return (f"{pct(v)} ({flops(run)}; BagCert RF 7: {pct(bv)}, {flops(b_run)})", V.value(v, float(paper), tolerance),
                 f"DS column {run} ({flops(run)}) against BagCert {b_run} ({flops(b_run)}), Condition 3.2. DS column on "
                 "every 24-pixel rectangle: " + ", ".join(f"{shape(x.patch_h, x.patch_w)} {pct(x.certified_accuracy)}" for x in q.itertuples())

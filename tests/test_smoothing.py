@@ -309,6 +309,25 @@ def test_vote_counts_matches_loop_and_chunking(kind):
     assert (S.vote_counts(model, x, kind, 2, 0.6, amp=False).sum(1) <= A).all()
 
 
+@pytest.mark.parametrize("kind", S.KINDS)
+def test_ablation_softmax_gives_the_votes(kind):
+    """The softmax of every ablation (Mask-DS's features) is what the votes count: (p ≥ θ)
+    summed over the ablations equals vote_counts for every chunking, and rows are probabilities."""
+    model = TinyNet(C=4, seed=3, gain=1.0)
+    x = images(3, 5, 6, seed=4)
+    A = S.num_ablations(kind, (5, 6))
+    for chunk in (1, 5, 1024):
+        p = S.ablation_softmax(model, x, kind, 2, amp=False, chunk=chunk)
+        assert p.shape == (3, A, 4) and p.dtype == torch.float32
+        assert torch.allclose(p.sum(2), torch.ones(3, A))
+        for theta in (0.2, 0.3):
+            assert torch.equal((p >= theta).sum(1), S.vote_counts(model, x, kind, 2, theta, amp=False,
+                                                                  chunk=chunk))
+    masks = S.ablation_masks(kind, 2, (5, 6))
+    one = model(S.ablate(x[1:2], masks[A - 1:])).softmax(1)[0]
+    assert torch.allclose(p[1, A - 1], one, atol=1e-6)                  # image 1, last ablation
+
+
 def test_vote_counts_chunk_bounds_forward_batch():
     sizes = []
 

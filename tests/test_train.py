@@ -224,7 +224,8 @@ def test_smoke_profile_on_cifar(tmp_path):
 def test_smoothing_run_trains_resumes_and_certifies(tmp_path, colour_folder, method):
     """A Derandomized Smoothing base classifier goes through the same trainer, resumes exactly
     (here mid-epoch: its random ablations come from the RNG state in the checkpoint), and is
-    certified by DS's vote-count certificate (condition 'DS') in certification.csv."""
+    certified by DS's vote-count certificate (condition 'DS') in certification.csv, a column
+    model also by Mask-DS."""
     from bagcert_lib.runs import certify_run
     from bagcert_lib.smoothing import CifarResNet18
 
@@ -244,7 +245,9 @@ def test_smoothing_run_trains_resumes_and_certifies(tmp_path, colour_folder, met
     model, loaded = load_run(tmp_path / "full")
     assert isinstance(model, CifarResNet18) and loaded == cfg
     df = certify_run(tmp_path / "full", patches=[(1, 1), (5, 5)], progress=False)
-    assert set(df.condition) == {"DS"} and (df.n == 12).all()
+    # a column model is also certified by robust masking on its column ablations (Mask-DS)
+    assert df.condition.tolist() == ["DS", "DS"] + (["Mask-DS"] * 2 if method == "ds-column" else [])
+    assert (df.n == 12).all()
     assert (df.certified_accuracy <= df.clean_accuracy).all()
     prov = json.loads((tmp_path / "full" / "provenance.json").read_text())
     assert prov["receptive_field"] is None and prov["parameters"] == sum(p.numel() for p in model.parameters())
