@@ -61,3 +61,26 @@ def test_train_throughput_benchmark_times_torch_compile_against_eager(tmp_path):
     assert [row["mode"] for row in r["rows"]] == ["eager", "compiled"]
     assert all(row["images_per_s"] > 0 for row in r["rows"])
     assert list(r["ratios"]) == ["w8 fp32 contiguous: compiled / eager"]
+
+
+def test_certify_cost_benchmark_times_every_defense(tmp_path, monkeypatch):
+    """benchmarks/certify_cost.py, tiny: a row per defense with its own certificate's 5×5
+    accuracy; DS column and Mask-DS, two certificates of one model, share one timing."""
+    try:
+        data_mod.load_cifar10(progress=False)
+    except data_mod.DataNotFoundError as e:
+        pytest.skip(f"no CIFAR-10 here: {e}")
+    monkeypatch.setenv("BAGCERT_RESULTS", str(tmp_path / "runs"))     # fresh models, not the committed runs
+    spec = importlib.util.spec_from_file_location("cost", REPO_ROOT / "benchmarks" / "certify_cost.py")
+    cost = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cost)
+    out = tmp_path / "cost.json"
+    cost.main(["--n", "2", "--n-block", "1", "--n-cleanser", "1", "--out", str(out)])
+    r = json.loads(out.read_text())
+    rows = {x["defense"]: x for x in r["defenses"]}
+    assert list(rows) == [d[0] for d in cost.DEFENSES] and not r["missing"]
+    assert {x["condition"] for x in rows.values()} == {"3.2", "DS", "Mask-DS", "CBN", "Mask-BN", "PC"}
+    assert rows["DS column"]["seconds_per_image"] == rows["Mask-DS"]["seconds_per_image"]
+    assert rows["DS block"]["n"] == 1 and rows["PatchCleanser"]["n"] == 1 and rows["BagCert"]["n"] == 2
+    assert all(x["weights"].startswith("fresh") and x["seconds_per_image"] > 0 for x in rows.values())
+    assert r["cpu"]["model"] and r["git"]["commit"] and r["patch_shapes"]
