@@ -32,6 +32,9 @@
 # * **DS**, Derandomized Smoothing {cite}`levine2020derandomized`, block and column ablations on a
 #   ResNet-18 (`bagcert_lib.smoothing`); DS block is certified on 1,000 test images, since it
 #   classifies 1,024 ablations of each;
+# * **Mask-DS**, PatchGuard's robust masking on DS column ablations {cite}`xiang2020patchguard`: a
+#   second certificate of the DS column model, whose softmax on each column ablation is a local
+#   feature; the window of bands one patch meets is masked per class (`bagcert_lib.mask_ds`);
 # * **PatchCleanser**, double masking {cite}`xiang2022patchcleanser`: a ResNet-18 trained with Cutout on
 #   whole images, certified when every prediction on the image with two masks of an R-covering
 #   mask set is the label (`bagcert_lib.patchcleanser`); certified on 1,000 test images, since it
@@ -63,6 +66,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import torch
 from IPython.display import HTML
 from myst_nb import glue
 
@@ -75,13 +79,13 @@ g = grids()
 BUDGETS = [{**b, "flops": float(b["flops"])} for b in g["equal_compute"]["budgets"]]
 RF = g["equal_compute"]["rf"]
 FACTOR = float(g["equal_compute"].get("factor", 1.25))
-DEFENSES = ["BagCert", "CBN", "Mask-BN", "DS block", "DS column", "PatchCleanser"]
+DEFENSES = ["BagCert", "CBN", "Mask-BN", "DS block", "DS column", "Mask-DS", "PatchCleanser"]
 LABEL = {"bagcert": "BagCert", "cbn": "CBN", "mask-bn": "Mask-BN", "ds-block": "DS block",
          "ds-column": "DS column", "patchcleanser": "PatchCleanser"}
 CONDITION = {"BagCert": "3.2", "CBN": "CBN", "Mask-BN": "Mask-BN", "DS block": "DS", "DS column": "DS",
-             "PatchCleanser": "PC"}
+             "Mask-DS": "Mask-DS", "PatchCleanser": "PC"}
 COLOR = {"BagCert": "tab:blue", "CBN": "tab:orange", "Mask-BN": "tab:green", "DS block": "tab:red",
-         "DS column": "tab:purple", "PatchCleanser": "tab:brown"}
+         "DS column": "tab:purple", "Mask-DS": "tab:pink", "PatchCleanser": "tab:brown"}
 ASPECT = [patch_label((h, w)) for h, w in g["aspect_ratio_patches"]]     # labels are w x h
 SQUARES = [patch_label(s) for s in g["square_patches"]]
 
@@ -110,6 +114,7 @@ keep = done["defense"].notna() & done["budget"].notna() & (
 shown = done[keep]
 cert = load_certification(results).query("run in @shown.run")
 cert = cert.merge(shown[["run", "defense", "budget", "training_flops"]], on="run")
+cert.loc[cert["condition"] == "Mask-DS", "defense"] = "Mask-DS"     # the DS column model's second certificate
 cert = cert[cert["condition"] == cert["defense"].map(CONDITION)]
 headline_margin = g["headline"]["margin"]
 # one run per (defense, budget): the one whose FLOPs are closest to the budget's (BagCert: its
@@ -184,7 +189,7 @@ print("No finished, certified run yet: " + ("; ".join(f"{d} at {b}" for b, d in 
 baselines = pd.read_csv(REPO_ROOT / "results" / "baselines" / "baselines.csv")
 reported = baselines.query("dataset == 'CIFAR-10' and patch == @patch").drop_duplicates("method")
 marker = {"BagCert": "*", "CBN": "s", "Mask-BN": "D", "DS block": "X", "DS column": "P",
-          "PatchCleanser": "h"}
+          "Mask-DS": "v", "PatchCleanser": "h"}
 fig, axes = plt.subplots(1, len(BUDGETS), figsize=(9, 5.2), sharex=True, sharey=True)
 for i, ax in enumerate(np.atleast_1d(axes)):
     here = panel[(panel["budget"] == i) & (panel["patch"] == patch)]
@@ -266,6 +271,51 @@ else:
     print("No certification-cost benchmark yet: run `python benchmarks/certify_cost.py`.")
 
 # %% [markdown]
+# ## What CBN's clipping makes of our logits
+#
+# CBN scores a region by φ(z) = tanh(0.05 z − 1), constants its authors set for BagNets on
+# ImageNet {cite}`zhang2020clipped`; we keep them. A patch controls every output in its window
+# (121 of them for a 5 × 5 patch at RF 7), and there φ can move a class's score over its whole range,
+# so the certificate needs the true class ahead by more than that count over the outputs outside.
+# The cell measures, on 200 test images, where our CBN model's region logits lie and how far φ
+# puts the true class ahead.
+
+# %% tags=["hide-input"]
+from bagcert_lib import clipped_bagnet
+from bagcert_lib.data import DataNotFoundError, load_dataset
+from bagcert_lib.local_logits import local_logits, window_shape
+from bagcert_lib.pretrained import load_run
+from bagcert_lib.runs import test_batches
+
+cbn_runs = chosen[chosen["defense"] == "CBN"]
+if cbn_runs.empty:
+    print("No finished CBN run yet.")
+for r in cbn_runs.itertuples():
+    try:
+        cifar = load_dataset("cifar10", progress=False)
+    except DataNotFoundError as err:
+        print(f"CIFAR-10 is not here, so the logits are not measured: {err}")
+        break
+    cbn_model, cbn_cfg = load_run(r.path, "cpu")
+    x, y = next(iter(test_batches(cifar, cbn_cfg, "cpu", batch_size=200, model=cbn_model)))
+    z = local_logits(cbn_model, x)
+    true = torch.nn.functional.one_hot(y, z.shape[1]).bool()[:, :, None, None].expand_as(z)
+    sc = clipped_bagnet.scores(z)
+    total = sc.sum((2, 3))                                         # Σ over the outputs, (B, C)
+    lead = total.gather(1, y[:, None]).squeeze(1) - total.masked_fill(true[:, :, 0, 0], -np.inf).amax(1)
+    lead = lead[lead > 0]                                          # the images CBN classifies correctly
+    k = window_shape((5, 5), cbn_model.receptive_field, cbn_model.stride, tuple(x.shape[-2:]), tuple(z.shape[-2:]))
+    lo, mid, hi = np.percentile(z[true].numpy(), [5, 50, 95])
+    olo, ohi = np.percentile(z[~true].numpy(), [5, 95])
+    slo, shi = ((np.tanh(clipped_bagnet.SCALE * v + clipped_bagnet.SHIFT) + 1) / 2 for v in (min(lo, olo), max(hi, ohi)))
+    print(f"{r.run} ({r.training_flops:.1e} FLOPs): the true class's region logits lie between {lo:.1f} and {hi:.1f} "
+          f"(5th–95th percentile, median {mid:.1f}), the other classes' between {olo:.1f} and {ohi:.1f}; φ maps that "
+          f"range to scores {slo:.2f}–{shi:.2f} of (0, 1). Summed over all {z.shape[-2] * z.shape[-1]:,} outputs, the "
+          f"true class's scores lead the strongest other class's by {np.median(lead.numpy()):.0f} on the median "
+          f"correctly classified image ({len(lead)} of {len(y)}), "
+          f"against the {k[0] * k[1]} outputs a 5 × 5 patch controls.")
+
+# %% [markdown]
 # ## Which defense wins where
 #
 # The rule, the same for every budget and patch shape: a defense **wins** a shape at a budget
@@ -313,7 +363,7 @@ for i in range(len(BUDGETS)):
                  "leader across the other shapes shown: "
                  + ", ".join(f"{k} {n}×" for k, n in counts.items()) + ".")
     bc = table.loc[budget_label(i)]
-    for other in ("CBN", "Mask-BN"):
+    for other in DEFENSES[1:]:
         if np.isnan(bc.loc["BagCert", "certified_accuracy"]) or np.isnan(bc.loc[other, "certified_accuracy"]):
             lines.append(f"  BagCert against {other}: not judged (a run is missing).")
             continue
