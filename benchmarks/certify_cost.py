@@ -4,7 +4,8 @@
 
 Every defense is certified through its own ``Method.evaluate`` (the loop the runs use) for every
 patch shape of Figures 3 and 4 at once, on the first images of the fixed class-balanced test
-subset: BagCert (Conditions 3.2/3.3), Derandomized Smoothing with block and column ablations,
+subset, the models of the equal-compute grid's first budget (the cpu grid's training FLOPs):
+BagCert (Conditions 3.2/3.3), Derandomized Smoothing with block and column ablations,
 Mask-DS (PatchGuard's masking on the DS column model: the same forward passes, timed once),
 Clipped BagNet, PatchGuard's Mask-BN and PatchCleanser. Each uses
 the trained cpu-profile run when results/runs has its weights, else a freshly initialised model
@@ -26,7 +27,7 @@ from pathlib import Path
 import torch
 
 from bagcert_lib import data as data_mod
-from bagcert_lib.config import METHODS, REPO_ROOT, profile_config
+from bagcert_lib.config import METHODS, REPO_ROOT, grids, profile_config
 from bagcert_lib.methods import method_for
 from bagcert_lib.model import num_parameters
 from bagcert_lib.runs import figure_patches, results_dir
@@ -38,11 +39,13 @@ from bagcert_lib.train import build_model, git_commit
 #: (label, TrainConfig overrides of the cpu profile, the certificate's condition), in the page's
 #: order. DS column and Mask-DS are two certificates of one model from one set of forward passes
 #: (``Method.evaluate`` computes both), so they share one timing.
+#: DS trains the ResNet-18 of the equal-compute grid's first budget (the cpu grid's FLOPs).
+RESNET = {k: v for k, v in grids()["equal_compute"]["budgets"][0]["resnet"].items() if k != "profile"}
 DEFENSES = [
     ("BagCert", {"rf": 7, "margin": 0.5}, "3.2"),
-    ("DS block", {"method": "ds-block"}, "DS"),
-    ("DS column", {"method": "ds-column"}, "DS"),
-    ("Mask-DS", {"method": "ds-column"}, "Mask-DS"),
+    ("DS block", {"method": "ds-block", **RESNET}, "DS"),
+    ("DS column", {"method": "ds-column", **RESNET}, "DS"),
+    ("Mask-DS", {"method": "ds-column", **RESNET}, "Mask-DS"),
     ("CBN", {"rf": 7, "method": "cbn"}, "CBN"),
     ("Mask-BN", {"rf": 7, "method": "mask-bn"}, "Mask-BN"),
     ("PatchCleanser", {"method": "patchcleanser"}, "PC"),
