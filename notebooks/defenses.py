@@ -67,13 +67,19 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from IPython.display import HTML
+from IPython.display import HTML, Markdown, display
 from myst_nb import glue
 
 from bagcert_lib.certifier import patch_label
 from bagcert_lib.config import REPO_ROOT, grids
 from bagcert_lib.figures import readable
 from bagcert_lib.results import load_certification, load_runs, run_links
+
+
+def say(text):
+    """Text under a cell, wrapped to the page (Markdown, not a fixed-width print)."""
+    display(Markdown(text))
+
 
 g = grids()
 BUDGETS = [{**b, "flops": float(b["flops"])} for b in g["equal_compute"]["budgets"]]
@@ -136,11 +142,10 @@ cost = {d["defense"]: d for d in bench["defenses"]} if bench else {}
 #
 # Per defense and budget: its run's training FLOPs, the test images certified, clean and certified
 # accuracy (%) against 5×5 patches, the worst certified accuracy (%) over the eight 24-pixel aspect
-# ratios of Figure 4 ("worst 24-px") and which shape it is (w × h), and the certification time in
-# seconds per 10,000 images ("s / 10k", beside the first budget's runs, whose models the benchmark
-# timed) (all shapes of Figures 3 and 4 from one
-# forward pass per batch; from the cost benchmark below, measured on the `cpu`-budget models).
-# BagCert is its headline configuration (RF 7, M 0.5).
+# ratios of Figure 4 ("worst 24-px") and which shape it is (w × h), and the seconds to certify
+# 10,000 images against all shapes of Figures 3 and 4 ("s / 10k", from the cost benchmark below,
+# which timed the first budget's models, so it stands beside those runs only). BagCert is its
+# headline configuration (RF 7, M 0.5).
 
 # %% tags=["hide-input"]
 rows = []
@@ -175,7 +180,7 @@ readable(shown_table, percent=["clean_accuracy", "certified_accuracy", "worst_as
          formats={"training FLOPs": "{:.1e}", "n": "{:,.0f}", "seconds per 10,000 images": "{:,.0f}"})
 
 # %% tags=["hide-input"]
-print("No finished, certified run yet: " + ("; ".join(f"{d} at {b}" for b, d in missing) if missing else "none")
+say("No finished, certified run yet: " + ("; ".join(f"{d} at {b}" for b, d in missing) if missing else "none")
       + "." + ("" if bench else " No certification-cost benchmark yet (benchmarks/certify_cost.py)."))
 
 # %% [markdown]
@@ -207,7 +212,7 @@ for i, ax in enumerate(np.atleast_1d(axes)):
     ax.set_xlabel("Clean accuracy (%)", fontsize=13)
     ax.grid(alpha=0.3)
 np.atleast_1d(axes)[0].set_ylabel(f"Certified accuracy (%), {patch.replace('x', ' × ')}", fontsize=13)
-ax.set_xlim(0, 100), ax.set_ylim(0, 70)
+ax.set_xlim(0, 100), ax.set_ylim(-2, 70)   # a point at 0 % certified stays whole
 handles, labels = np.atleast_1d(axes)[0].get_legend_handles_labels()
 fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=11, frameon=False)
 fig.tight_layout(rect=(0, 0.2, 1, 1))
@@ -246,7 +251,7 @@ plt.show()
 # ## What certifying costs
 #
 # Seconds to certify one test image against every shape of Figures 3 and 4, each defense through
-# its own certificate, all in one run of `benchmarks/certify_cost.py` on one machine (the cpu
+# its own certificate, all in one run of `benchmarks/certify_cost.py` on one machine (the first
 # budget's models; DS block makes 1,024 forward passes per image).
 
 # %% tags=["hide-input"]
@@ -254,7 +259,7 @@ if bench:
     cpu = bench["cpu"]
     where = (f"{cpu.get('model')} ({', '.join(k for k in ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16') if cpu.get(k))})"
              if bench["device"].startswith("CPU") else bench["device"])
-    print(f"Measured {bench['date']} on {where}, {bench['threads']} thread(s), "
+    say(f"Measured {bench['date']} on {where}, {bench['threads']} thread(s), "
           f"commit {str(bench['git'].get('commit'))[:10]}.")
     bt = pd.DataFrame(bench["defenses"]).set_index("defense")
     bt["ratio to BagCert"] = bt["seconds_per_image"] / bt.loc["BagCert", "seconds_per_image"] \
@@ -265,10 +270,10 @@ if bench:
                               "seconds_per_image": "{:.4f}", "seconds_per_10k_images": "{:,.0f}",
                               "ratio to BagCert": "{:.1f}"}))
     if bench.get("missing"):
-        print("Not measured in this benchmark run: " + ", ".join(bench["missing"]) + " (its own "
+        say("Not measured in this benchmark run: " + ", ".join(bench["missing"]) + " (its own "
               "certification time is in its run's certification.csv, `certify_s`).")
 else:
-    print("No certification-cost benchmark yet: run `python benchmarks/certify_cost.py`.")
+    say("No certification-cost benchmark yet: run `python benchmarks/certify_cost.py`.")
 
 # %% [markdown]
 # ## What CBN's clipping makes of our logits
@@ -289,12 +294,12 @@ from bagcert_lib.runs import test_batches
 
 cbn_runs = chosen[chosen["defense"] == "CBN"]
 if cbn_runs.empty:
-    print("No finished CBN run yet.")
+    say("No finished CBN run yet.")
 for r in cbn_runs.itertuples():
     try:
         cifar = load_dataset("cifar10", progress=False)
     except DataNotFoundError as err:
-        print(f"CIFAR-10 is not here, so the logits are not measured: {err}")
+        say(f"CIFAR-10 is not here, so the logits are not measured: {err}")
         break
     cbn_model, cbn_cfg = load_run(r.path, "cpu")
     x, y = next(iter(test_batches(cifar, cbn_cfg, "cpu", batch_size=200, model=cbn_model)))
@@ -308,7 +313,7 @@ for r in cbn_runs.itertuples():
     lo, mid, hi = np.percentile(z[true].numpy(), [5, 50, 95])
     olo, ohi = np.percentile(z[~true].numpy(), [5, 95])
     slo, shi = ((np.tanh(clipped_bagnet.SCALE * v + clipped_bagnet.SHIFT) + 1) / 2 for v in (min(lo, olo), max(hi, ohi)))
-    print(f"{r.run} ({r.training_flops:.1e} FLOPs): the true class's region logits lie between {lo:.1f} and {hi:.1f} "
+    say(f"{r.run} ({r.training_flops:.1e} FLOPs): the true class's region logits lie between {lo:.1f} and {hi:.1f} "
           f"(5th–95th percentile, median {mid:.1f}), the other classes' between {olo:.1f} and {ohi:.1f}; φ maps that "
           f"range to scores {slo:.2f}–{shi:.2f} of (0, 1). Summed over all {z.shape[-2] * z.shape[-1]:,} outputs, the "
           f"true class's scores lead the strongest other class's by {np.median(lead.numpy()):.0f} on the median "
@@ -383,7 +388,7 @@ for i in range(len(BUDGETS)):
                      f"({x * 100:.1f} vs {ds_b * 100:.1f} % certified).")
     else:
         lines.append("  BagCert's Condition 3.3 against DS block: not judged (a run is missing).")
-print("\n".join(lines))
+say("\n".join(f"- {l.strip()}" if l.startswith("  ") else f"\n**{l}**\n" for l in lines))
 glue("defenses_verdict", " ".join(l.strip() for l in lines), display=False)
 
 
