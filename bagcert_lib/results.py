@@ -384,12 +384,14 @@ def load_retrained(results=None) -> pd.DataFrame:
 
 
 def scale_label(runs: pd.DataFrame) -> str:
-    """'profile cpu: width 32, 6 epochs, 50,000 training images' for the runs shown (DS runs
-    named as such: their width is a ResNet-18's)."""
+    """'profile cpu: width 32, 6 epochs, 50,000 training images' for the runs shown; another
+    defense is named with its architecture (CBN and Mask-BN: the region scorer; DS and
+    PatchCleanser: a ResNet-18, whose width is not the scorer's)."""
     parts = []
     runs = runs.assign(method=runs.get("method", pd.Series("bagcert", index=runs.index)).fillna("bagcert"))
     for (method, profile, width, epochs, n), _ in runs.groupby(["method", "profile", "width", "epochs", "n_train"]):
-        what = "" if method == "bagcert" else f"{method} ResNet-18 "
+        what = ("" if method == "bagcert" else f"{method} region scorer " if method in ("cbn", "mask-bn")
+                else f"{method} ResNet-18 ")
         parts.append(f"profile {profile}: {what}width {width}, {epochs} epochs, {int(n):,} training images")
     return "; ".join(parts) or "no runs"
 

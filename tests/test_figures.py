@@ -105,3 +105,16 @@ def test_one_run_per_baseline_method_at_bagcerts_compute():
     assert sorted(one_per_method(runs).run) == ["b", "b9", "blk", "col-equal"]
     no_bagcert = runs[runs.method != "bagcert"].assign(training_flops=[6.4e13, 1.0e15, 6.4e13])
     assert sorted(one_per_method(no_bagcert).run) == ["blk", "col-equal"]
+
+
+def test_scale_label_names_each_defenses_architecture():
+    import pandas as pd
+
+    from bagcert_lib.results import scale_label
+
+    runs = pd.DataFrame([dict(method="bagcert", profile="cpu", width=32, epochs=6, n_train=50000),
+                         dict(method="mask-bn", profile="cpu", width=32, epochs=6, n_train=50000),
+                         dict(method="ds-column", profile="cpu", width=16, epochs=12, n_train=50000)])
+    label = scale_label(runs)
+    assert "profile cpu: width 32, 6 epochs" in label
+    assert "mask-bn region scorer width 32" in label and "ds-column ResNet-18 width 16, 12 epochs" in label
