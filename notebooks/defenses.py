@@ -51,8 +51,10 @@
 # 6.4 × 10¹³ FLOPs, half the first budget) belong to no budget.
 # Methods or budgets without a finished, certified run are named as such, never filled in.
 # Every certificate here is checked against brute force on small inputs and by a PGD patch attack
-# (`tests/test_clipped_bagnet.py`, `tests/test_patchguard.py`); the attack's numbers are in the
-# runs' `attack.json`.
+# (`tests/test_clipped_bagnet.py`, `tests/test_patchguard.py`, `tests/test_mask_ds.py`,
+# `tests/test_patchcleanser.py`); on the trained models the attack's numbers are in the runs'
+# `attack.json` (BagCert, CBN, Mask-BN), `attack_mask_ds.json` and `attack_patchcleanser.json`
+# (`scripts/mask_ds_attack.py`, `scripts/patchcleanser_attack.py`): no certified image broken.
 
 # %% tags=["parameters", "hide-input"]
 results: str = None  # results folder (default: $BAGCERT_RESULTS, else results/runs)
