@@ -186,6 +186,17 @@ def _attack(run_dir, n, patch, steps, step_size, batch_size, device, seed, progr
     return out
 
 
+def save_attack_record(run_dir, name: str, record: dict) -> None:
+    """Write a defense's own attack record (``attack_<defense>.json``) into its run folder,
+    print it, and fail (exit non-zero) when it broke a certified image: then the certificate
+    is unsound."""
+    text = json.dumps(record, indent=2, default=float)
+    rundir.write(Path(run_dir) / name, text + "\n")
+    print(text)
+    if record["certified_broken"]:
+        raise SystemExit(f"{record['certified_broken']} certified images broken: the certificate is unsound")
+
+
 def _example(model, cfg, clean, adv, label, res, i, patch) -> dict:
     """Images, true/target score maps before and after, and the R(l) rectangle (Figure 6)."""
     s = region_scores(model, torch.stack([clean, adv]), cfg.head, cfg.amp).cpu()

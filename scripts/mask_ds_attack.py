@@ -13,14 +13,12 @@ directory; exits non-zero if a certified image is broken.
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
 
 from bagcert_lib import mask_ds
-from bagcert_lib.runs import _load, resolve_run_dir
+from bagcert_lib.runs import _load, resolve_run_dir, save_attack_record
 from bagcert_lib.runtime import device_name
 from bagcert_lib.train import git_commit, test_batches
 
@@ -59,10 +57,7 @@ def main(argv=None):
            "certified_accuracy": sums["certified"] / n, "adversarial_accuracy": sums["adv_correct"] / n,
            "broken": sums["broken"], "certified_broken": sums["certified_broken"],
            "seconds": time.perf_counter() - t0, "device": device_name(device), "git": git_commit()}
-    (Path(run_dir) / "attack_mask_ds.json").write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps(out, indent=2))
-    if out["certified_broken"]:
-        raise SystemExit(f"{out['certified_broken']} certified images broken: the certificate is unsound")
+    save_attack_record(run_dir, "attack_mask_ds.json", out)
 
 
 if __name__ == "__main__":

@@ -12,14 +12,12 @@ checked at every iterate. Writes ``attack_patchcleanser.json`` into the run dire
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
 
 from bagcert_lib import patchcleanser as pc
-from bagcert_lib.runs import _load, resolve_run_dir
+from bagcert_lib.runs import _load, resolve_run_dir, save_attack_record
 from bagcert_lib.runtime import device_name
 from bagcert_lib.train import git_commit, test_batches
 
@@ -60,10 +58,7 @@ def main(argv=None):
            "broken": int((correct & broken).sum()),
            "certified_broken": int((clean.certified & broken).sum()),
            "seconds": time.perf_counter() - t0, "device": device_name(device), "git": git_commit()}
-    (Path(run_dir) / "attack_patchcleanser.json").write_text(json.dumps(res, indent=2) + "\n")
-    print(json.dumps(res, indent=2))
-    if res["certified_broken"]:
-        raise SystemExit(f"{res['certified_broken']} certified images broken: the certificate is unsound")
+    save_attack_record(run_dir, "attack_patchcleanser.json", res)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 (the numbers themselves are measured by running it, not asserted here)."""
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 
@@ -9,15 +10,22 @@ from bagcert_lib import data as data_mod
 from bagcert_lib.config import REPO_ROOT
 
 
-def test_certification_benchmark_writes_every_ratio(tmp_path, monkeypatch):
+def load_benchmark(script, tmp_path, monkeypatch):
+    """A benchmarks/ script as a module, on fresh models (not the committed runs); skips
+    without CIFAR-10."""
     try:
         data_mod.load_cifar10(progress=False)
     except data_mod.DataNotFoundError as e:
         pytest.skip(f"no CIFAR-10 here: {e}")
-    monkeypatch.setenv("BAGCERT_RESULTS", str(tmp_path / "runs"))     # fresh models, not the committed runs
-    spec = importlib.util.spec_from_file_location("bench", REPO_ROOT / "benchmarks" / "certification.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    monkeypatch.setenv("BAGCERT_RESULTS", str(tmp_path / "runs"))
+    spec = importlib.util.spec_from_file_location(Path(script).stem, REPO_ROOT / "benchmarks" / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_certification_benchmark_writes_every_ratio(tmp_path, monkeypatch):
+    bench = load_benchmark("certification.py", tmp_path, monkeypatch)
     out = tmp_path / "bench.json"
     bench.main(["--n", "40", "--n-block", "1", "--n-wide", "1", "--rfs", "7", "--train-steps", "2",
                 "--train-size", "192", "--out", str(out)])
@@ -66,14 +74,7 @@ def test_train_throughput_benchmark_times_torch_compile_against_eager(tmp_path):
 def test_certify_cost_benchmark_times_every_defense(tmp_path, monkeypatch):
     """benchmarks/certify_cost.py, tiny: a row per defense with its own certificate's 5×5
     accuracy; DS column and Mask-DS, two certificates of one model, share one timing."""
-    try:
-        data_mod.load_cifar10(progress=False)
-    except data_mod.DataNotFoundError as e:
-        pytest.skip(f"no CIFAR-10 here: {e}")
-    monkeypatch.setenv("BAGCERT_RESULTS", str(tmp_path / "runs"))     # fresh models, not the committed runs
-    spec = importlib.util.spec_from_file_location("cost", REPO_ROOT / "benchmarks" / "certify_cost.py")
-    cost = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cost)
+    cost = load_benchmark("certify_cost.py", tmp_path, monkeypatch)
     out = tmp_path / "cost.json"
     cost.main(["--n", "2", "--n-block", "1", "--n-cleanser", "1", "--out", str(out)])
     r = json.loads(out.read_text())
