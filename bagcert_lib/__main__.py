@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import REPO_ROOT, TrainConfig, profile_config
+from .config import REPO_ROOT, TrainConfig, parse_test_size, profile_config
 
 #: Errors that mean "the user's input is wrong" (bad argument, missing, unreadable or corrupt
 #: data, model or run file, a run folder another process is writing, a diverged training).
@@ -49,6 +49,14 @@ def parse_patch(text: str) -> tuple[int, int]:
     if min(w, h) < 1:
         raise argparse.ArgumentTypeError(f"patch {text!r} must be positive (width and height >= 1)")
     return (h, w)
+
+
+def _test_size(text: str) -> int | str:
+    try:
+        value = parse_test_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return "all" if value is None else value
 
 
 def _finite(text: str) -> float:
@@ -109,6 +117,8 @@ def build_parser() -> Parser:
     c.add_argument("--patches", nargs="+", type=parse_patch,
                    help="width × height, e.g. 5 (5×5) 24x1 (24 wide, 1 high); default: every figure's")
     c.add_argument("--device")
+    c.add_argument("--test-size", metavar="N|all", type=_test_size,
+                   help="test images to certify (default: the run's test_size; all: the whole split)")
     e = sub.add_parser("export", parents=[common],
                        help="write a run's model.safetensors (weights only) from its checkpoint.pt")
     e.add_argument("run_dirs", nargs="+")
@@ -192,7 +202,7 @@ def run(args) -> None:
         from .runs import certify_run, resolve_run_dir
 
         run_dir = resolve_run_dir(args.run_dir)
-        df = certify_run(run_dir, args.patches, args.device)
+        df = certify_run(run_dir, args.patches, args.device, test_size=args.test_size)
         print(df.to_string(index=False))
         print(f"saved in {run_dir / 'certification.csv'} "
               "(these shapes' rows replaced, the others kept)", file=sys.stderr)

@@ -26,6 +26,17 @@ METHODS += ("cbn", "mask-bn")
 METHODS += ("patchcleanser",)
 
 
+def parse_test_size(value) -> int | None:
+    """A test-set size as the command line, notebooks and sweep give it: ``"all"`` or None → None
+    (the whole split), a positive number → that many images; anything else is a ValueError."""
+    if value is None or value == "all":
+        return None
+    if isinstance(value, (int, str)) and not isinstance(value, bool) and str(value).isdigit() \
+            and int(value) > 0:
+        return int(value)
+    raise ValueError(f"test size must be a positive number of images or 'all', got {value!r}")
+
+
 @dataclass
 class TrainConfig:
     """One training run. Defaults are App. A.1's CIFAR-10 BagCert recipe (profile ``paper``).

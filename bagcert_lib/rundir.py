@@ -41,7 +41,7 @@ import uuid
 from pathlib import Path
 from typing import NamedTuple
 
-from .config import REPO_ROOT, TrainConfig
+from .config import REPO_ROOT, TrainConfig, parse_test_size
 
 CONFIG = "config.yaml"
 CHECKPOINT = "checkpoint.pt"
@@ -67,7 +67,8 @@ RESULT_FILES = (CERTIFICATION, ATTACK_SAMPLES, ATTACK_EXAMPLE, ATTACK)
 
 #: Config fields a run may change when it resumes: where it runs and how fast, not what it is
 #: (the dataset itself is pinned by its sha256 in provenance.json). See ``train.py``.
-RESUME_MAY_CHANGE = ("device", "data", "channels_last", "compile", "workers", "checkpoint_minutes")
+RESUME_MAY_CHANGE = ("device", "data", "channels_last", "compile", "workers", "checkpoint_minutes",
+                     "test_size")
 
 
 class RunFolderError(ValueError):
@@ -419,6 +420,22 @@ def step_done(run_dir, step: str) -> bool:
     if step == "train":
         return finished(run_dir)
     return (Path(run_dir) / {"certify": CERTIFICATION, "attack": ATTACK}[step]).is_file()
+
+
+def certification_covers(run_dir, test_size) -> bool:
+    """Whether every row of ``run_dir``'s certification.csv certified ``test_size`` test images
+    (a number, or None / ``"all"``: the whole split; fewer when the split is smaller). A file
+    written before rows recorded the split's size (``test_split``) counts when the run's
+    config.yaml asked for the same test_size."""
+    path = Path(run_dir) / CERTIFICATION
+    if not path.is_file():
+        return False
+    want = parse_test_size(test_size)
+    rows = read_csv(path)
+    if "test_split" not in rows or rows["test_split"].isna().any():
+        return read_config(run_dir).get("test_size") == want
+    need = rows["test_split"].min() if want is None else min(want, rows["test_split"].min())
+    return bool(rows["n"].min() >= need)
 
 
 def state(run_dir) -> str:

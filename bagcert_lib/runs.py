@@ -21,7 +21,7 @@ from . import data as data_mod
 from . import rundir
 from .attack import patch_attack
 from .certifier import _pair, affected_range
-from .config import REPO_ROOT, grids, profile_config  # noqa: F401 (REPO_ROOT: API)
+from .config import REPO_ROOT, grids, profile_config, parse_test_size  # noqa: F401 (REPO_ROOT: API)
 from .pretrained import load_run
 from .rundir import MODEL_FILES, results_dir  # noqa: F401 (API)
 from .runtime import default_device, device_name, memory_format, region_scores
@@ -62,23 +62,28 @@ def resolve_run_dir(run_dir=None, needs=MODEL_FILES, results=None) -> Path:
     return rundir.resolve(run_dir, needs, root)
 
 
-def _load(run_dir, device, progress, n=None):
-    """Model, config and the test images (the first ``n``, capped by the run's test_size, of a
-    fixed class-balanced subset; all of them when both are None)."""
+def _load(run_dir, device, progress, n=None, test_size=None):
+    """Model, config and the test images: the first ``n`` of a fixed class-balanced subset,
+    capped by ``test_size`` (None: the run's config.yaml ``test_size``; ``"all"``: no cap); the
+    whole test split when nothing caps it. Also returns the split's size."""
     device = torch.device(device) if device else default_device()
     model, cfg = load_run(run_dir, device)
     model = model.to(memory_format=memory_format(device, cfg.channels_last, model))
     ds = data_mod.load_dataset(cfg.dataset, cfg.data, progress=progress)
-    n = min(x for x in (n, cfg.test_size, len(ds.y_test)) if x)
-    if n < len(ds.y_test):
+    split = len(ds.y_test)
+    cap = cfg.test_size if test_size is None else parse_test_size(test_size)
+    n = min(x for x in (n, cap, split) if x)
+    if n < split:
         ds = data_mod.subset(ds, n_test=n, seed=0)
-    return model, cfg, ds, device
+    return model, cfg, ds, device, split
 
 
 def certify_run(run_dir, patches=None, device=None, progress=True,
-                filename="certification.csv") -> pd.DataFrame:
-    """Certify a run's model on the whole test split for ``patches`` (default: every figure's
-    shapes) from one forward pass per batch; writes ``filename`` into the run directory, where the
+                filename="certification.csv", test_size=None) -> pd.DataFrame:
+    """Certify a run's model on its test images for ``patches`` (default: every figure's shapes)
+    from one forward pass per batch: the run's config.yaml ``test_size`` of them (a fixed
+    class-balanced subset; None: the whole split), or ``test_size`` (a number, or ``"all"``) when
+    given. Each row records ``n`` and the split's size ``test_split``. Writes ``filename`` into the run directory, where the
     rows of these shapes replace their old ones and the other shapes' rows stay (certifying one
     shape never erases the figures' others). Returns the new rows.
     ImageNet's val set is streamed through the DataLoader (centre crop), never held in memory;
@@ -89,7 +94,7 @@ def certify_run(run_dir, patches=None, device=None, progress=True,
     with rundir.lock(run_dir, "certification"):
         path = run_dir / filename
         _old_rows(path)                        # an unreadable file is refused before any work
-        model, cfg, ds, device = _load(run_dir, device, progress)
+        model, cfg, ds, device, split = _load(run_dir, device, progress, test_size=test_size)
         patches = [_pair(p, "patch") for p in (patches or figure_patches(cfg.dataset))]
         check_patches(patches, data_mod.image_size(ds))
         t0 = time.perf_counter()
@@ -97,6 +102,7 @@ def certify_run(run_dir, patches=None, device=None, progress=True,
                               patches=patches, progress=progress)
         df["wall_s"] = time.perf_counter() - t0
         df["device"] = device_name(device)
+        df["test_split"] = split
         rundir.write_csv(path, _merge_rows(path, df))
     return df
 
@@ -151,7 +157,7 @@ def attack_run(run_dir, n: int | None = 1000, patch=5, steps: int = 100, step_si
 def _attack(run_dir, n, patch, steps, step_size, batch_size, device, seed, progress) -> dict:
     from tqdm import tqdm
 
-    model, cfg, ds, device = _load(run_dir, device, progress, n)
+    model, cfg, ds, device, _ = _load(run_dir, device, progress, n)
     check_patches([patch], data_mod.image_size(ds))
     gen = torch.Generator().manual_seed(seed)
     git = git_commit()

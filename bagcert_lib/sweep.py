@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fnmatch
 import os
 import queue
 import threading
@@ -63,9 +64,20 @@ class Job:
     profile: str | None = None   # None: the sweep's profile
     extra: dict = field(default_factory=dict)   # more TrainConfig values (a DS run's method, ...)
 
-    def name(self, profile: str) -> str:
+    def config(self, profile: str):
+        """Its TrainConfig under the sweep's ``profile`` (its own profile, if it has one)."""
         return profile_config(self.profile or profile, rf=self.rf, margin=self.margin,
-                              head=self.head, seed=self.seed, **self.extra).run_name()
+                              head=self.head, seed=self.seed, **self.extra)
+
+    def name(self, profile: str) -> str:
+        return self.config(profile).run_name()
+
+    def done(self, run_dir: Path, step: str, profile: str) -> bool:
+        """Whether ``step`` is done in ``run_dir``; certify: on the configuration's test_size
+        (a run certified on fewer images, as its profile once asked, is certified again)."""
+        if step == "certify":
+            return rundir.certification_covers(run_dir, self.config(profile).test_size)
+        return _done(run_dir, step)
 
     @property
     def steps(self) -> tuple:
@@ -151,9 +163,9 @@ def equal_compute_jobs(attack_n: int | None = 1000) -> list[Job]:
 _done = rundir.step_done
 
 
-def has_work(run_dir: Path, job: Job, retrain_unshipped: bool = False) -> bool:
+def has_work(run_dir: Path, job: Job, profile: str, retrain_unshipped: bool = False) -> bool:
     """Whether :func:`run_job` would execute anything for ``job`` (what ``--max-runs`` counts)."""
-    return (not all(_done(run_dir, s) for s in job.steps)
+    return (not all(job.done(run_dir, s, profile) for s in job.steps)
             or (retrain_unshipped and unshipped(run_dir)))
 
 
@@ -267,11 +279,12 @@ def run_job(job: Job, profile: str, results: Path, device: str | None, log=print
             "train": dict(rf=job.rf, margin=job.margin, head=job.head, seed=job.seed,
                           profile=job.profile or profile, **job.extra, results=str(into.parent),
                           name=into.name, device=device, **overrides),
-            "certify": dict(run_dir=str(into), device=device),
+            "certify": dict(run_dir=str(into), device=device,
+                            test_size=job.config(profile).test_size or "all"),
             "attack": dict(run_dir=str(into), n=job.attack_n, device=device),
         }
         for step in job.steps:
-            if _done(into, step):
+            if job.done(into, step, profile):
                 log(f"[skip] {run_dir.name}: {step} done")
                 continue
             into.mkdir(parents=True, exist_ok=True)
@@ -402,17 +415,23 @@ def estimate_grid(jobs: list[Job], profile: str, results: Path, retrain_unshippe
 def sweep(profile: str = "cpu", grid: str = "all", results=None, devices=None,
           attack_n: int | None = 1000, dry_run: bool = False, estimate: bool = False,
           executor=None, wait: bool = True, retrain_unshipped: bool = False,
-          max_runs: int | None = None, **overrides) -> list[Path]:
+          max_runs: int | None = None, only=None, **overrides) -> list[Path]:
     """Run every job of ``grid``; one worker thread per device (None: the default device), or,
     with ``executor`` (:func:`make_executor`), one submitit job per configuration.
     ``estimate``: print what each configuration costs on this machine first (and stop if
     ``dry_run``). ``retrain_unshipped``: see :func:`run_job`. ``max_runs``: start at most this many
-    configurations that have work left (:func:`has_work`), then stop."""
+    configurations that have work left (:func:`has_work`), then stop. ``only``: shell patterns
+    (``*w32*``); the configurations whose run names match none of them are left out."""
     if max_runs is not None and max_runs < 1:
         raise ValueError(f"--max-runs must be at least 1, not {max_runs}")
     profile = resolve_profile(profile)
     results = Path(results) if results else results_dir()
     jobs = grid_jobs(grid, attack_n, profile)
+    if only:
+        jobs = [j for j in jobs if any(fnmatch.fnmatchcase(j.name(profile), p) for p in only)]
+        if not jobs:
+            raise ValueError(f"no configuration of grid {grid!r} matches {' '.join(only)}; "
+                             "--dry-run without --only lists them")
     print(f"sweep: {len(jobs)} configurations, profile {profile}, results in {results}")
     if estimate:
         estimate_grid(jobs, profile, results, retrain_unshipped, **overrides)
@@ -421,7 +440,11 @@ def sweep(profile: str = "cpu", grid: str = "all", results=None, devices=None,
             run_dir = results / j.name(profile)
             redo = retrain_unshipped and unshipped(run_dir)
             so_far = epochs_done(retrain_dir(run_dir)) if redo else 0
+            todo = [step for step in j.steps if not j.done(run_dir, step, profile)]
             print("  ", j.name(profile), *(["attack n =", j.attack_n or "all"] if "attack" in j.steps else []),
+                  "|", f"to do: {', '.join(todo)}" if todo else "done",
+                  *([f"(epoch {epochs_done(run_dir)} of {j.config(profile).epochs})"]
+                    if "train" in todo and epochs_done(run_dir) else []),
                   *([f"(retrain: no weights; {so_far} epochs retrained so far)" if so_far else
                      "(retrain: no weights)"] if redo else []))
         return [results / j.name(profile) for j in jobs]
@@ -452,7 +475,7 @@ def sweep(profile: str = "cpu", grid: str = "all", results=None, devices=None,
             except queue.Empty:
                 return
             counted = max_runs is not None and has_work(results / job.name(profile), job,
-                                                        retrain_unshipped)
+                                                        profile, retrain_unshipped)
             if counted:
                 with lock:
                     if started[0] >= max_runs:
@@ -497,7 +520,11 @@ def main(argv=None):
     p.add_argument("--attack-n", type=int, default=1000, help="test images attacked per model")
     p.add_argument("--epochs", type=int, help="override the profile's epochs")
     p.add_argument("--width", type=int, help="override the profile's width")
-    p.add_argument("--dry-run", action="store_true", help="list the configurations and stop")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the configurations, what each has left to do, and stop")
+    p.add_argument("--only", nargs="+", metavar="PATTERN",
+                   help="run only the configurations whose run names match a shell pattern, "
+                   "e.g. '*-w32-*'")
     p.add_argument("--retrain-unshipped", action="store_true",
                    help="train again the finished runs that have no model.safetensors and no "
                    "checkpoint.pt (their old numbers go to previous.json)")
@@ -533,7 +560,7 @@ def _main(a: argparse.Namespace) -> None:
                                  a.cpus_per_task, a.array_parallelism, a.tasks_per_job)
     sweep(a.profile, a.grid, a.results, a.devices, a.attack_n, a.dry_run, a.estimate,
           executor=executor, wait=not a.no_wait, retrain_unshipped=a.retrain_unshipped,
-          max_runs=a.max_runs, **overrides)
+          max_runs=a.max_runs, only=a.only, **overrides)
 
 
 if __name__ == "__main__":

@@ -123,8 +123,8 @@ HTML(f"<details><summary>Accuracies of the timed images, and the run each model 
 # %% [markdown]
 # The ratios of this run next to the paper's (DS block vs BagCert RF 7: 788 s / 40.6 s; DS column:
 # 28 s / 40.6 s). "images" above is how many test images each row was timed on; the accuracies
-# folded under the table, on so few images, are for orientation only (the DS runs' own
-# `certification.csv` has them on 1,000 / 10,000).
+# folded under the table, on so few images, are for orientation only (each DS run's own
+# `certification.csv` has them on the test images its `n` column states).
 
 # %% tags=["hide-input"]
 r = bench["ratios"]

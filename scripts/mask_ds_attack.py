@@ -34,7 +34,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     run_dir = resolve_run_dir(a.run_dir)
-    model, cfg, ds, device = _load(run_dir, None, False, a.n)
+    model, cfg, ds, device, _ = _load(run_dir, None, False, a.n)
     if cfg.method != "ds-column":
         raise SystemExit(f"{run_dir}: Mask-DS certifies DS column runs, this is {cfg.method}")
     patch = tuple(a.patch * 2)[:2] if len(a.patch) == 1 else tuple(a.patch)

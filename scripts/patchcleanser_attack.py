@@ -34,7 +34,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     run_dir = resolve_run_dir(a.run_dir)
-    model, cfg, ds, device = _load(run_dir, None, False, a.n)
+    model, cfg, ds, device, _ = _load(run_dir, None, False, a.n)
     x, y = next(iter(test_batches(ds, cfg, device, batch_size=a.n, model=model)))   # images in [0, 1]
     patch = tuple(a.patch * 2)[:2] if len(a.patch) == 1 else tuple(a.patch)
     ms = pc.mask_set(patch, tuple(x.shape[-2:]), cfg.num_masks, cfg.mask_stride)

@@ -70,6 +70,35 @@ def test_certifying_one_shape_keeps_the_others(trained, tmp_path):
                                   check_dtype=False)
 
 
+def test_certify_test_size_lifts_the_runs_cap(trained, tmp_path):
+    """The run's config.yaml caps certification at its test_size (24 of the 120 test images);
+    ``test_size`` asks for "all" or a number instead. Rows record n and the split's size, from
+    which ``certification_covers`` tells whether a run is certified on as many images as asked
+    (a file without the split's size: when its config asked for the same test_size)."""
+    import pandas as pd
+
+    from bagcert_lib.rundir import certification_covers
+
+    run, _, _ = trained
+    copy = tmp_path / run.name
+    shutil.copytree(run, copy)
+    capped = certify_run(copy, patches=[(3, 3)], progress=False)
+    assert (capped.n == 24).all() and (capped.test_split == 120).all()
+    assert certification_covers(copy, 24) and not certification_covers(copy, 60)
+    assert not certification_covers(copy, "all") and not certification_covers(copy, None)
+    whole = certify_run(copy, patches=[(3, 3)], progress=False, test_size="all")
+    assert (whole.n == 120).all()
+    assert certification_covers(copy, "all") and certification_covers(copy, 500)   # 500 > the split
+    assert (certify_run(copy, patches=[(3, 3)], progress=False, test_size="60").n == 60).all()
+    assert not certification_covers(copy, "all")
+    old = pd.read_csv(copy / "certification.csv").drop(columns="test_split")
+    old.to_csv(copy / "certification.csv", index=False)                 # written before the column
+    assert certification_covers(copy, 24) and not certification_covers(copy, "all")
+    for bad in (0, -5, "some", 2.5):
+        with pytest.raises(ValueError, match="positive number of images or 'all'"):
+            certify_run(copy, patches=[(3, 3)], progress=False, test_size=bad)
+
+
 class _Payload:
     def __reduce__(self):
         import os

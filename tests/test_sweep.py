@@ -70,7 +70,7 @@ def test_a_locked_run_is_skipped_and_a_finished_one_not_rerun(tmp_path):
         holder.join()
     assert log == [f"[busy] {run_dir.name}: another process is running it; skipped"]
     (run_dir / "metrics.json").write_text(json.dumps({"finished": True}))
-    (run_dir / "certification.csv").write_text("patch\n")
+    (run_dir / "certification.csv").write_text(CERTIFIED)
     (run_dir / "attack.json").write_text("{}")
     log.clear()
     assert run_job(job, "smoke", tmp_path, "cpu", log=log.append) == run_dir
@@ -125,12 +125,17 @@ def test_submitit_job_of_two_tasks_trains_with_ddp(tmp_path):
     assert (run_dir / "certification.csv").is_file() and (run_dir / "attack.json").is_file()
 
 
+#: A certification.csv of the smoke profile's 200 test images (of a 10,000-image split).
+CERTIFIED = ("patch,patch_h,patch_w,condition,n,clean_accuracy,certified_accuracy,test_split\n"
+             "5x5,5,5,3.2,200,0.4146,0.1025,10000\n")
+
+
 def _finished_run_without_weights(run_dir):
     """The files a run committed before models were shipped holds: no weights, no checkpoint."""
     import json
 
     run_dir.mkdir(parents=True)
-    (run_dir / "config.yaml").write_text("rf: 7\nmargin: 0.5\nprofile: smoke\n")
+    (run_dir / "config.yaml").write_text("rf: 7\nmargin: 0.5\nprofile: smoke\ntest_size: 200\n")
     (run_dir / "metrics.json").write_text(json.dumps({"finished": True, "clean_accuracy": 0.41}))
     (run_dir / "provenance.json").write_text(json.dumps(
         {"git": {"commit": "7211e83"}, "torch": "2.13.0+cpu", "device": "CPU", "wall_s": 1381.0}))
@@ -161,10 +166,12 @@ def _fake_steps(executed, stop_in_train=False):
             (run / "model.safetensors").write_bytes(b"weights")
             (run / "provenance.json").write_text(json.dumps({"git": {"commit": "abc1234"},
                                                              "torch": "2.14.1"}))
-        elif step == "certify":
+        elif step == "certify":                     # the test images asked for, of 10,000
+            want = parameters.get("test_size", 200)
+            n = 10000 if want == "all" else min(want, 10000)
             (run / "certification.csv").write_text(
-                "patch,patch_h,patch_w,condition,n,clean_accuracy,certified_accuracy\n"
-                "5x5,5,5,3.2,10000,0.4200,0.1100\n5x5,5,5,3.3,10000,0.4200,0.0950\n")
+                "patch,patch_h,patch_w,condition,n,clean_accuracy,certified_accuracy,test_split\n"
+                f"5x5,5,5,3.2,{n},0.4200,0.1100,10000\n5x5,5,5,3.3,{n},0.4200,0.0950,10000\n")
         else:
             (run / "attack.json").write_text(json.dumps({"n": 1000, "certified_broken": 0}))
     return execute
@@ -346,13 +353,13 @@ def test_max_runs_stops_after_n_configurations_with_work_left(tmp_path, monkeypa
     first = tmp_path / jobs[0].name("smoke")          # finished and shipped: nothing to do
     first.mkdir()
     (first / "metrics.json").write_text(json.dumps({"finished": True}))
-    (first / "certification.csv").write_text("patch\n")
+    (first / "certification.csv").write_text(CERTIFIED)
     (first / "attack.json").write_text("{}")
     (first / "model.safetensors").write_bytes(b"")
-    assert not has_work(first, jobs[0], retrain_unshipped=True)
+    assert not has_work(first, jobs[0], "smoke", retrain_unshipped=True)
     _finished_run_without_weights(tmp_path / jobs[1].name("smoke"))   # work only when retraining
-    assert not has_work(tmp_path / jobs[1].name("smoke"), jobs[1])
-    assert has_work(tmp_path / jobs[1].name("smoke"), jobs[1], retrain_unshipped=True)
+    assert not has_work(tmp_path / jobs[1].name("smoke"), jobs[1], "smoke")
+    assert has_work(tmp_path / jobs[1].name("smoke"), jobs[1], "smoke", retrain_unshipped=True)
 
     executed, fake = [], _fake_steps([])
 
@@ -418,3 +425,27 @@ def test_a_ds_run_off_its_profiles_size_is_named_with_it():
             == "cpu-ds-column4-theta0.3-w16-e12-seed0")
     assert (profile_config("cpu", method="ds-block", width=32, epochs=31).run_name()
             == "cpu-ds-block4-theta0.3-w32-e31-seed0")
+
+
+def test_a_run_certified_on_fewer_images_than_its_profile_asks_is_certified_again(tmp_path, monkeypatch):
+    """A profile that now certifies more test images than a finished run's config.yaml asked for
+    (a file without the split's size: its config's test_size) gets the run certified again on
+    that many, once; training and the attack are not repeated."""
+    import papermill
+
+    from bagcert_lib.rundir import certification_covers
+    from bagcert_lib.sweep import Job, has_work, run_job
+
+    old, more = Job(7, 0.5), Job(7, 0.5, extra={"test_size": 500})
+    assert old.name("smoke") == more.name("smoke")       # test_size is not part of a run's name
+    run_dir = tmp_path / old.name("smoke")
+    _finished_run_without_weights(run_dir)                  # certified under test_size 200
+    assert not has_work(run_dir, old, "smoke") and has_work(run_dir, more, "smoke")
+    executed = []
+    monkeypatch.setattr(papermill, "execute_notebook", _fake_steps(executed))
+    run_job(more, "smoke", tmp_path, "cpu")
+    assert executed == [{"run_dir": str(run_dir), "device": "cpu", "test_size": 500}]
+    assert certification_covers(run_dir, 500) and not certification_covers(run_dir, "all")
+    assert not has_work(run_dir, more, "smoke")
+    run_job(more, "smoke", tmp_path, "cpu")
+    assert len(executed) == 1

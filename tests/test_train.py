@@ -255,7 +255,8 @@ def test_smoothing_run_trains_resumes_and_certifies(tmp_path, colour_folder, met
 
 def test_smoothing_profile_values():
     block, column = profile_config("cpu", method="ds-block"), profile_config("cpu", method="ds-column")
-    assert (block.width, block.test_size, column.width, column.test_size) == (16, 1000, 16, None)
+    assert (block.width, block.eval_size, column.width, column.eval_size) == (16, 100, 16, 1000)
+    assert block.test_size is column.test_size is None         # both certified on the whole test set
     assert profile_config("paper", method="ds-block").width == 64     # DS's ResNet-18
     with pytest.raises(ValueError, match="unknown method"):
         profile_config("smoke", method="ds-ring")
