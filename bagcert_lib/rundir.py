@@ -424,18 +424,23 @@ def step_done(run_dir, step: str) -> bool:
 
 def certification_covers(run_dir, test_size) -> bool:
     """Whether every row of ``run_dir``'s certification.csv certified ``test_size`` test images
-    (a number, or None / ``"all"``: the whole split; fewer when the split is smaller). A file
-    written before rows recorded the split's size (``test_split``) counts when the run's
-    config.yaml asked for the same test_size."""
+    (a number, or None / ``"all"``: the whole split; a row's split may be smaller). A row written
+    before rows recorded the split's size (``test_split``) covers "all" only when the run's
+    config.yaml asked for the whole split."""
     path = Path(run_dir) / CERTIFICATION
     if not path.is_file():
         return False
     want = parse_test_size(test_size)
     rows = read_csv(path)
-    if "test_split" not in rows or rows["test_split"].isna().any():
-        return read_config(run_dir).get("test_size") == want
-    need = rows["test_split"].min() if want is None else min(want, rows["test_split"].min())
-    return bool(rows["n"].min() >= need)
+    if "n" not in rows:
+        raise _bad(path, "has no n column (test images certified)",
+                   "delete it to certify the run again")
+    split = rows["test_split"] if "test_split" in rows else rows["n"] * float("nan")
+    need = split if want is None else split.clip(upper=want).fillna(want)
+    covered = rows["n"] >= need                      # False where need is unknown (NaN)
+    if need.isna().any() and read_config(run_dir).get("test_size") is None:
+        covered |= need.isna()                       # certified when the config asked for all
+    return bool(covered.all())
 
 
 def state(run_dir) -> str:

@@ -77,7 +77,7 @@ def test_certify_test_size_lifts_the_runs_cap(trained, tmp_path):
     (a file without the split's size: when its config asked for the same test_size)."""
     import pandas as pd
 
-    from bagcert_lib.rundir import certification_covers
+    from bagcert_lib.rundir import RunFolderError, certification_covers
 
     run, _, _ = trained
     copy = tmp_path / run.name
@@ -94,6 +94,11 @@ def test_certify_test_size_lifts_the_runs_cap(trained, tmp_path):
     old = pd.read_csv(copy / "certification.csv").drop(columns="test_split")
     old.to_csv(copy / "certification.csv", index=False)                 # written before the column
     assert certification_covers(copy, 24) and not certification_covers(copy, "all")
+    certify_run(copy, patches=[(5, 5)], progress=False, test_size=30)   # old 3×3 rows (60), new 5×5 (30)
+    assert certification_covers(copy, 30) and not certification_covers(copy, 40)
+    (copy / "certification.csv").write_text("patch,condition\n5x5,3.2\n")
+    with pytest.raises(RunFolderError, match="certification.csv: has no n column"):
+        certification_covers(copy, 30)
     for bad in (0, -5, "some", 2.5):
         with pytest.raises(ValueError, match="positive number of images or 'all'"):
             certify_run(copy, patches=[(3, 3)], progress=False, test_size=bad)

@@ -141,7 +141,7 @@ def _finished_run_without_weights(run_dir):
         {"git": {"commit": "7211e83"}, "torch": "2.13.0+cpu", "device": "CPU", "wall_s": 1381.0}))
     (run_dir / "certification.csv").write_text(
         "patch,patch_h,patch_w,condition,n,clean_accuracy,certified_accuracy\n"
-        "5x5,5,5,3.2,10000,0.4146,0.1025\n5x5,5,5,3.3,10000,0.4146,0.0896\n")
+        "5x5,5,5,3.2,200,0.4146,0.1025\n5x5,5,5,3.3,200,0.4146,0.0896\n")
     (run_dir / "attack.json").write_text(json.dumps({"n": 10000, "adversarial_accuracy": 0.23,
                                                      "certified_broken": 0, "seconds": 554.1}))
     (run_dir / "train.ipynb").write_text("{}")
@@ -240,7 +240,7 @@ def test_retrain_unshipped_keeps_the_old_run_until_the_new_one_replaces_it(tmp_p
         "model.safetensors", PREVIOUS, "provenance.json"]
     old = json.loads((run_dir / PREVIOUS).read_text())
     assert (old["commit"], old["torch"], old["metrics"]["clean_accuracy"]) == ("7211e83", "2.13.0+cpu", 0.41)
-    assert old["certification"][1] == {"patch": "5x5", "patch_h": "5", "patch_w": "5", "condition": "3.3", "n": "10000",
+    assert old["certification"][1] == {"patch": "5x5", "patch_h": "5", "patch_w": "5", "condition": "3.3", "n": "200",
                                        "clean_accuracy": "0.4146", "certified_accuracy": "0.0896"}
     assert old["attack"]["adversarial_accuracy"] == 0.23 and old["attack"]["certified_broken"] == 0
     # the book compares the two runs (results.load_retrained)
@@ -298,8 +298,8 @@ def test_a_finished_run_with_a_checkpoint_exports_instead(tmp_path, colour_folde
     run_dir = tmp_path / job.name("smoke")
     train(profile_config("smoke", rf=5, margin=0.5, **job.extra), run_dir, progress=False)
     (run_dir / WEIGHTS).unlink()
-    for f in ("certification.csv", "attack.json"):
-        (run_dir / f).write_text("{}")
+    (run_dir / "certification.csv").write_text(CERTIFIED)
+    (run_dir / "attack.json").write_text("{}")
     assert not unshipped(run_dir)              # its checkpoint still has the weights
     log = []
     run_job(job, "smoke", tmp_path, "cpu", log=log.append, retrain_unshipped=True)
