@@ -12,6 +12,7 @@ read from one)::
                         that every training record above is complete
     certification.csv   per patch shape and condition, on the test split      (certify)
     attack_samples.csv, attack_example.npz, attack.json (written last)      (attack)
+    attack_mask_ds.json, attack_patchcleanser.json  a defense's own attack  (attack)
     previous.json       what a retrained run replaced                       (sweep)
     retrain/<name>/     the same run being trained again beside it          (sweep)
     .lock               who is writing: pid, host, since
@@ -53,6 +54,8 @@ CERTIFICATION = "certification.csv"
 ATTACK = "attack.json"
 ATTACK_SAMPLES = "attack_samples.csv"
 ATTACK_EXAMPLE = "attack_example.npz"
+#: The attack of a defense certified by its own analysis rather than App. A.2's, by method.
+DEFENSE_ATTACK = {"ds-column": "attack_mask_ds.json", "patchcleanser": "attack_patchcleanser.json"}
 PREVIOUS = "previous.json"
 RETRAIN = "retrain"
 LOCK = ".lock"
@@ -416,10 +419,13 @@ def epochs_done(run_dir) -> int:
 
 
 def step_done(run_dir, step: str) -> bool:
-    """Whether ``step`` (train, certify, attack) has left its results in ``run_dir``."""
+    """Whether ``step`` (train, certify, attack, or ``attack-<method>``: :data:`DEFENSE_ATTACK`)
+    has left its results in ``run_dir``."""
     if step == "train":
         return finished(run_dir)
-    return (Path(run_dir) / {"certify": CERTIFICATION, "attack": ATTACK}[step]).is_file()
+    files = {"certify": CERTIFICATION, "attack": ATTACK,
+             **{f"attack-{m}": f for m, f in DEFENSE_ATTACK.items()}}
+    return (Path(run_dir) / files[step]).is_file()
 
 
 def certification_covers(run_dir, test_size) -> bool:

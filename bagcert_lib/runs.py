@@ -3,9 +3,12 @@
 Files each step adds to ``run_dir`` (through :mod:`.rundir`: atomically, under its lock):
 
 * ``certification.csv`` — per patch shape and condition: clean and certified accuracy on the
-  whole test split, forward-pass vs certification seconds (one forward pass for all shapes).
+  run's test images (``n`` of the split's ``test_split``), forward-pass vs certification
+  seconds (one forward pass for all shapes).
 * ``attack.json`` / ``attack_samples.csv`` — App. A.2 PGD results (Figure 7), per sample too;
   ``attack_example.npz`` — one illustrated example (Figure 6).
+* ``attack_mask_ds.json`` / ``attack_patchcleanser.json`` — the PGD attack on a defense certified
+  by its own analysis (Mask-DS on a DS column run, PatchCleanser): no certified image broken.
 """
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ import pandas as pd
 import torch
 
 from . import data as data_mod
-from . import rundir
+from . import mask_ds, rundir
+from . import patchcleanser as pc
 from .attack import patch_attack
 from .certifier import _pair, affected_range
 from .config import REPO_ROOT, grids, profile_config, parse_test_size  # noqa: F401 (REPO_ROOT: API)
@@ -192,15 +196,97 @@ def _attack(run_dir, n, patch, steps, step_size, batch_size, device, seed, progr
     return out
 
 
+class UnsoundCertificate(RuntimeError):
+    """A patch attack changed the prediction on an image that its defense certified."""
+
+
 def save_attack_record(run_dir, name: str, record: dict) -> None:
     """Write a defense's own attack record (``attack_<defense>.json``) into its run folder,
-    print it, and fail (exit non-zero) when it broke a certified image: then the certificate
-    is unsound."""
+    print it, and raise :class:`UnsoundCertificate` when it broke a certified image."""
     text = json.dumps(record, indent=2, default=float)
     rundir.write(Path(run_dir) / name, text + "\n")
     print(text)
     if record["certified_broken"]:
-        raise SystemExit(f"{record['certified_broken']} certified images broken: the certificate is unsound")
+        raise UnsoundCertificate(f"{run_dir}: {record['certified_broken']} certified images broken "
+                                 f"by the attack in {name}: the certificate is unsound")
+
+
+def attack_mask_ds(run_dir, n: int | None = 1000, patch=5, steps: int = 50, step_size: float = 0.05,
+                   batch_size: int = 25, device=None, seed: int = 0, progress: bool = True) -> dict:
+    """PGD on Mask-DS, a DS column run's second certificate (:func:`.mask_ds.attack`: the patch
+    pixels at the weakest window's position, raising that window's class over the true one, the
+    robust-masking prediction checked at every iterate), on the first ``n`` test images of the
+    run's fixed class-balanced subset. Writes ``attack_mask_ds.json``; a broken certified image
+    raises :class:`UnsoundCertificate`."""
+    from tqdm import tqdm
+
+    patch, run_dir = _pair(patch, "patch"), resolve_run_dir(run_dir)
+    with rundir.lock(run_dir, "attack"):
+        model, cfg, ds, device, _ = _load(run_dir, device, progress, n)
+        if cfg.method != "ds-column":
+            raise ValueError(f"{run_dir}: Mask-DS certifies DS column runs, this is {cfg.method}")
+        gen, t0 = torch.Generator().manual_seed(seed), time.perf_counter()
+        sums = dict.fromkeys(("n", "correct", "certified", "adv_correct", "broken", "certified_broken"), 0)
+        loader = test_batches(ds, cfg, device, batch_size=batch_size, model=model)   # images in [0, 1]
+        for x, y in tqdm(loader, total=data_mod.num_batches(len(ds.y_test), batch_size, False),
+                         desc="attack Mask-DS", disable=not progress):
+            res = mask_ds.attack(model, x, y, patch, size=cfg.ablation_size, steps=steps,
+                                 step_size=step_size, amp=cfg.amp, generator=gen)
+            certified = res.certificate.certified
+            for key, v in (("n", torch.ones_like(y, dtype=torch.bool)), ("correct", res.clean_correct),
+                           ("certified", certified), ("adv_correct", res.adv_correct),
+                           ("broken", res.flipped), ("certified_broken", res.flipped & certified)):
+                sums[key] += int(v.sum())
+        m = sums["n"]
+        out = {"n": m, "patch": list(patch), "condition": mask_ds.CONDITION, "steps": steps,
+               "step_size": step_size, "clean_accuracy": sums["correct"] / m,
+               "certified_accuracy": sums["certified"] / m, "adversarial_accuracy": sums["adv_correct"] / m,
+               "broken": sums["broken"], "certified_broken": sums["certified_broken"],
+               "seconds": time.perf_counter() - t0, "device": device_name(device), "git": git_commit()}
+        save_attack_record(run_dir, rundir.DEFENSE_ATTACK["ds-column"], out)
+    return out
+
+
+def attack_patchcleanser(run_dir, n: int | None = 100, patch=5, positions: int = 2, steps: int = 20,
+                         step_size: float = 0.05, pairs: bool = False, device=None, seed: int = 0,
+                         progress: bool = True) -> dict:
+    """PGD on a PatchCleanser run (:func:`.patchcleanser.patch_attack`), on the first ``n`` test
+    images of its fixed class-balanced subset: per image ``positions`` patch positions drawn
+    uniformly (seeded), the patch pixels attacked against the first round's masked images (with
+    ``pairs``, every mask pair's), the double-masking prediction checked at every iterate. Writes
+    ``attack_patchcleanser.json``; a broken certified image raises :class:`UnsoundCertificate`."""
+    patch, run_dir = _pair(patch, "patch"), resolve_run_dir(run_dir)
+    with rundir.lock(run_dir, "attack"):
+        model, cfg, ds, device, _ = _load(run_dir, device, progress, n)
+        if cfg.method != "patchcleanser":
+            raise ValueError(f"{run_dir}: not a PatchCleanser run but {cfg.method}")
+        x, y = next(iter(test_batches(ds, cfg, device, batch_size=len(ds.y_test), model=model)))
+        ms = pc.mask_set(patch, tuple(x.shape[-2:]), cfg.num_masks, cfg.mask_stride)
+        t0 = time.perf_counter()
+        clean = pc.double_masking(model, x, ms, y, amp=cfg.amp)
+        gen = torch.Generator().manual_seed(seed)
+        H, W = x.shape[-2:]
+        broken = torch.zeros(len(y), dtype=torch.bool, device=device)
+        for _ in range(positions):
+            row = torch.randint(H - patch[0] + 1, (len(y),), generator=gen).to(device)
+            col = torch.randint(W - patch[1] + 1, (len(y),), generator=gen).to(device)
+            broken |= pc.patch_attack(model, x, y, ms, row, col, steps=steps, step_size=step_size,
+                                      amp=cfg.amp, pairs=pairs, generator=gen)["broken"]
+        correct = clean.prediction == y
+        out = {"n": len(y), "patch": list(patch), "masks": len(ms), "positions": positions,
+               "steps": steps, "step_size": step_size, "pairs": pairs,
+               "clean_accuracy": correct.float().mean().item(),
+               "certified_accuracy": clean.certified.float().mean().item(),
+               "adversarial_accuracy": (correct & ~broken).float().mean().item(),
+               "broken": int((correct & broken).sum()),
+               "certified_broken": int((clean.certified & broken).sum()),
+               "seconds": time.perf_counter() - t0, "device": device_name(device), "git": git_commit()}
+        save_attack_record(run_dir, rundir.DEFENSE_ATTACK["patchcleanser"], out)
+    return out
+
+
+#: A defense's own attack by method (the sweep's ``attack-<method>`` step; rundir.DEFENSE_ATTACK).
+DEFENSE_ATTACKS = {"ds-column": attack_mask_ds, "patchcleanser": attack_patchcleanser}
 
 
 def _example(model, cfg, clean, adv, label, res, i, patch) -> dict:

@@ -81,10 +81,14 @@ class Job:
 
     @property
     def steps(self) -> tuple:
-        """train, certify, attack; DS baselines are not attacked (App. A.2 attacks BagCert; CBN
-        and Mask-BN have their own attacks)."""
-        return ("train", "certify") if self.extra.get("method", "bagcert") not in ATTACKED else (
-            "train", "certify", "attack")
+        """train, certify, then the attack: App. A.2's (attack.ipynb) for BagCert, CBN and Mask-BN
+        (each with its own attack step), ``attack-<method>`` for a defense certified by its own
+        analysis (DS column: Mask-DS; PatchCleanser; :data:`bagcert_lib.runs.DEFENSE_ATTACKS`);
+        DS block is not attacked."""
+        method = self.extra.get("method", "bagcert")
+        if method in ATTACKED:
+            return ("train", "certify", "attack")
+        return ("train", "certify", *([f"attack-{method}"] if method in rundir.DEFENSE_ATTACK else []))
 
 
 #: The methods the sweep attacks after certifying them.
@@ -289,6 +293,10 @@ def run_job(job: Job, profile: str, results: Path, device: str | None, log=print
                 continue
             into.mkdir(parents=True, exist_ok=True)
             log(f"[run ] {run_dir.name}: {step} on {device or 'default device'}")
+            if step.startswith("attack-"):        # a defense's own attack, here: its record is the JSON
+                from .runs import DEFENSE_ATTACKS
+                DEFENSE_ATTACKS[step.removeprefix("attack-")](into, device=device, progress=False)
+                continue
             pm.execute_notebook(str(NOTEBOOKS / f"{step}.ipynb"), str(into / f"{step}.ipynb"),
                                 parameters=params[step], cwd=str(NOTEBOOKS), progress_bar=False)
         if into == new:

@@ -53,7 +53,7 @@
 # (`tests/test_clipped_bagnet.py`, `tests/test_patchguard.py`, `tests/test_mask_ds.py`,
 # `tests/test_patchcleanser.py`); on the trained models the attack's numbers are in the runs'
 # `attack.json` (BagCert, CBN, Mask-BN), `attack_mask_ds.json` and `attack_patchcleanser.json`
-# (`scripts/mask_ds_attack.py`, `scripts/patchcleanser_attack.py`): no certified image broken.
+# (`bagcert_lib.runs`), shown under the table below.
 
 # %% tags=["parameters", "hide-input"]
 results: str = None  # results folder (default: $BAGCERT_RESULTS, else results/runs)
@@ -187,6 +187,43 @@ say("No finished, certified run yet: " + ("; ".join(f"{d} at {b}" for b, d in mi
     + ". Certified on a fixed class-balanced subset rather than all 10,000 test images: "
     + ("; ".join(f"{d} at {b} ({n:,.0f} images)" for (b, d), n in subset["n"].items()) if len(subset) else "none")
     + "." + ("" if bench else " No certification-cost benchmark yet (benchmarks/certify_cost.py)."))
+
+# %% [markdown]
+# The PGD patch attack on each run of the table, 5×5 unless the row says otherwise: App. A.2's
+# attack for BagCert, CBN and Mask-BN (each with its own objective), and the attacks on Mask-DS and
+# PatchCleanser, which check their predictions at every step. "certified broken" counts certified
+# images whose prediction the attack changed: a sound certificate keeps it at 0. DS block and DS
+# column (DS's own certificate) are not attacked.
+
+# %% tags=["hide-input"]
+from bagcert_lib.rundir import ATTACK, DEFENSE_ATTACK, read_json
+
+ATTACK_FILE = {"BagCert": ATTACK, "CBN": ATTACK, "Mask-BN": ATTACK,
+               "Mask-DS": DEFENSE_ATTACK["ds-column"], "PatchCleanser": DEFENSE_ATTACK["patchcleanser"]}
+path_of = dict(zip(runs["run"], runs["path"]))
+attacked = []
+for (b, d), run in table["run"].items():
+    f = Path(path_of[run]) / ATTACK_FILE[d] if d in ATTACK_FILE and run in path_of else None
+    if f is not None and f.is_file():
+        a = read_json(f)
+        attacked.append({"budget (FLOPs)": b.split(" ")[0], "defense": d,
+                         "patch": "×".join(map(str, a["patch"][::-1])), "n": a["n"],
+                         "clean_accuracy": a["clean_accuracy"], "certified_accuracy": a["certified_accuracy"],
+                         "adversarial_accuracy": a["adversarial_accuracy"],
+                         "certified broken": int(a["certified_broken"])})
+attacks = pd.DataFrame(attacked)
+if len(attacks):
+    display(readable(attacks.set_index(["budget (FLOPs)", "defense"]),
+                     percent=["clean_accuracy", "certified_accuracy", "adversarial_accuracy"],
+                     words={"n": "images", "clean_accuracy": "clean", "certified_accuracy": "certified",
+                            "adversarial_accuracy": "adversarial"},
+                     formats={"n": "{:,.0f}"}))
+unattacked = [f"{d} at {b.split(' ')[0]}" for (b, d), run in table["run"].items()
+              if d in ATTACK_FILE and run in path_of and not (Path(path_of[run]) / ATTACK_FILE[d]).is_file()]
+say(("**No certified image broken** in any attacked run." if len(attacks) and not attacks["certified broken"].any()
+     else f"**Certified images broken:** {int(attacks['certified broken'].sum())}: a certificate is unsound."
+     if len(attacks) else "No attacked run yet.")
+    + (" Not attacked yet: " + "; ".join(unattacked) + "." if unattacked else ""))
 
 # %% [markdown]
 # ## Clean against certified accuracy (Figure 2's axes)

@@ -310,3 +310,28 @@ def test_attack_never_breaks_a_certified_image(trained, patch):
         r, c = res.row[:, None, None], res.col[:, None, None]
         inside = (rows >= r) & (rows < r + patch[0]) & (cols >= c) & (cols < c + patch[1])
         assert not (changed & ~inside).any()
+
+
+def test_the_run_attack_writes_its_record_and_refuses_an_unsound_certificate(trained, monkeypatch):
+    """runs.attack_mask_ds (the sweep's attack-ds-column step): attack_mask_ds.json holds its n,
+    accuracies with adversarial ≤ clean and certified ≤ clean, and no certified image broken; a
+    planted unsound certificate (every correct image called certified) raises UnsoundCertificate."""
+    import dataclasses
+    import json
+
+    from bagcert_lib import runs
+
+    out, cfg, x, y = trained                  # 16 × 16: the colour model is certified at 5 × 5 throughout
+    rec = runs.attack_mask_ds(out["run_dir"], n=12, patch=(16, 16), steps=10, step_size=0.1, batch_size=6,
+                              progress=False)
+    saved = json.loads((out["run_dir"] / "attack_mask_ds.json").read_text())
+    assert saved["n"] == rec["n"] == 12 and saved["certified_broken"] == 0
+    assert saved["adversarial_accuracy"] <= saved["clean_accuracy"]
+    assert saved["certified_accuracy"] <= saved["clean_accuracy"]
+    assert saved["broken"] > 0                         # the attack bites: the check below can fail
+    real = M.certify
+    monkeypatch.setattr(M, "certify", lambda *a, **k: dataclasses.replace(
+        real(*a, **k), certified=real(*a, **k).correct))
+    with pytest.raises(runs.UnsoundCertificate, match="certified images broken"):
+        runs.attack_mask_ds(out["run_dir"], n=12, patch=(16, 16), steps=10, step_size=0.1, batch_size=6,
+                            progress=False)

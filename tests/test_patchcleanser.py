@@ -352,6 +352,36 @@ def test_config_and_method(tmp_path, colour_folder):
     assert (df.certified_accuracy <= df.clean_accuracy).all() and (df.passes >= 6 * 30).all()
 
 
+
+def test_the_run_attack_writes_its_record_and_refuses_a_broken_certificate(tmp_path, colour_folder,
+                                                                           monkeypatch):
+    """runs.attack_patchcleanser (the sweep's attack-patchcleanser step) on a trained run:
+    attack_patchcleanser.json holds its n, accuracies with certified and adversarial ≤ clean, and
+    no certified image broken; an attack that (planted) breaks every image raises
+    UnsoundCertificate, counting the certified ones."""
+    import json
+
+    from bagcert_lib import runs
+    from bagcert_lib.train import train
+
+    cfg = profile_config("smoke", dataset="imagefolder", data=str(colour_folder), method="patchcleanser",
+                         width=4, epochs=2, lr=0.01, train_size=None, eval_size=12, test_size=12)
+    train(cfg, tmp_path / "run", progress=False)
+    kw = dict(n=12, positions=2, steps=5, progress=False)
+    rec = runs.attack_patchcleanser(tmp_path / "run", **kw)
+    saved = json.loads((tmp_path / "run" / "attack_patchcleanser.json").read_text())
+    assert saved["n"] == rec["n"] == 12 and saved["masks"] == 36 and saved["certified_broken"] == 0
+    assert saved["certified_accuracy"] <= saved["clean_accuracy"]
+    assert saved["adversarial_accuracy"] <= saved["clean_accuracy"]
+    assert saved["certified_accuracy"] > 0                  # so the planted attack below breaks some
+    real = pc.patch_attack
+    monkeypatch.setattr(pc, "patch_attack", lambda *a, **k: {
+        **real(*a, **k), "broken": torch.ones(12, dtype=torch.bool)})
+    certified = round(saved["certified_accuracy"] * 12)
+    with pytest.raises(runs.UnsoundCertificate, match=f"{certified} certified images broken"):
+        runs.attack_patchcleanser(tmp_path / "run", **kw)
+
+
 def test_grid_is_at_bagcerts_training_flops():
     """``grids.patchcleanser``: each run's training FLOPs (model.training_flops, as provenance.json
     counts them) within 5 % of BagCert's cpu grid (width 32, 6 epochs) and of the compute study's

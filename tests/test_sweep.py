@@ -18,7 +18,7 @@ def test_grids_match_the_paper():
     # the headline is in both grids once; then the two DS baselines; cpu_long at the end
     assert len(jobs) == 20 + 15 - 1 + 2 + 1
     assert [j.extra.get("method") for j in jobs[-3:-1]] == ["ds-block", "ds-column"]
-    assert all(j.steps == ("train", "certify") for j in jobs[-3:-1])    # DS is not attacked
+    assert [j.steps[2:] for j in jobs[-3:-1]] == [(), ("attack-ds-column",)]   # Mask-DS's attack
     assert jobs[-1].profile == "cpu_long" and jobs[-1].attack_n == 1000
     assert all(j.profile is None for j in grid_jobs("all", profile="smoke"))
 
@@ -449,3 +449,34 @@ def test_a_run_certified_on_fewer_images_than_its_profile_asks_is_certified_agai
     assert not has_work(run_dir, more, "smoke")
     run_job(more, "smoke", tmp_path, "cpu")
     assert len(executed) == 1
+
+
+def test_a_defense_with_its_own_analysis_is_attacked_by_its_own_attack(tmp_path, monkeypatch):
+    """DS column and PatchCleanser runs end with ``attack-<method>`` (runs.DEFENSE_ATTACKS, in
+    the sweep's process; done when its record exists), BagCert with attack.ipynb, DS block with
+    certification."""
+    import json
+
+    import papermill
+
+    from bagcert_lib import runs
+    from bagcert_lib.sweep import Job, has_work, run_job
+
+    steps = {m: Job(7, 0.5, extra={"method": m}).steps for m in ("bagcert", "ds-column", "ds-block", "patchcleanser")}
+    assert steps == {"bagcert": ("train", "certify", "attack"), "ds-block": ("train", "certify"),
+                     "ds-column": ("train", "certify", "attack-ds-column"),
+                     "patchcleanser": ("train", "certify", "attack-patchcleanser")}
+    executed, attacked = [], []
+    monkeypatch.setattr(papermill, "execute_notebook", _fake_steps(executed))
+
+    def fake_attack(run_dir, device=None, progress=True):
+        attacked.append((run_dir.name, device))
+        (run_dir / "attack_mask_ds.json").write_text(json.dumps({"certified_broken": 0}))
+
+    monkeypatch.setitem(runs.DEFENSE_ATTACKS, "ds-column", fake_attack)
+    job = Job(7, 0.5, extra={"method": "ds-column"})
+    run_dir = run_job(job, "smoke", tmp_path, "cpu")
+    assert [p.get("test_size") for p in executed][1] == 200 and attacked == [(run_dir.name, "cpu")]
+    assert not has_work(run_dir, job, "smoke")
+    run_job(job, "smoke", tmp_path, "cpu")
+    assert len(executed) == 2 and len(attacked) == 1
