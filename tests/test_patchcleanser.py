@@ -392,7 +392,7 @@ def test_grid_is_at_bagcerts_training_flops():
     from bagcert_lib.train import build_model
 
     jobs = grid_jobs("patchcleanser", profile="cpu")
-    assert [j.steps for j in jobs] == [("train", "certify")] * 2
+    assert [j.steps for j in jobs] == [("train", "certify", "attack-patchcleanser")] * 2
     flops = []
     for j in jobs:
         cfg = profile_config("cpu", **j.extra)
