@@ -24,7 +24,7 @@
 # %% tags=["parameters"]
 run_dir: str = None  # a run made by train.ipynb: a path or a name under results/runs (default: the RF 7, M 0.5 run)
 device: str = None  # cuda | cpu | None (cuda if available)
-test_size: str = None  # test images: None = the run's test_size, "all" = the whole split, or a number
+test_size: str = None  # test images: None (the run's test_size), all (the whole split) or a number
 
 # %%
 from bagcert_lib.runs import certify_run
