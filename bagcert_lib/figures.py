@@ -110,14 +110,14 @@ def made_from(runs: pd.DataFrame) -> str:
     return "; ".join(parts)
 
 
-def _paper_marks(ax, paper: pd.DataFrame, labels: list, x_of=None):
+def paper_marks(ax, paper: pd.DataFrame, labels: list, x_of=None):
     """Draw the paper's stated values of a per-patch figure on ``ax`` (red, hollow)."""
     x_of = x_of or {lab: i for i, lab in enumerate(labels)}
     kw = dict(facecolors="none", edgecolors=PAPER_COLOR, linewidths=2, zorder=5)
     ds = paper[(paper.method == "DS column") & paper.patch.isin(labels)]
     for _, p in paper.iterrows():
         pct = p.certified_accuracy * 100
-        who = f"RF {p.rf:g}, M {p.margin:g}" if p.method == "BagCert" else p.method
+        who = f"BagCert RF {p.rf:g}, M {p.margin:g}" if p.method == "BagCert" else p.method
         if p.patch == "every" and p.relation == "≥":
             ax.axhline(pct, color=PAPER_COLOR, ls="--", lw=1.5,
                        label=f"paper: {who} ≥ {pct:.0f} % at every shape (§4)")
@@ -178,7 +178,7 @@ def sweep_panels(cert: pd.DataFrame, patches: list, condition: str = "3.2",
                            edgecolors=REPORTED_COLOR, zorder=5,
                            label=f"{b.method}, {b.patch.replace('x', '×')} (reported)")
         if paper is not None:
-            _paper_marks(ax, paper, labels)
+            paper_marks(ax, paper, labels)
         ax.set_title(f"BagCert, {panel_title} (Condition {condition})")
         ax.set_ylim(-3, 100)
         ax.set_ylabel("Certified accuracy (%)")

@@ -73,7 +73,7 @@ from myst_nb import glue
 
 from bagcert_lib.certifier import patch_label
 from bagcert_lib.config import REPO_ROOT, grids
-from bagcert_lib.figures import readable
+from bagcert_lib.figures import PAPER_COLOR, paper_marks, paper_values, readable
 from bagcert_lib.results import load_certification, load_runs, run_links
 
 
@@ -91,7 +91,7 @@ LABEL = {"bagcert": "BagCert", "cbn": "CBN", "mask-bn": "Mask-BN", "ds-block": "
          "ds-column": "DS column", "patchcleanser": "PatchCleanser"}
 CONDITION = {"BagCert": "3.2", "CBN": "CBN", "Mask-BN": "Mask-BN", "DS block": "DS", "DS column": "DS",
              "Mask-DS": "Mask-DS", "PatchCleanser": "PC"}
-COLOR = {"BagCert": "tab:blue", "CBN": "tab:orange", "Mask-BN": "tab:green", "DS block": "tab:red",
+COLOR = {"BagCert": "tab:blue", "CBN": "tab:orange", "Mask-BN": "tab:green", "DS block": "tab:olive",
          "DS column": "tab:purple", "Mask-DS": "tab:pink", "PatchCleanser": "tab:brown"}
 ASPECT = [patch_label((h, w)) for h, w in g["aspect_ratio_patches"]]     # labels are w x h
 SQUARES = [patch_label(s) for s in g["square_patches"]]
@@ -230,14 +230,17 @@ say(("**No certified image broken** in any attacked run." if len(attacks) and no
 #
 # One panel per budget. Filled markers: our runs (BagCert at every margin of its RF 7 run's profile
 # and size, joined by a thin line); grey open markers: the values other papers report for CIFAR-10 at this patch size
-# (`results/baselines/baselines.csv`; their own architectures and budgets, not equal compute).
+# (`results/baselines/baselines.csv`; their own architectures and budgets, not equal compute); the
+# red open star: the paper's BagCert (RF 7, M 0.5, at the paper's width 768 and 350 epochs), as §4
+# states it.
 
 # %% tags=["hide-input"]
 baselines = pd.read_csv(REPO_ROOT / "results" / "baselines" / "baselines.csv")
 reported = baselines.query("dataset == 'CIFAR-10' and patch == @patch").drop_duplicates("method")
 marker = {"BagCert": "*", "CBN": "s", "Mask-BN": "D", "DS block": "X", "DS column": "P",
           "Mask-DS": "v", "PatchCleanser": "h"}
-fig, axes = plt.subplots(1, len(BUDGETS), figsize=(9, 5.2), sharex=True, sharey=True)
+stated = paper_values("figure2").query("method == 'BagCert' and condition == '3.2' and patch == @patch")
+fig, axes = plt.subplots(1, len(BUDGETS), figsize=(9, 5.6), sharex=True, sharey=True)
 for i, ax in enumerate(np.atleast_1d(axes)):
     here = panel[(panel["budget"] == i) & (panel["patch"] == patch)]
     for d in DEFENSES:
@@ -250,14 +253,18 @@ for i, ax in enumerate(np.atleast_1d(axes)):
     for m, (_, b) in zip("^vo<>", reported.iterrows()):
         ax.scatter(b.clean_accuracy * 100, b.certified_accuracy * 100, marker=m, facecolors="none",
                    edgecolors="0.35", s=60, label=f"{b.method} (reported)")
+    for _, q in stated.iterrows():                  # the paper's BagCert, at the paper's scale
+        ax.scatter(q.clean_accuracy * 100, q.certified_accuracy * 100, marker="*", s=260,
+                   facecolors="none", edgecolors=PAPER_COLOR, linewidths=2, zorder=5,
+                   label=f"paper: BagCert RF {q.rf:g}, M {q.margin:g} (§4)")
     ax.set_title(f"Budget {i + 1}: {BUDGETS[i]['flops']:.1e} FLOPs", fontsize=13)
     ax.set_xlabel("Clean accuracy (%)", fontsize=13)
     ax.grid(alpha=0.3)
 np.atleast_1d(axes)[0].set_ylabel(f"Certified accuracy (%), {patch.replace('x', ' × ')}", fontsize=13)
 ax.set_xlim(0, 100), ax.set_ylim(-2, 70)   # a point at 0 % certified stays whole
 handles, labels = np.atleast_1d(axes)[0].get_legend_handles_labels()
-fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=11, frameon=False)
-fig.tight_layout(rect=(0, 0.2, 1, 1))
+fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=12, frameon=False)
+fig.tight_layout(rect=(0, 0.27, 1, 1))
 plt.show()
 
 # %% [markdown]
@@ -265,10 +272,11 @@ plt.show()
 #
 # Certified accuracy against square patches 1×1 … 16×16 (left) and against the aspect ratio of
 # 24-pixel patches, w × h, from tall (1 × 24) to wide (24 × 1) (right), per budget. BagCert is its
-# headline configuration.
+# headline configuration. In red, hollow: what the paper's §4 states about Figures 3 and 4 (its
+# BagCert at the paper's scale; DS column on wide patches).
 
 # %% tags=["hide-input"]
-fig, axes = plt.subplots(len(BUDGETS), 2, figsize=(9, 4.0 * len(BUDGETS) + 1.2), squeeze=False)
+fig, axes = plt.subplots(len(BUDGETS), 2, figsize=(9, 4.0 * len(BUDGETS) + 3.0), squeeze=False)
 for i in range(len(BUDGETS)):
     for ax, shapes, title in ((axes[i, 0], SQUARES, "square patches"), (axes[i, 1], ASPECT, "24-pixel patches")):
         for d in DEFENSES:
@@ -280,13 +288,16 @@ for i in range(len(BUDGETS)):
                       rotation=0 if shapes is SQUARES else 40)
         if shapes is SQUARES:
             ax.set_xticks(range(len(shapes)), [s.split("x")[0] for s in shapes], fontsize=10)
+        paper_marks(ax, paper_values("figure3" if shapes is SQUARES else "figure4"), shapes)
         ax.set_xlabel("square side" if shapes is SQUARES else "patch w × h", fontsize=12)
         ax.set_ylabel("Certified (%)", fontsize=12)
-        ax.set_title(f"Budget {i + 1}, {BUDGETS[i]['flops']:.0e} FLOPs: {title}", fontsize=12)
+        ax.set_title(f"Budget {i + 1}, {BUDGETS[i]['flops']:.1e} FLOPs: {title}", fontsize=12)
         ax.grid(alpha=0.3)
-handles, labels = axes[0, 0].get_legend_handles_labels()
-fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=11, frameon=False)
-fig.tight_layout(rect=(0, 1.0 / (4.0 * len(BUDGETS) + 1.2), 1, 1))
+legend = {}
+for ax in axes[0]:                      # each defense once, then the paper's marks of both panels
+    legend.update(zip(*reversed(ax.get_legend_handles_labels())))
+fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=2, fontsize=12, frameon=False)
+fig.tight_layout(rect=(0, 2.0 / (4.0 * len(BUDGETS) + 3.0), 1, 1))
 plt.show()
 
 # %% [markdown]
