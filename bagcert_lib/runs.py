@@ -87,9 +87,9 @@ def certify_run(run_dir, patches=None, device=None, progress=True,
     """Certify a run's model on its test images for ``patches`` (default: every figure's shapes)
     from one forward pass per batch: the run's config.yaml ``test_size`` of them (a fixed
     class-balanced subset; None: the whole split), or ``test_size`` (a number, or ``"all"``) when
-    given. Each row records ``n`` and the split's size ``test_split``. Writes ``filename`` into the run directory, where the
-    rows of these shapes replace their old ones and the other shapes' rows stay (certifying one
-    shape never erases the figures' others). Returns the new rows.
+    given. Each row records ``n`` and the split's size ``test_split``. Writes ``filename`` into
+    the run directory, where the rows of these shapes replace their old ones and the other shapes'
+    rows stay (certifying one shape never erases the figures' others). Returns the new rows.
     ImageNet's val set is streamed through the DataLoader (centre crop), never held in memory;
     ``wall_s`` includes its decoding. Holds the run folder's lock; the file is written
     atomically, and an existing one that cannot be read is refused (naming it) before any work.
@@ -248,38 +248,45 @@ def attack_mask_ds(run_dir, n: int | None = 1000, patch=5, steps: int = 50, step
 
 
 def attack_patchcleanser(run_dir, n: int | None = 100, patch=5, positions: int = 2, steps: int = 20,
-                         step_size: float = 0.05, pairs: bool = False, device=None, seed: int = 0,
-                         progress: bool = True) -> dict:
+                         step_size: float = 0.05, pairs: bool = False, batch_size: int = 100,
+                         device=None, seed: int = 0, progress: bool = True) -> dict:
     """PGD on a PatchCleanser run (:func:`.patchcleanser.patch_attack`), on the first ``n`` test
     images of its fixed class-balanced subset: per image ``positions`` patch positions drawn
     uniformly (seeded), the patch pixels attacked against the first round's masked images (with
     ``pairs``, every mask pair's), the double-masking prediction checked at every iterate. Writes
     ``attack_patchcleanser.json``; a broken certified image raises :class:`UnsoundCertificate`."""
+    from tqdm import tqdm
+
     patch, run_dir = _pair(patch, "patch"), resolve_run_dir(run_dir)
     with rundir.lock(run_dir, "attack"):
         model, cfg, ds, device, _ = _load(run_dir, device, progress, n)
         if cfg.method != "patchcleanser":
             raise ValueError(f"{run_dir}: not a PatchCleanser run but {cfg.method}")
-        x, y = next(iter(test_batches(ds, cfg, device, batch_size=len(ds.y_test), model=model)))
-        ms = pc.mask_set(patch, tuple(x.shape[-2:]), cfg.num_masks, cfg.mask_stride)
-        t0 = time.perf_counter()
-        clean = pc.double_masking(model, x, ms, y, amp=cfg.amp)
-        gen = torch.Generator().manual_seed(seed)
-        H, W = x.shape[-2:]
-        broken = torch.zeros(len(y), dtype=torch.bool, device=device)
-        for _ in range(positions):
-            row = torch.randint(H - patch[0] + 1, (len(y),), generator=gen).to(device)
-            col = torch.randint(W - patch[1] + 1, (len(y),), generator=gen).to(device)
-            broken |= pc.patch_attack(model, x, y, ms, row, col, steps=steps, step_size=step_size,
-                                      amp=cfg.amp, pairs=pairs, generator=gen)["broken"]
-        correct = clean.prediction == y
-        out = {"n": len(y), "patch": list(patch), "masks": len(ms), "positions": positions,
+        gen, t0 = torch.Generator().manual_seed(seed), time.perf_counter()
+        sums = dict.fromkeys(("n", "correct", "certified", "broken", "certified_broken"), 0)
+        loader = test_batches(ds, cfg, device, batch_size=batch_size, model=model)   # images in [0, 1]
+        for x, y in tqdm(loader, total=data_mod.num_batches(len(ds.y_test), batch_size, False),
+                         desc="attack PatchCleanser", disable=not progress):
+            ms = pc.mask_set(patch, tuple(x.shape[-2:]), cfg.num_masks, cfg.mask_stride)
+            clean = pc.double_masking(model, x, ms, y, amp=cfg.amp)
+            H, W = x.shape[-2:]
+            broken = torch.zeros(len(y), dtype=torch.bool, device=device)
+            for _ in range(positions):
+                row = torch.randint(H - patch[0] + 1, (len(y),), generator=gen).to(device)
+                col = torch.randint(W - patch[1] + 1, (len(y),), generator=gen).to(device)
+                broken |= pc.patch_attack(model, x, y, ms, row, col, steps=steps, step_size=step_size,
+                                          amp=cfg.amp, pairs=pairs, generator=gen)["broken"]
+            correct = clean.prediction == y
+            for key, v in (("n", torch.ones_like(correct)), ("correct", correct),
+                           ("certified", clean.certified), ("broken", correct & broken),
+                           ("certified_broken", clean.certified & broken)):
+                sums[key] += int(v.sum())
+        m = sums["n"]
+        out = {"n": m, "patch": list(patch), "masks": len(ms), "positions": positions,
                "steps": steps, "step_size": step_size, "pairs": pairs,
-               "clean_accuracy": correct.float().mean().item(),
-               "certified_accuracy": clean.certified.float().mean().item(),
-               "adversarial_accuracy": (correct & ~broken).float().mean().item(),
-               "broken": int((correct & broken).sum()),
-               "certified_broken": int((clean.certified & broken).sum()),
+               "clean_accuracy": sums["correct"] / m, "certified_accuracy": sums["certified"] / m,
+               "adversarial_accuracy": (sums["correct"] - sums["broken"]) / m,
+               "broken": sums["broken"], "certified_broken": sums["certified_broken"],
                "seconds": time.perf_counter() - t0, "device": device_name(device), "git": git_commit()}
         save_attack_record(run_dir, rundir.DEFENSE_ATTACK["patchcleanser"], out)
     return out

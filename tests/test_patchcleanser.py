@@ -367,7 +367,7 @@ def test_the_run_attack_writes_its_record_and_refuses_a_broken_certificate(tmp_p
     cfg = profile_config("smoke", dataset="imagefolder", data=str(colour_folder), method="patchcleanser",
                          width=4, epochs=2, lr=0.01, train_size=None, eval_size=12, test_size=12)
     train(cfg, tmp_path / "run", progress=False)
-    kw = dict(n=12, positions=2, steps=5, progress=False)
+    kw = dict(n=12, positions=2, steps=5, batch_size=5, progress=False)      # batches of 5, 5, 2
     rec = runs.attack_patchcleanser(tmp_path / "run", **kw)
     saved = json.loads((tmp_path / "run" / "attack_patchcleanser.json").read_text())
     assert saved["n"] == rec["n"] == 12 and saved["masks"] == 36 and saved["certified_broken"] == 0
@@ -376,7 +376,7 @@ def test_the_run_attack_writes_its_record_and_refuses_a_broken_certificate(tmp_p
     assert saved["certified_accuracy"] > 0                  # so the planted attack below breaks some
     real = pc.patch_attack
     monkeypatch.setattr(pc, "patch_attack", lambda *a, **k: {
-        **real(*a, **k), "broken": torch.ones(12, dtype=torch.bool)})
+        **(out := real(*a, **k)), "broken": torch.ones_like(out["broken"])})
     certified = round(saved["certified_accuracy"] * 12)
     with pytest.raises(runs.UnsoundCertificate, match=f"{certified} certified images broken"):
         runs.attack_patchcleanser(tmp_path / "run", **kw)
