@@ -284,7 +284,8 @@ def run_job(job: Job, profile: str, results: Path, device: str | None, log=print
                           profile=job.profile or profile, **job.extra, results=str(into.parent),
                           name=into.name, device=device, **overrides),
             "certify": dict(run_dir=str(into), device=device,
-                            test_size=job.config(profile).test_size or "all"),
+                            test_size=job.config(profile).test_size or "all",
+                            **({"compile": True} if overrides.get("compile") else {})),
             "attack": dict(run_dir=str(into), n=job.attack_n, device=device),
         }
         for step in job.steps:
@@ -528,6 +529,9 @@ def main(argv=None):
     p.add_argument("--attack-n", type=int, default=1000, help="test images attacked per model")
     p.add_argument("--epochs", type=int, help="override the profile's epochs")
     p.add_argument("--width", type=int, help="override the profile's width")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model for training and certification (the same "
+                   "predictions; pays off for PatchCleanser's and DS block's many forward passes)")
     p.add_argument("--dry-run", action="store_true",
                    help="list the configurations, what each has left to do, and stop")
     p.add_argument("--only", nargs="+", metavar="PATTERN",
@@ -559,7 +563,8 @@ def main(argv=None):
 
 
 def _main(a: argparse.Namespace) -> None:
-    overrides = {k: v for k, v in (("epochs", a.epochs), ("width", a.width)) if v is not None}
+    overrides = {k: v for k, v in (("epochs", a.epochs), ("width", a.width),
+                                   ("compile", a.compile or None)) if v is not None}
     executor = None
     if a.executor != "threads" and not a.dry_run:
         results = Path(a.results) if a.results else results_dir()

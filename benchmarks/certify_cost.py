@@ -1,6 +1,8 @@
 """What certifying one image costs, for every defense, on one machine in one run.
 
     python benchmarks/certify_cost.py [--n 500] [--n-block 10] [--n-cleanser 50] [--out results/benchmarks/certify_cost.json]
+    python benchmarks/certify_cost.py --defenses PatchCleanser "DS block" --compile \
+        --out results/benchmarks/certify_compile.json      # torch.compile against eager
 
 Every defense is certified through its own ``Method.evaluate`` (the loop the runs use) for every
 patch shape of Figures 3 and 4 at once, on the first images of the fixed class-balanced test
@@ -14,8 +16,11 @@ pruning a little), which the JSON says. DS block makes 1,024 forward passes per 
 timed on ``--n-block`` images, PatchCleanser on ``--n-cleanser``.
 
 Reported per image: the forward pass(es), the certification of all shapes, and the wall time;
-and per 10,000 images (the CIFAR-10 test set). Ratios hold on one machine; the JSON names it
-(CPU model and flags, threads), the date and the commit. Stop other jobs first.
+and per 10,000 images (the CIFAR-10 test set). ``--compile`` also certifies the same images
+through ``torch.compile(model)`` (what ``certify --compile`` does), once to compile (timed apart)
+and once more timed, and checks that every row's numbers are the eager ones. Ratios hold on one
+machine; the JSON names it (CPU model and flags, threads), the date and the commit. Stop other
+jobs first.
 """
 from __future__ import annotations
 
@@ -65,27 +70,43 @@ def model_for(cfg, device):
     return build_model(cfg).to(device).eval(), None, "fresh (no run with weights yet)"
 
 
-def measure(cfg, ds, n, device, patches) -> tuple[dict, "pd.DataFrame"]:
+def measure(cfg, ds, n, device, patches, compile=False) -> tuple[dict, "pd.DataFrame"]:
     """Time ``Method.evaluate`` of ``cfg``'s model on the first ``n`` test images for every
-    shape: (the timing, the certification table)."""
+    shape: (the timing, the certification table); with ``compile`` also through torch.compile."""
     model, run, weights = model_for(cfg, device)
     cl = use_channels_last(device, cfg.channels_last, model)
     model = model.to(memory_format=memory_format(device, cl))
     method = method_for(cfg)
     x, y = ds.x_test[:n], ds.y_test[:n]
+
+    def certify(net):
+        t0 = time.perf_counter()
+        df = method.evaluate(net, data_mod.batches(x, y, 250, device=device, channels_last=cl),
+                             patches, cfg, device)
+        return df, time.perf_counter() - t0
+
     warm = data_mod.batches(x[:2], y[:2], 2, device=device, channels_last=cl)
     method.evaluate(model, warm, patches[:1], cfg, device)                  # allocations, kernels
-    t0 = time.perf_counter()
-    df = method.evaluate(model, data_mod.batches(x, y, 250, device=device, channels_last=cl),
-                         patches, cfg, device)
-    wall = time.perf_counter() - t0
+    df, wall = certify(model)
+    more = {}
+    if compile:
+        net = torch.compile(model)
+        first, first_wall = certify(net)                                    # compiles as it goes
+        again, again_wall = certify(net)
+        key = ["patch", "condition", "clean_accuracy", "certified_accuracy"]
+        same = first[key].equals(df[key]) and again[key].equals(df[key])
+        if not same:
+            raise SystemExit(f"{cfg.run_name()}: compiled certification differs from eager")
+        more = {"compiled_seconds_per_image": again_wall / n,
+                "compile_s": first_wall - again_wall,
+                "eager_over_compiled": wall / again_wall, "compiled_same_numbers": same}
     return {"method": cfg.method, "run": run, "weights": weights,
             "width": cfg.width, "rf": cfg.rf if cfg.method in ("bagcert", "cbn", "mask-bn") else None,
             "parameters": num_parameters(model), "n": int(df.attrs["n"]),
             "patch_shapes": int(df.patch.nunique()),
             "forward_s_per_image": df.attrs["forward_s"] / n,
             "certify_s_per_image": df.attrs["certify_s"] / n,
-            "seconds_per_image": wall / n, "seconds_per_10k_images": wall / n * 10_000}, df
+            "seconds_per_image": wall / n, "seconds_per_10k_images": wall / n * 10_000, **more}, df
 
 
 def main(argv=None):
@@ -94,6 +115,10 @@ def main(argv=None):
     p.add_argument("--n-block", type=int, default=10, help="test images for DS block (1,024 passes each)")
     p.add_argument("--n-cleanser", type=int, default=50,
                    help="test images for PatchCleanser (up to several hundred passes each per shape)")
+    p.add_argument("--defenses", nargs="+", metavar="LABEL", choices=[d[0] for d in DEFENSES],
+                   help="time only these (default: every defense)")
+    p.add_argument("--compile", action="store_true",
+                   help="also certify through torch.compile and report eager / compiled")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=str(REPO_ROOT / "results" / "benchmarks" / "certify_cost.json"))
     a = p.parse_args(argv)
@@ -104,6 +129,8 @@ def main(argv=None):
     patches = figure_patches()
     rows, missing, timed = [], [], {}
     for label, over, condition in DEFENSES:
+        if a.defenses and label not in a.defenses:
+            continue
         method = over.get("method", "bagcert")
         if method not in METHODS:
             missing.append(label)
@@ -113,7 +140,7 @@ def main(argv=None):
         n = {"ds-block": a.n_block, "patchcleanser": a.n_cleanser}.get(method, a.n)
         key = tuple(sorted(over.items()))
         if key not in timed:
-            timed[key] = measure(cfg, ds, n, device, patches)
+            timed[key] = measure(cfg, ds, n, device, patches, a.compile)
         timing, df = timed[key]
         five = df[(df.patch == "5x5") & (df.condition == condition)].iloc[0]
         rows.append({"defense": label, "condition": condition, **timing,
@@ -121,7 +148,9 @@ def main(argv=None):
                      "certified_accuracy_5x5": float(five.certified_accuracy)})
         r = rows[-1]
         print(f"{label}: {r['seconds_per_image'] * 1e3:.2f} ms/image ({r['weights']}), "
-              f"{r['seconds_per_10k_images']:.0f} s per 10,000 images", flush=True)
+              f"{r['seconds_per_10k_images']:.0f} s per 10,000 images"
+              + (f"; compiled {r['eager_over_compiled']:.2f}x faster (compiling took {r['compile_s']:.0f} s)"
+                 if a.compile else ""), flush=True)
     out = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "git": git_commit(),
            "torch": torch.__version__, "device": device_name(device), "cpu": cpu_features(),
            "cpu_class": cpu_class(), "threads": torch.get_num_threads(),

@@ -85,3 +85,14 @@ def test_certify_cost_benchmark_times_every_defense(tmp_path, monkeypatch):
     assert rows["DS block"]["n"] == 1 and rows["PatchCleanser"]["n"] == 1 and rows["BagCert"]["n"] == 2
     assert all(x["weights"].startswith("fresh") and x["seconds_per_image"] > 0 for x in rows.values())
     assert r["cpu"]["model"] and r["git"]["commit"] and r["patch_shapes"]
+
+
+def test_certify_cost_compares_compiled_certification_with_eager(tmp_path, monkeypatch):
+    """``--defenses PatchCleanser --compile``: one row, timed eager and through torch.compile,
+    whose certification numbers equal the eager ones (else the script exits)."""
+    cost = load_benchmark("certify_cost.py", tmp_path, monkeypatch)
+    out = tmp_path / "compile.json"
+    cost.main(["--defenses", "PatchCleanser", "--compile", "--n-cleanser", "2", "--out", str(out)])
+    (row,) = json.loads(out.read_text())["defenses"]
+    assert row["defense"] == "PatchCleanser" and row["compiled_same_numbers"] is True
+    assert row["compiled_seconds_per_image"] > 0 and row["eager_over_compiled"] > 0

@@ -104,6 +104,19 @@ def test_certify_test_size_lifts_the_runs_cap(trained, tmp_path):
             certify_run(copy, patches=[(3, 3)], progress=False, test_size=bad)
 
 
+def test_certify_compiled_gives_the_eager_numbers(trained, tmp_path):
+    """``certify --compile``: the model runs through torch.compile, the rows say so, and every
+    number of the certification is the eager one."""
+    run, _, _ = trained
+    copy = tmp_path / run.name
+    shutil.copytree(run, copy)
+    eager = certify_run(copy, patches=[(3, 3), (12, 2)], progress=False)
+    fast = certify_run(copy, patches=[(3, 3), (12, 2)], progress=False, compile=True)
+    assert not eager.compiled.any() and fast.compiled.all()
+    key = ["patch", "condition", "n", "clean_accuracy", "certified_accuracy"]
+    assert fast[key].equals(eager[key])
+
+
 class _Payload:
     def __reduce__(self):
         import os

@@ -480,3 +480,18 @@ def test_a_defense_with_its_own_analysis_is_attacked_by_its_own_attack(tmp_path,
     assert not has_work(run_dir, job, "smoke")
     run_job(job, "smoke", tmp_path, "cpu")
     assert len(executed) == 2 and len(attacked) == 1
+
+
+def test_sweep_compile_compiles_training_and_certification(tmp_path, monkeypatch):
+    """``sweep --compile``: the train notebook gets compile=True, and so does certify."""
+    import papermill
+
+    from bagcert_lib.sweep import Job, run_job
+
+    executed = []
+    monkeypatch.setattr(papermill, "execute_notebook", _fake_steps(executed))
+    run_job(Job(7, 0.5, extra={"method": "ds-block"}), "smoke", tmp_path, "cpu", compile=True)
+    assert [p.get("compile") for p in executed] == [True, True]
+    executed.clear()
+    run_job(Job(7, 0.5, seed=1, extra={"method": "ds-block"}), "smoke", tmp_path, "cpu")
+    assert [p.get("compile") for p in executed] == [None, None]
