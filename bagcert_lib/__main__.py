@@ -120,7 +120,8 @@ def build_parser() -> Parser:
     c.add_argument("--test-size", metavar="N|all", type=_test_size,
                    help="test images to certify (default: the run's test_size; all: the whole split)")
     c.add_argument("--compile", action="store_true", default=None,
-                   help="torch.compile the model (the same predictions; faster for PatchCleanser and DS block)")
+                   help="torch.compile the model: faster for PatchCleanser, but numerically a different "
+                   "model (a few images near a decision may certify differently; rows say compiled)")
     e = sub.add_parser("export", parents=[common],
                        help="write a run's model.safetensors (weights only) from its checkpoint.pt")
     e.add_argument("run_dirs", nargs="+")

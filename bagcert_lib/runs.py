@@ -87,9 +87,10 @@ def certify_run(run_dir, patches=None, device=None, progress=True,
     """Certify a run's model on its test images for ``patches`` (default: every figure's shapes)
     from one forward pass per batch: the run's config.yaml ``test_size`` of them (a fixed
     class-balanced subset; None: the whole split), or ``test_size`` (a number, or ``"all"``) when
-    given. ``compile``: run the model through ``torch.compile`` (None: as the run was trained;
-    the same predictions, faster for the defenses of many forward passes per image: 1.4× for
-    PatchCleanser on one Xeon core, ``benchmarks/certify_cost.py --compile``).
+    given. ``compile``: run the model through ``torch.compile`` (None: as the run was trained):
+    faster for the defenses of many forward passes per image, but a numerically different model
+    (fused kernels round differently), so a few images near a decision may certify differently;
+    the certificate holds for the model that made it (``benchmarks/certify_cost.py --compile``).
     Each row records ``n``, the split's size ``test_split`` and ``compiled``. Writes ``filename`` into
     the run directory, where the rows of these shapes replace their old ones and the other shapes'
     rows stay (certifying one shape never erases the figures' others). Returns the new rows.

@@ -530,8 +530,8 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, help="override the profile's epochs")
     p.add_argument("--width", type=int, help="override the profile's width")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the model for training and certification (the same "
-                   "predictions; pays off for PatchCleanser's and DS block's many forward passes)")
+                   help="torch.compile the model for training and certification (a numerically "
+                   "different model: see certify --compile)")
     p.add_argument("--dry-run", action="store_true",
                    help="list the configurations, what each has left to do, and stop")
     p.add_argument("--only", nargs="+", metavar="PATTERN",

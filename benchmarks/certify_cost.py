@@ -18,7 +18,8 @@ timed on ``--n-block`` images, PatchCleanser on ``--n-cleanser``.
 Reported per image: the forward pass(es), the certification of all shapes, and the wall time;
 and per 10,000 images (the CIFAR-10 test set). ``--compile`` also certifies the same images
 through ``torch.compile(model)`` (what ``certify --compile`` does), once to compile (timed apart)
-and once more timed, and checks that every row's numbers are the eager ones. Ratios hold on one
+and once more timed, and reports how far the compiled model's accuracies lie from the eager
+ones (fused kernels round differently, so an image near a decision can change). Ratios hold on one
 machine; the JSON names it (CPU model and flags, threads), the date and the commit. Stop other
 jobs first.
 """
@@ -93,13 +94,12 @@ def measure(cfg, ds, n, device, patches, compile=False) -> tuple[dict, "pd.DataF
         net = torch.compile(model)
         first, first_wall = certify(net)                                    # compiles as it goes
         again, again_wall = certify(net)
-        key = ["patch", "condition", "clean_accuracy", "certified_accuracy"]
-        same = first[key].equals(df[key]) and again[key].equals(df[key])
-        if not same:
-            raise SystemExit(f"{cfg.run_name()}: compiled certification differs from eager")
+        acc = ["clean_accuracy", "certified_accuracy"]
+        diff = (again[acc] - df[acc]).abs().to_numpy()
         more = {"compiled_seconds_per_image": again_wall / n,
-                "compile_s": first_wall - again_wall,
-                "eager_over_compiled": wall / again_wall, "compiled_same_numbers": same}
+                "compile_s": first_wall - again_wall, "eager_over_compiled": wall / again_wall,
+                "compiled_rows_differing": int((diff > 0).any(axis=1).sum()), "rows": len(df),
+                "compiled_max_accuracy_difference": float(diff.max())}
     return {"method": cfg.method, "run": run, "weights": weights,
             "width": cfg.width, "rf": cfg.rf if cfg.method in ("bagcert", "cbn", "mask-bn") else None,
             "parameters": num_parameters(model), "n": int(df.attrs["n"]),
@@ -149,8 +149,9 @@ def main(argv=None):
         r = rows[-1]
         print(f"{label}: {r['seconds_per_image'] * 1e3:.2f} ms/image ({r['weights']}), "
               f"{r['seconds_per_10k_images']:.0f} s per 10,000 images"
-              + (f"; compiled {r['eager_over_compiled']:.2f}x faster (compiling took {r['compile_s']:.0f} s)"
-                 if a.compile else ""), flush=True)
+              + (f"; compiled {r['eager_over_compiled']:.2f}x faster (compiling took {r['compile_s']:.0f} s), "
+                 f"{r['compiled_rows_differing']} of {r['rows']} rows differ, by at most "
+                 f"{100 * r['compiled_max_accuracy_difference']:.2f} points" if a.compile else ""), flush=True)
     out = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "git": git_commit(),
            "torch": torch.__version__, "device": device_name(device), "cpu": cpu_features(),
            "cpu_class": cpu_class(), "threads": torch.get_num_threads(),

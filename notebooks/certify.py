@@ -25,7 +25,7 @@
 run_dir: str = None  # a run made by train.ipynb: a path or a name under results/runs (default: the RF 7, M 0.5 run)
 device: str = None  # cuda | cpu | None (cuda if available)
 test_size: str = None  # test images: None (the run's test_size), all (the whole split) or a number
-compile: bool = None  # torch.compile the model: None (as the run was trained), True or False
+compile: bool = None  # torch.compile the model: None (as the run was trained), True or False; numerically a different model
 
 # %%
 from bagcert_lib.runs import certify_run

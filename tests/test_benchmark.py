@@ -89,10 +89,11 @@ def test_certify_cost_benchmark_times_every_defense(tmp_path, monkeypatch):
 
 def test_certify_cost_compares_compiled_certification_with_eager(tmp_path, monkeypatch):
     """``--defenses PatchCleanser --compile``: one row, timed eager and through torch.compile,
-    whose certification numbers equal the eager ones (else the script exits)."""
+    with how far the compiled certification's accuracies lie from the eager ones."""
     cost = load_benchmark("certify_cost.py", tmp_path, monkeypatch)
     out = tmp_path / "compile.json"
     cost.main(["--defenses", "PatchCleanser", "--compile", "--n-cleanser", "2", "--out", str(out)])
     (row,) = json.loads(out.read_text())["defenses"]
-    assert row["defense"] == "PatchCleanser" and row["compiled_same_numbers"] is True
+    assert row["defense"] == "PatchCleanser" and row["rows"] == 24
+    assert 0 <= row["compiled_rows_differing"] <= 24 and 0 <= row["compiled_max_accuracy_difference"] <= 1
     assert row["compiled_seconds_per_image"] > 0 and row["eager_over_compiled"] > 0
