@@ -119,6 +119,7 @@ def main(argv=None):
                    help="time only these (default: every defense)")
     p.add_argument("--compile", action="store_true",
                    help="also certify through torch.compile and report eager / compiled")
+    p.add_argument("--note", help="what else ran on the machine, or anything a reader of the numbers needs")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=str(REPO_ROOT / "results" / "benchmarks" / "certify_cost.json"))
     a = p.parse_args(argv)
@@ -155,7 +156,8 @@ def main(argv=None):
     out = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "git": git_commit(),
            "torch": torch.__version__, "device": device_name(device), "cpu": cpu_features(),
            "cpu_class": cpu_class(), "threads": torch.get_num_threads(),
-           "patch_shapes": [f"{h}x{w}" for h, w in patches], "defenses": rows, "missing": missing}
+           "patch_shapes": [f"{h}x{w}" for h, w in patches], "defenses": rows, "missing": missing,
+           **({"note": a.note} if a.note else {})}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=2, default=str) + "\n")
     print(f"wrote {a.out}")
