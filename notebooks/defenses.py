@@ -417,7 +417,9 @@ for i in range(len(BUDGETS)):
         continue
     five = vi[vi["patch"] == patch].verdict.iloc[0] if (vi["patch"] == patch).any() else "—"
     counts = vi[vi["patch"] != patch].verdict.str.extract(r"^(.*?) (?:wins|alone|and)")[0].value_counts()
-    lines.append(f"Budget {i + 1} ({budget_label(i)}): at {patch.replace('x', ' × ')}: {five}; "
+    present = [d for d in DEFENSES if ((main["budget"] == i) & (main["defense"] == d)).any()]
+    among = "" if len(present) == len(DEFENSES) else f" (of the defenses with a run here: {', '.join(present)})"
+    lines.append(f"Budget {i + 1} ({budget_label(i)}){among}: at {patch.replace('x', ' × ')}: {five}; "
                  "leader across the other shapes shown: "
                  + ", ".join(f"{k} {n}×" for k, n in counts.items()) + ".")
     bc = table.loc[budget_label(i)]
