@@ -217,6 +217,42 @@ def save_attack_record(run_dir, name: str, record: dict) -> None:
                                  f"by the attack in {name}: the certificate is unsound")
 
 
+def _defense_attack(run_dir, method: str, attack, n, patch, batch_size, device, seed, progress,
+                    params: dict) -> dict:
+    """The loop of a defense's own attack (:data:`DEFENSE_ATTACKS`): the first ``n`` test images
+    of the run's fixed class-balanced subset, ``batch_size`` at a time, each batch given to
+    ``attack(model, cfg, x, y, patch, generator)`` → (clean correct, certified, correct after the
+    attack, record fields), per image. Writes ``attack_<defense>.json``
+    (:data:`.rundir.DEFENSE_ATTACK`) under the run's lock: ``params``, the accuracies, the images
+    broken (correct, then not) and the certified ones among them, which must be none
+    (:func:`save_attack_record`)."""
+    from tqdm import tqdm
+
+    patch, run_dir = _pair(patch, "patch"), resolve_run_dir(run_dir)
+    with rundir.lock(run_dir, "attack"):
+        model, cfg, ds, device, _ = _load(run_dir, device, progress, n)
+        if cfg.method != method:
+            raise ValueError(f"{run_dir}: this attack needs a {method} run, this is {cfg.method}")
+        gen, t0 = torch.Generator().manual_seed(seed), time.perf_counter()
+        sums, fields = dict.fromkeys(("n", "correct", "certified", "adv_correct", "certified_broken"), 0), {}
+        loader = test_batches(ds, cfg, device, batch_size=batch_size, model=model)   # images in [0, 1]
+        for x, y in tqdm(loader, total=data_mod.num_batches(len(ds.y_test), batch_size, False),
+                         desc=f"attack {method}", disable=not progress):
+            correct, certified, adv_correct, fields = attack(model, cfg, x, y, patch, gen)
+            for key, v in (("n", torch.ones_like(correct)), ("correct", correct),
+                           ("certified", certified), ("adv_correct", adv_correct),
+                           ("certified_broken", certified & correct & ~adv_correct)):
+                sums[key] += int(v.sum())
+        m = sums["n"]
+        out = {"n": m, "patch": list(patch), **fields, **params,
+               "clean_accuracy": sums["correct"] / m, "certified_accuracy": sums["certified"] / m,
+               "adversarial_accuracy": sums["adv_correct"] / m,
+               "broken": sums["correct"] - sums["adv_correct"], "certified_broken": sums["certified_broken"],
+               "seconds": time.perf_counter() - t0, "device": device_name(device), "git": git_commit()}
+        save_attack_record(run_dir, rundir.DEFENSE_ATTACK[method], out)
+    return out
+
+
 def attack_mask_ds(run_dir, n: int | None = 1000, patch=5, steps: int = 50, step_size: float = 0.05,
                    batch_size: int = 25, device=None, seed: int = 0, progress: bool = True) -> dict:
     """PGD on Mask-DS, a DS column run's second certificate (:func:`.mask_ds.attack`: the patch
@@ -224,33 +260,13 @@ def attack_mask_ds(run_dir, n: int | None = 1000, patch=5, steps: int = 50, step
     robust-masking prediction checked at every iterate), on the first ``n`` test images of the
     run's fixed class-balanced subset. Writes ``attack_mask_ds.json``; a broken certified image
     raises :class:`UnsoundCertificate`."""
-    from tqdm import tqdm
+    def attack(model, cfg, x, y, patch, gen):
+        res = mask_ds.attack(model, x, y, patch, size=cfg.ablation_size, steps=steps,
+                             step_size=step_size, amp=cfg.amp, generator=gen)
+        return res.clean_correct, res.certificate.certified, res.adv_correct, {}
 
-    patch, run_dir = _pair(patch, "patch"), resolve_run_dir(run_dir)
-    with rundir.lock(run_dir, "attack"):
-        model, cfg, ds, device, _ = _load(run_dir, device, progress, n)
-        if cfg.method != "ds-column":
-            raise ValueError(f"{run_dir}: Mask-DS certifies DS column runs, this is {cfg.method}")
-        gen, t0 = torch.Generator().manual_seed(seed), time.perf_counter()
-        sums = dict.fromkeys(("n", "correct", "certified", "adv_correct", "broken", "certified_broken"), 0)
-        loader = test_batches(ds, cfg, device, batch_size=batch_size, model=model)   # images in [0, 1]
-        for x, y in tqdm(loader, total=data_mod.num_batches(len(ds.y_test), batch_size, False),
-                         desc="attack Mask-DS", disable=not progress):
-            res = mask_ds.attack(model, x, y, patch, size=cfg.ablation_size, steps=steps,
-                                 step_size=step_size, amp=cfg.amp, generator=gen)
-            certified = res.certificate.certified
-            for key, v in (("n", torch.ones_like(y, dtype=torch.bool)), ("correct", res.clean_correct),
-                           ("certified", certified), ("adv_correct", res.adv_correct),
-                           ("broken", res.flipped), ("certified_broken", res.flipped & certified)):
-                sums[key] += int(v.sum())
-        m = sums["n"]
-        out = {"n": m, "patch": list(patch), "condition": mask_ds.CONDITION, "steps": steps,
-               "step_size": step_size, "clean_accuracy": sums["correct"] / m,
-               "certified_accuracy": sums["certified"] / m, "adversarial_accuracy": sums["adv_correct"] / m,
-               "broken": sums["broken"], "certified_broken": sums["certified_broken"],
-               "seconds": time.perf_counter() - t0, "device": device_name(device), "git": git_commit()}
-        save_attack_record(run_dir, rundir.DEFENSE_ATTACK["ds-column"], out)
-    return out
+    return _defense_attack(run_dir, "ds-column", attack, n, patch, batch_size, device, seed, progress,
+                           {"condition": mask_ds.CONDITION, "steps": steps, "step_size": step_size})
 
 
 def attack_patchcleanser(run_dir, n: int | None = 100, patch=5, positions: int = 2, steps: int = 20,
@@ -261,41 +277,22 @@ def attack_patchcleanser(run_dir, n: int | None = 100, patch=5, positions: int =
     uniformly (seeded), the patch pixels attacked against the first round's masked images (with
     ``pairs``, every mask pair's), the double-masking prediction checked at every iterate. Writes
     ``attack_patchcleanser.json``; a broken certified image raises :class:`UnsoundCertificate`."""
-    from tqdm import tqdm
+    def attack(model, cfg, x, y, patch, gen):
+        ms = pc.mask_set(patch, tuple(x.shape[-2:]), cfg.num_masks, cfg.mask_stride)
+        clean = pc.double_masking(model, x, ms, y, amp=cfg.amp)
+        H, W = x.shape[-2:]
+        broken = torch.zeros(len(y), dtype=torch.bool, device=x.device)
+        for _ in range(positions):
+            row = torch.randint(H - patch[0] + 1, (len(y),), generator=gen).to(x.device)
+            col = torch.randint(W - patch[1] + 1, (len(y),), generator=gen).to(x.device)
+            broken |= pc.patch_attack(model, x, y, ms, row, col, steps=steps, step_size=step_size,
+                                      amp=cfg.amp, pairs=pairs, generator=gen)["broken"]
+        correct = clean.prediction == y
+        return correct, clean.certified, correct & ~broken, {"masks": len(ms)}
 
-    patch, run_dir = _pair(patch, "patch"), resolve_run_dir(run_dir)
-    with rundir.lock(run_dir, "attack"):
-        model, cfg, ds, device, _ = _load(run_dir, device, progress, n)
-        if cfg.method != "patchcleanser":
-            raise ValueError(f"{run_dir}: not a PatchCleanser run but {cfg.method}")
-        gen, t0 = torch.Generator().manual_seed(seed), time.perf_counter()
-        sums = dict.fromkeys(("n", "correct", "certified", "broken", "certified_broken"), 0)
-        loader = test_batches(ds, cfg, device, batch_size=batch_size, model=model)   # images in [0, 1]
-        for x, y in tqdm(loader, total=data_mod.num_batches(len(ds.y_test), batch_size, False),
-                         desc="attack PatchCleanser", disable=not progress):
-            ms = pc.mask_set(patch, tuple(x.shape[-2:]), cfg.num_masks, cfg.mask_stride)
-            clean = pc.double_masking(model, x, ms, y, amp=cfg.amp)
-            H, W = x.shape[-2:]
-            broken = torch.zeros(len(y), dtype=torch.bool, device=device)
-            for _ in range(positions):
-                row = torch.randint(H - patch[0] + 1, (len(y),), generator=gen).to(device)
-                col = torch.randint(W - patch[1] + 1, (len(y),), generator=gen).to(device)
-                broken |= pc.patch_attack(model, x, y, ms, row, col, steps=steps, step_size=step_size,
-                                          amp=cfg.amp, pairs=pairs, generator=gen)["broken"]
-            correct = clean.prediction == y
-            for key, v in (("n", torch.ones_like(correct)), ("correct", correct),
-                           ("certified", clean.certified), ("broken", correct & broken),
-                           ("certified_broken", clean.certified & broken)):
-                sums[key] += int(v.sum())
-        m = sums["n"]
-        out = {"n": m, "patch": list(patch), "masks": len(ms), "positions": positions,
-               "steps": steps, "step_size": step_size, "pairs": pairs,
-               "clean_accuracy": sums["correct"] / m, "certified_accuracy": sums["certified"] / m,
-               "adversarial_accuracy": (sums["correct"] - sums["broken"]) / m,
-               "broken": sums["broken"], "certified_broken": sums["certified_broken"],
-               "seconds": time.perf_counter() - t0, "device": device_name(device), "git": git_commit()}
-        save_attack_record(run_dir, rundir.DEFENSE_ATTACK["patchcleanser"], out)
-    return out
+    return _defense_attack(run_dir, "patchcleanser", attack, n, patch, batch_size, device, seed,
+                           progress, {"positions": positions, "steps": steps, "step_size": step_size,
+                                      "pairs": pairs})
 
 
 #: A defense's own attack by method (the sweep's ``attack-<method>`` step; rundir.DEFENSE_ATTACK).

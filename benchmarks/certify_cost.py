@@ -37,7 +37,7 @@ from bagcert_lib.config import METHODS, REPO_ROOT, grids, profile_config
 from bagcert_lib.methods import method_for
 from bagcert_lib.model import num_parameters
 from bagcert_lib.runs import figure_patches, results_dir
-from bagcert_lib.runtime import (configure_backends, cpu_class, cpu_features, device_name,
+from bagcert_lib.runtime import (compiled, configure_backends, cpu_class, cpu_features, device_name,
                                  memory_format, use_channels_last)
 from bagcert_lib.pretrained import load_run
 from bagcert_lib.train import build_model, git_commit
@@ -91,8 +91,8 @@ def measure(cfg, ds, n, device, patches, compile=False) -> tuple[dict, "pd.DataF
     df, wall = certify(model)
     more = {}
     if compile:
-        net = torch.compile(model)
-        first, first_wall = certify(net)                                    # compiles as it goes
+        net = compiled(model, True)
+        _, first_wall = certify(net)                                        # compiles as it goes
         again, again_wall = certify(net)
         acc = ["clean_accuracy", "certified_accuracy"]
         diff = (again[acc] - df[acc]).abs().to_numpy()

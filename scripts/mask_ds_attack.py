@@ -24,7 +24,7 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=25, help="images attacked at once (32 ablations each)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    attack_mask_ds(a.run_dir, a.n, tuple(a.patch * 2)[:2] if len(a.patch) == 1 else tuple(a.patch),
+    attack_mask_ds(a.run_dir, a.n, a.patch[0] if len(a.patch) == 1 else a.patch,
                    a.steps, a.step_size, a.batch, seed=a.seed)
 
 

@@ -25,7 +25,7 @@ def main(argv=None):
     p.add_argument("--pairs", action="store_true", help="attack every mask pair (slower)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    attack_patchcleanser(a.run_dir, a.n, tuple(a.patch * 2)[:2] if len(a.patch) == 1 else tuple(a.patch),
+    attack_patchcleanser(a.run_dir, a.n, a.patch[0] if len(a.patch) == 1 else a.patch,
                          a.positions, a.steps, a.step_size, a.pairs, seed=a.seed)
 
 
