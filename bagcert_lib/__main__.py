@@ -122,6 +122,9 @@ def build_parser() -> Parser:
     c.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile the model: faster for PatchCleanser, but numerically a different "
                    "model (a few images near a decision may certify differently; rows say compiled)")
+    c.add_argument("--chunk", type=_positive_int, metavar="N",
+                   help="save the certification every N test images (default 500): a killed "
+                   "certification started again resumes at the first chunk not saved")
     e = sub.add_parser("export", parents=[common],
                        help="write a run's model.safetensors (weights only) from its checkpoint.pt")
     e.add_argument("run_dirs", nargs="+")
@@ -206,7 +209,7 @@ def run(args) -> None:
 
         run_dir = resolve_run_dir(args.run_dir)
         df = certify_run(run_dir, args.patches, args.device, test_size=args.test_size,
-                         compile=args.compile)
+                         compile=args.compile, chunk=args.chunk)
         print(df.to_string(index=False))
         print(f"saved in {run_dir / 'certification.csv'} "
               "(these shapes' rows replaced, the others kept)", file=sys.stderr)

@@ -11,6 +11,8 @@ read from one)::
     metrics.json        the last epoch's numbers; written last, so ``finished`` in it means
                         that every training record above is complete
     certification.csv   per patch shape and condition, on the test split      (certify)
+    certification.parts/  a certification in progress: plan.json, one CSV per finished chunk
+                        of test images; merged into certification.csv and removed at the end
     attack_samples.csv, attack_example.npz, attack.json (written last)      (attack)
     attack_mask_ds.json, attack_patchcleanser.json  a defense's own attack  (attack)
     previous.json       what a retrained run replaced                       (sweep)
@@ -35,6 +37,7 @@ import io
 import json
 import math
 import os
+import shutil
 import socket
 import threading
 import time
@@ -56,6 +59,9 @@ ATTACK_SAMPLES = "attack_samples.csv"
 ATTACK_EXAMPLE = "attack_example.npz"
 #: The attack of a defense certified by its own analysis rather than App. A.2's, by method.
 DEFENSE_ATTACK = {"ds-column": "attack_mask_ds.json", "patchcleanser": "attack_patchcleanser.json"}
+#: A certification saved as it goes: ``certification.csv`` → ``certification.parts/`` (:class:`Parts`).
+PARTS = ".parts"
+PLAN = "plan.json"
 PREVIOUS = "previous.json"
 RETRAIN = "retrain"
 LOCK = ".lock"
@@ -447,6 +453,70 @@ def certification_covers(run_dir, test_size) -> bool:
     if need.isna().any() and read_config(run_dir).get("test_size") is None:
         covered |= need.isna()                       # certified when the config asked for all
     return bool(covered.all())
+
+
+class Parts:
+    """A certification saved chunk by chunk, so that a killed one resumes where it stopped:
+    ``<stem>.parts/`` beside ``filename`` holds ``plan.json`` (what is certified: the model's
+    fingerprint, the patch shapes, the test images, the chunk size) and one ``<start>-<stop>.csv``
+    per finished chunk of test images. Opening it with another plan discards the old chunks
+    (``discarded`` says how many). Write it under :func:`lock`."""
+
+    def __init__(self, run_dir, filename: str, plan: dict):
+        self.folder = Path(run_dir) / (Path(filename).stem + PARTS)
+        self.plan = json.loads(json.dumps(plan))          # as it reads back from plan.json
+        self.discarded = 0
+        if self.folder.is_dir():
+            try:
+                old = read_json(self.folder / PLAN)       # {} when missing
+            except RunFolderError:
+                old = None
+            if old != self.plan:
+                self.discarded = len(list(self.folder.glob("*-*.csv")))
+                self.remove()
+
+    def _path(self, start: int, stop: int) -> Path:
+        return self.folder / f"{int(start)}-{int(stop)}.csv"
+
+    def done(self, start: int, stop: int) -> bool:
+        """Whether the chunk of test images ``start`` … ``stop`` − 1 is saved."""
+        return self._path(start, stop).is_file()
+
+    def save(self, start: int, stop: int, rows) -> None:
+        """Keep one chunk's rows (a DataFrame) and their ``attrs`` (``<start>-<stop>.json``,
+        written first: the CSV marks the chunk done); the plan is written with the first chunk."""
+        self.folder.mkdir(exist_ok=True)
+        if not (self.folder / PLAN).is_file():
+            write_json(self.folder / PLAN, self.plan)
+        path = self._path(start, stop)
+        write(path.with_suffix(".json"), json.dumps(rows.attrs, default=_plain))
+        write_csv(path, rows)
+
+    def rows(self, start: int, stop: int):
+        """The saved rows of one chunk, with their ``attrs``."""
+        path = self._path(start, stop)
+        df = read_csv(path, dtype={"condition": str})
+        df.attrs.update(read_json(path.with_suffix(".json")))
+        return df
+
+    def remove(self) -> None:
+        """Delete the folder (after its chunks were merged, or when they belong to another plan)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _plain(x):
+    """A number JSON can hold (numpy scalars in a DataFrame's attrs)."""
+    return x.item() if hasattr(x, "item") else str(x)
+
+
+def certification_progress(run_dir, filename: str = CERTIFICATION) -> tuple[int, int] | None:
+    """(test images certified so far, images planned) of a certification in progress in
+    ``run_dir`` (its :class:`Parts`); None when there is none."""
+    folder = Path(run_dir) / (Path(filename).stem + PARTS)
+    if not (folder / PLAN).is_file():
+        return None
+    done = sum(int(b) - int(a) for a, b in (p.stem.split("-") for p in folder.glob("*-*.csv")))
+    return done, int(read_json(folder / PLAN).get("n", 0))
 
 
 def state(run_dir) -> str:

@@ -82,8 +82,14 @@ def _load(run_dir, device, progress, n=None, test_size=None):
     return model, cfg, ds, device, split
 
 
+#: Test images per saved chunk of a certification (a multiple of the in-memory batch of 500 and
+#: the streamed one of 100, so chunked and whole certifications see the same batches).
+CHUNK = 500
+
+
 def certify_run(run_dir, patches=None, device=None, progress=True,
-                filename="certification.csv", test_size=None, compile=None) -> pd.DataFrame:
+                filename="certification.csv", test_size=None, compile=None,
+                chunk: int | None = None) -> pd.DataFrame:
     """Certify a run's model on its test images for ``patches`` (default: every figure's shapes)
     from one forward pass per batch: the run's config.yaml ``test_size`` of them (a fixed
     class-balanced subset; None: the whole split), or ``test_size`` (a number, or ``"all"``) when
@@ -94,11 +100,21 @@ def certify_run(run_dir, patches=None, device=None, progress=True,
     Each row records ``n``, the split's size ``test_split`` and ``compiled``. Writes ``filename`` into
     the run directory, where the rows of these shapes replace their old ones and the other shapes'
     rows stay (certifying one shape never erases the figures' others). Returns the new rows.
+
+    More than ``chunk`` images (default :data:`CHUNK`) are certified ``chunk`` at a time, each
+    chunk saved as it finishes (:class:`bagcert_lib.rundir.Parts`): a killed certification
+    started again with the same model, shapes and images resumes at the first missing chunk,
+    and the chunks' counts add up to the rows one pass would give (:func:`combine_chunks`).
     ImageNet's val set is streamed through the DataLoader (centre crop), never held in memory;
     ``wall_s`` includes its decoding. Holds the run folder's lock; the file is written
     atomically, and an existing one that cannot be read is refused (naming it) before any work.
     A patch larger than the image is refused."""
+    from tqdm import tqdm
+
     run_dir = resolve_run_dir(run_dir)
+    size = CHUNK if chunk is None else int(chunk)
+    if size < 1:
+        raise ValueError(f"chunk must be a positive number of images, got {chunk!r}")
     with rundir.lock(run_dir, "certification"):
         path = run_dir / filename
         _old_rows(path)                        # an unreadable file is refused before any work
@@ -106,15 +122,80 @@ def certify_run(run_dir, patches=None, device=None, progress=True,
         patches = [_pair(p, "patch") for p in (patches or figure_patches(cfg.dataset))]
         check_patches(patches, data_mod.image_size(ds))
         compile = cfg.compile if compile is None else bool(compile)
-        t0 = time.perf_counter()
-        df = evaluate_batches(compiled(model, compile), test_batches(ds, cfg, device, model=model),
-                              cfg, device, patches=patches, progress=progress)
-        df["wall_s"] = time.perf_counter() - t0
-        df["device"] = device_name(device)
+        n = len(ds.y_test)
+        ranges = [(a, min(a + size, n)) for a in range(0, n, size)]
+        parts = rundir.Parts(run_dir, filename, {
+            "model": fingerprint(model), "patches": [list(p) for p in patches], "n": n,
+            "test_split": split, "compiled": compile, "chunk": size})
+        if parts.discarded and progress:
+            print(f"{parts.folder}: {parts.discarded} saved chunks belong to another certification "
+                  "(model, shapes, images or chunk size differ); starting again")
+        net = compiled(model, compile)
+        rows = []
+        bar = tqdm(ranges, desc=f"certify {n} images", unit="chunk",
+                   disable=not progress or len(ranges) == 1)
+        for start, stop in bar:
+            if parts.done(start, stop):
+                rows.append(parts.rows(start, stop))
+                continue
+            t0 = time.perf_counter()
+            part = data_mod.test_range(ds, start, stop) if len(ranges) > 1 else ds
+            df = evaluate_batches(net, test_batches(part, cfg, device, model=model), cfg, device,
+                                  patches=patches, progress=progress)
+            df["wall_s"] = time.perf_counter() - t0
+            df["device"] = device_name(device)
+            if len(ranges) > 1:
+                parts.save(start, stop, df)
+            rows.append(df)
+        df = combine_chunks(rows)
         df["test_split"] = split
         df["compiled"] = compile
         rundir.write_csv(path, _merge_rows(path, df))
+        parts.remove()
     return df
+
+
+def fingerprint(model: torch.nn.Module) -> str:
+    """sha256 of a model's parameters and buffers (names, dtypes, shapes, bytes): what a saved
+    chunk of a certification was certified with."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def combine_chunks(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """One row per (patch, condition) from the rows of consecutive chunks of test images: ``n``,
+    ``passes`` and the seconds (``*_s``) add up; an accuracy is its counts' sum over the total
+    ``n`` (count = accuracy × n, an integer); ``device`` lists each machine once; every other
+    column must agree between chunks (ValueError naming it). The ``attrs`` combine the same way
+    (``n`` and ``*_s`` add up, the others are the first chunk's)."""
+    if len(parts) == 1:
+        return parts[0].reset_index(drop=True)
+    df = pd.concat(parts, ignore_index=True)
+    key = ["patch", "condition"]
+    groups = df.groupby(key, sort=False)
+    out = groups.first()
+    n = groups["n"].sum()
+    for c in df.columns.difference(key):
+        if c in ("n", "passes") or c.endswith("_s"):
+            out[c] = groups[c].sum()
+        elif c.endswith("_accuracy"):
+            counts = (df[c] * df["n"]).round()
+            out[c] = counts.groupby([df[k] for k in key], sort=False).sum(min_count=1) / n
+        elif c == "device":
+            out[c] = groups[c].agg(lambda s: "; ".join(dict.fromkeys(s.astype(str))))
+        elif (groups[c].nunique(dropna=False) > 1).any():
+            raise ValueError(f"the chunks disagree on {c!r}: {sorted(df[c].astype(str).unique())}")
+    out = out.reset_index()[list(df.columns)]
+    for key, value in parts[0].attrs.items():       # seconds and n add up, the rest is shared
+        add = key == "n" or key.endswith("_s")
+        out.attrs[key] = sum(p.attrs.get(key, 0) for p in parts) if add else value
+    return out
 
 
 def check_patches(patches, image_size) -> None:

@@ -450,10 +450,12 @@ def sweep(profile: str = "cpu", grid: str = "all", results=None, devices=None,
             redo = retrain_unshipped and unshipped(run_dir)
             so_far = epochs_done(retrain_dir(run_dir)) if redo else 0
             todo = [step for step in j.steps if not j.done(run_dir, step, profile)]
+            part = rundir.certification_progress(run_dir) if "certify" in todo else None
             print("  ", j.name(profile), *(["attack n =", j.attack_n or "all"] if "attack" in j.steps else []),
                   "|", f"to do: {', '.join(todo)}" if todo else "done",
                   *([f"(epoch {epochs_done(run_dir)} of {j.config(profile).epochs})"]
                     if "train" in todo and epochs_done(run_dir) else []),
+                  *([f"(certified {part[0]:,} of {part[1]:,} images so far)"] if part else []),
                   *([f"(retrain: no weights; {so_far} epochs retrained so far)" if so_far else
                      "(retrain: no weights)"] if redo else []))
         return [results / j.name(profile) for j in jobs]

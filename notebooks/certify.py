@@ -26,11 +26,12 @@ run_dir: str = None  # a run made by train.ipynb: a path or a name under results
 device: str = None  # cuda | cpu | None (cuda if available)
 test_size: str = None  # test images: None (the run's test_size), all (the whole split) or a number
 compile: bool = None  # torch.compile the model: None (as the run was trained), True or False; numerically a different model
+chunk: int = None  # save the certification every this many test images (None: 500); run again to resume a killed one
 
 # %%
 from bagcert_lib.runs import certify_run
 
-df = certify_run(run_dir, device=device, test_size=test_size, compile=compile)
+df = certify_run(run_dir, device=device, test_size=test_size, compile=compile, chunk=chunk)
 df.pivot_table(index="patch", columns="condition", values="certified_accuracy", sort=False)
 
 # %% [markdown]

@@ -27,6 +27,7 @@ from bagcert_lib.__main__ import main
     (["certify", "x", "--patches", "0x3"], "patch '0x3' must be positive"),
     (["certify", "x", "--test-size", "0"], "--test-size: test size must be a positive number of images or 'all'"),
     (["certify", "x", "--test-size", "half"], "--test-size: test size must be a positive number"),
+    (["certify", "x", "--chunk", "0"], "argument --chunk: '0' is not allowed: give a positive integer"),
     (["train", "--sigma", "nan"], "argument --sigma: 'nan' is not allowed: give a finite number"),
     (["train", "--lr", "inf"], "argument --lr: 'inf' is not allowed: give a finite number"),
     (["train", "--margin", "inf"], "argument --margin: 'inf' is not allowed: give a finite number"),

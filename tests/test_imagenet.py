@@ -228,6 +228,23 @@ def test_train_and_certify_rf17_one_command(cli_run):
     assert json.loads((run / "metrics.json").read_text())["finished"]
 
 
+def test_streamed_certification_in_chunks_equals_one_pass(cli_run, tmp_path):
+    """``certify --chunk 4`` on the streamed val images (6: chunks 0-4 and 4-6, each its own
+    slice of the file list): the rows of the one-pass certification."""
+    import shutil
+
+    from bagcert_lib.__main__ import main
+
+    run = tmp_path / cli_run.name
+    shutil.copytree(cli_run, run)
+    main(["certify", str(run), "--patches", "32", "--chunk", "4"])
+    key = ["patch", "condition", "n", "clean_accuracy", "certified_accuracy"]
+    one = pd.read_csv(cli_run / "certification.csv", dtype={"condition": str})[key]
+    chunked = pd.read_csv(run / "certification.csv", dtype={"condition": str})[key]
+    pd.testing.assert_frame_equal(chunked, one)
+    assert not (run / "certification.parts").exists()
+
+
 def test_resume_equals_uninterrupted_with_any_workers(cli_run, folder, monkeypatch, tmp_path):
     monkeypatch.setattr(train_mod, "estimate_cost", _cheap_estimate)
     cfg = profile_config("imagenet", rf=17, data=str(folder), epochs=2, train_size=12, batch_size=4,

@@ -39,6 +39,26 @@ def test_dry_run_names_every_run_directory(tmp_path):
     assert not any(tmp_path.iterdir())   # a dry run writes nothing
 
 
+def test_dry_run_says_how_far_a_certification_got(tmp_path, capsys):
+    """A trained run whose certification was killed: the dry run says certify is left, and how
+    many of its images are saved (rundir.Parts)."""
+    import json
+
+    import pandas as pd
+
+    from bagcert_lib.rundir import Parts
+
+    run_dir = tmp_path / grid_jobs("headline", profile="smoke")[0].name("smoke")
+    run_dir.mkdir()
+    (run_dir / "metrics.json").write_text(json.dumps({"finished": True, "epoch": 1}))
+    parts = Parts(run_dir, "certification.csv", {"n": 1200})
+    for a in (0, 500):
+        parts.save(a, a + 500, pd.DataFrame({"patch": ["5x5"], "condition": ["3.2"], "n": [500]}))
+    sweep("smoke", "headline", results=tmp_path, dry_run=True)
+    out = capsys.readouterr().out
+    assert "to do: certify, attack (certified 1,000 of 1,200 images so far)" in out
+
+
 def test_a_locked_run_is_skipped_and_a_finished_one_not_rerun(tmp_path):
     """Two sweeps on one results folder: the second skips the configuration the first holds; once
     the lock is free, finished steps are skipped (nothing executes: these files say all is done)."""

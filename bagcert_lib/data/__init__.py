@@ -1,6 +1,7 @@
 """Datasets for BagCert (App. A.1), one module per concern:
 
-* :mod:`.core` — :class:`ImageData`, errors, data locations, class-balanced :func:`subset`;
+* :mod:`.core` — :class:`ImageData`, errors, data locations, class-balanced :func:`subset`, a
+  chunk of the test split (:func:`test_range`);
 * :mod:`.cifar` — CIFAR-10 from the official files or the offline JPEG archive (App. A.1.1);
 * :mod:`.folders` — small image folders decoded into memory at one size;
 * :mod:`.imagenet` — ImageNet-layout folders streamed through DataLoader workers (App. A.1.2);
@@ -17,7 +18,7 @@ from .cifar import (CIFAR10_ARCHIVE, CIFAR10_CLASSES, CIFAR10_FILES, CIFAR10_FOL
                     CIFAR10_JPEG_ARCHIVE, CIFAR10_JPEG_SHA256, CIFAR10_MD5, CIFAR10_MEAN,
                     CIFAR10_STD, CIFAR10_TRAIN_BATCHES, CIFAR10_URL, load_cifar10)
 from .core import (IMAGE_EXTENSIONS, DataCorruptError, DataNotFoundError, ImageData,
-                   balanced_indices, resolve_data_path, subset)
+                   balanced_indices, resolve_data_path, subset, test_range)
 from .folders import load_image_folder
 from .imagenet import (CROP, RESIZE, EpochSampler, FolderDataset, StreamingImages, default_workers,
                        find_imagenet, load_imagenet, preprocess, rescale)
@@ -52,6 +53,7 @@ __all__ = [
     "rescale",
     "resolve_data_path",
     "subset",
+    "test_range",
 ]
 
 

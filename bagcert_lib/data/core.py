@@ -120,3 +120,12 @@ def subset(data: ImageData, n_train=None, n_test=None, seed=0) -> ImageData:
         x_test=data.x_test[i_test].contiguous(),
         y_test=data.y_test[i_test],
     )
+
+
+def test_range(data: ImageData, start: int, stop: int) -> ImageData:
+    """The test images ``start`` … ``stop`` − 1 of ``data`` (in its order; training split kept):
+    one chunk of a certification that is saved as it goes (:func:`bagcert_lib.runs.certify_run`).
+    A streamed dataset slices its file list."""
+    if not isinstance(data, ImageData):
+        return data.test_range(start, stop)
+    return dataclasses.replace(data, x_test=data.x_test[start:stop], y_test=data.y_test[start:stop])

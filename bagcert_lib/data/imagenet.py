@@ -200,6 +200,11 @@ class StreamingImages:
         return dataclasses.replace(self, train_files=self.train_files[i], y_train=self.y_train[i],
                                    test_files=self.test_files[j], y_test=self.y_test[j])
 
+    def test_range(self, start: int, stop: int) -> "StreamingImages":
+        """The test files ``start`` … ``stop`` − 1, as :func:`.core.test_range`."""
+        return dataclasses.replace(self, test_files=self.test_files[start:stop],
+                                   y_test=self.y_test[start:stop])
+
     def dataset(self, split: str, train: bool) -> FolderDataset:
         """The :class:`FolderDataset` of ``split`` (train or test), with the training transform if ``train``."""
         files, y = (self.train_files, self.y_train) if split == "train" else (self.test_files, self.y_test)
