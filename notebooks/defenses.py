@@ -273,7 +273,8 @@ plt.show()
 # Certified accuracy against square patches 1×1 … 16×16 (left) and against the aspect ratio of
 # 24-pixel patches, w × h, from tall (1 × 24) to wide (24 × 1) (right), per budget. BagCert is its
 # headline configuration. In red, hollow: what the paper's §4 states about Figures 3 and 4 (its
-# BagCert at the paper's scale; DS column on wide patches).
+# BagCert at the paper's scale; DS column on wide patches). A budget's square-patch panel names
+# the defenses that have no run there yet.
 
 # %% tags=["hide-input"]
 fig, axes = plt.subplots(len(BUDGETS), 2, figsize=(9, 4.0 * len(BUDGETS) + 3.0), squeeze=False)
@@ -293,6 +294,11 @@ for i in range(len(BUDGETS)):
         ax.set_ylabel("Certified (%)", fontsize=12)
         ax.set_title(f"Budget {i + 1}, {BUDGETS[i]['flops']:.1e} FLOPs: {title}", fontsize=12)
         ax.grid(alpha=0.3)
+    missing = [d for d in DEFENSES if main[(main["defense"] == d) & (main["budget"] == i)].empty]
+    if missing:                         # the legend is the first budget's: say what this one lacks
+        axes[i, 0].text(0.97, 0.96, "no run yet:\n" + "\n".join(missing), transform=axes[i, 0].transAxes,
+                        ha="right", va="top", fontsize=11, color="0.3",
+                        bbox=dict(facecolor="white", edgecolor="0.7", alpha=0.9))
 legend = {}
 for ax in axes[0]:                      # each defense once, then the paper's marks of both panels
     legend.update(zip(*reversed(ax.get_legend_handles_labels())))
