@@ -1,16 +1,18 @@
 """What certifying one image costs, for every defense, on one machine in one run.
 
     python benchmarks/certify_cost.py [--n 500] [--n-block 10] [--n-cleanser 50] [--out results/benchmarks/certify_cost.json]
+    python benchmarks/certify_cost.py --budget 2        # the second budget's models: certify_cost-budget2.json
     python benchmarks/certify_cost.py --defenses PatchCleanser "DS block" --compile \
         --out results/benchmarks/certify_compile.json      # torch.compile against eager
 
 Every defense is certified through its own ``Method.evaluate`` (the loop the runs use) for every
 patch shape of Figures 3 and 4 at once, on the first images of the fixed class-balanced test
-subset, the models of the equal-compute grid's first budget (the cpu grid's training FLOPs):
+subset, the models of one budget of the equal-compute grid (``--budget``; the first: the cpu
+grid's training FLOPs):
 BagCert (Conditions 3.2/3.3), Derandomized Smoothing with block and column ablations,
 Mask-DS (PatchGuard's masking on the DS column model: the same forward passes, timed once),
 Clipped BagNet, PatchGuard's Mask-BN and PatchCleanser. Each uses
-the trained cpu-profile run when results/runs has its weights, else a freshly initialised model
+the trained run when results/runs has its weights, else a freshly initialised model
 of the same architecture (the cost barely depends on the weights; BagCert's and Mask-BN's
 pruning a little), which the JSON says. DS block makes 1,024 forward passes per image and is
 timed on ``--n-block`` images, PatchCleanser on ``--n-cleanser``.
@@ -42,20 +44,34 @@ from bagcert_lib.runtime import (compiled, configure_backends, cpu_class, cpu_fe
 from bagcert_lib.pretrained import load_run
 from bagcert_lib.train import build_model, git_commit
 
-#: (label, TrainConfig overrides of the cpu profile, the certificate's condition), in the page's
-#: order. DS column and Mask-DS are two certificates of one model from one set of forward passes
-#: (``Method.evaluate`` computes both), so they share one timing.
-#: DS trains the ResNet-18 of the equal-compute grid's first budget (the cpu grid's FLOPs).
-RESNET = {k: v for k, v in grids()["equal_compute"]["budgets"][0]["resnet"].items() if k != "profile"}
-DEFENSES = [
-    ("BagCert", {"rf": 7, "margin": 0.5}, "3.2"),
-    ("DS block", {"method": "ds-block", **RESNET}, "DS"),
-    ("DS column", {"method": "ds-column", **RESNET}, "DS"),
-    ("Mask-DS", {"method": "ds-column", **RESNET}, "Mask-DS"),
-    ("CBN", {"rf": 7, "method": "cbn"}, "CBN"),
-    ("Mask-BN", {"rf": 7, "method": "mask-bn"}, "Mask-BN"),
-    ("PatchCleanser", {"method": "patchcleanser"}, "PC"),
-]
+#: The equal-compute grid's budgets (_config.yml ``grids.equal_compute``), the cheaper first.
+BUDGETS = grids()["equal_compute"]["budgets"]
+
+
+def defenses(budget: int = 1) -> list[tuple[str, str, dict, str]]:
+    """(label, profile, TrainConfig overrides, the certificate's condition) of every defense at
+    ``budget`` (1-based), in the page's order: BagCert, CBN and Mask-BN at the budget's profile
+    and sizes, DS and PatchCleanser at its ResNet-18's. DS column and Mask-DS are two
+    certificates of one model from one set of forward passes (``Method.evaluate`` computes
+    both), so they share one timing."""
+    b = BUDGETS[budget - 1]
+    scorer = {k: v for k, v in b.items() if k not in ("profile", "flops", "resnet")}
+    resnet = {k: v for k, v in b["resnet"].items() if k != "profile"}
+    rp = b["resnet"].get("profile", b["profile"])
+    ds = {k: v for m in grids()["equal_compute"]["resnet_methods"] if m["method"] == "ds-block"
+          for k, v in m.items() if k != "method"}
+    return [
+        ("BagCert", b["profile"], {"rf": 7, "margin": 0.5, **scorer}, "3.2"),
+        ("DS block", rp, {"method": "ds-block", **ds, **resnet}, "DS"),
+        ("DS column", rp, {"method": "ds-column", **ds, **resnet}, "DS"),
+        ("Mask-DS", rp, {"method": "ds-column", **ds, **resnet}, "Mask-DS"),
+        ("CBN", b["profile"], {"rf": 7, "margin": 0.5, "method": "cbn", **scorer}, "CBN"),
+        ("Mask-BN", b["profile"], {"rf": 7, "margin": 0.5, "method": "mask-bn", **scorer}, "Mask-BN"),
+        ("PatchCleanser", rp, {"method": "patchcleanser", **resnet}, "PC"),
+    ]
+
+
+DEFENSES = defenses(1)
 
 
 def model_for(cfg, device):
@@ -117,19 +133,24 @@ def main(argv=None):
                    help="test images for PatchCleanser (up to several hundred passes each per shape)")
     p.add_argument("--defenses", nargs="+", metavar="LABEL", choices=[d[0] for d in DEFENSES],
                    help="time only these (default: every defense)")
+    p.add_argument("--budget", type=int, default=1, choices=range(1, len(BUDGETS) + 1),
+                   help="the equal-compute budget whose models are timed (default 1, the cpu grid's "
+                   "FLOPs; its JSON is certify_cost.json, budget N's certify_cost-budgetN.json)")
     p.add_argument("--compile", action="store_true",
                    help="also certify through torch.compile and report eager / compiled")
     p.add_argument("--note", help="what else ran on the machine, or anything a reader of the numbers needs")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default=str(REPO_ROOT / "results" / "benchmarks" / "certify_cost.json"))
+    p.add_argument("--out")
     a = p.parse_args(argv)
+    a.out = a.out or str(REPO_ROOT / "results" / "benchmarks" /
+                         ("certify_cost.json" if a.budget == 1 else f"certify_cost-budget{a.budget}.json"))
     configure_backends()
     device = torch.device(a.device)
     ds = data_mod.subset(data_mod.load_dataset("cifar10", progress=False),
                          n_test=max(a.n, a.n_block, a.n_cleanser), seed=0)
     patches = figure_patches()
     rows, missing, timed = [], [], {}
-    for label, over, condition in DEFENSES:
+    for label, profile, over, condition in defenses(a.budget):
         if a.defenses and label not in a.defenses:
             continue
         method = over.get("method", "bagcert")
@@ -137,9 +158,9 @@ def main(argv=None):
             missing.append(label)
             print(f"{label}: not in this tree (method {method!r}); skipped")
             continue
-        cfg = profile_config("cpu", **over)
+        cfg = profile_config(profile, **over)
         n = {"ds-block": a.n_block, "patchcleanser": a.n_cleanser}.get(method, a.n)
-        key = tuple(sorted(over.items()))
+        key = (profile, *sorted(over.items()))
         if key not in timed:
             timed[key] = measure(cfg, ds, n, device, patches, a.compile)
         timing, df = timed[key]
@@ -156,6 +177,7 @@ def main(argv=None):
     out = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "git": git_commit(),
            "torch": torch.__version__, "device": device_name(device), "cpu": cpu_features(),
            "cpu_class": cpu_class(), "threads": torch.get_num_threads(),
+           "budget": a.budget, "flops": float(BUDGETS[a.budget - 1]["flops"]),
            "patch_shapes": [f"{h}x{w}" for h, w in patches], "defenses": rows, "missing": missing,
            **({"note": a.note} if a.note else {})}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -58,7 +58,7 @@
 # %% tags=["parameters", "hide-input"]
 results: str = None  # results folder (default: $BAGCERT_RESULTS, else results/runs)
 patch: str = "5x5"  # patch shape of the clean-versus-certified panel
-benchmark: str = None  # certification-cost JSON (default: results/benchmarks/certify_cost.json)
+benchmark: str = None  # the first budget's certification-cost JSON (default: results/benchmarks/certify_cost.json; budget N's: certify_cost-budgetN.json beside it)
 
 # %% tags=["hide-input"]
 import json
@@ -135,8 +135,10 @@ same = shown.merge(chosen.query("method == 'bagcert'")[["budget", "profile", "wi
                    on=["budget", "profile", "width", "epochs"])
 panel = cert[cert["run"].isin(chosen["run"]) | cert["run"].isin(same.query("method == 'bagcert'")["run"])]
 bench_path = Path(benchmark) if benchmark else REPO_ROOT / "results" / "benchmarks" / "certify_cost.json"
-bench = json.loads(bench_path.read_text()) if bench_path.is_file() else None
-cost = {d["defense"]: d for d in bench["defenses"]} if bench else {}
+bench_paths = [bench_path] + [bench_path.with_name(f"certify_cost-budget{i + 1}.json") for i in range(1, len(BUDGETS))]
+benches = {i: json.loads(p.read_text()) for i, p in enumerate(bench_paths) if p.is_file()}   # by budget
+bench = benches.get(0)
+cost = {i: {d["defense"]: d for d in b["defenses"]} for i, b in benches.items()}
 
 # %% [markdown]
 # ## The table
@@ -144,9 +146,8 @@ cost = {d["defense"]: d for d in bench["defenses"]} if bench else {}
 # Per defense and budget: its run's training FLOPs, the test images certified, clean and certified
 # accuracy (%) against 5×5 patches, the worst certified accuracy (%) over the eight 24-pixel aspect
 # ratios of Figure 4 ("worst 24-px") and which shape it is (w × h), and the seconds to certify
-# 10,000 images against all shapes of Figures 3 and 4 ("s / 10k", from the cost benchmark below,
-# which timed the first budget's models, so it stands beside those runs only). BagCert is its
-# headline configuration (RF 7, M 0.5).
+# 10,000 images against all shapes of Figures 3 and 4 ("s / 10k", from the cost benchmark of
+# that budget's models below). BagCert is its headline configuration (RF 7, M 0.5).
 
 # %% tags=["hide-input"]
 rows = []
@@ -165,9 +166,9 @@ for i in range(len(BUDGETS)):
             "certified_accuracy": float(five["certified_accuracy"].iloc[0]) if len(five) else np.nan,
             "worst_aspect_ratio_certified": float(worst.certified_accuracy) if worst is not None else np.nan,
             "worst aspect ratio": worst.patch.replace("x", " × ") if worst is not None else "—",
-            # the benchmark timed the first budget's models: shown only beside a run of that budget
-            "seconds per 10,000 images": (cost.get(d, {}).get("seconds_per_10k_images", np.nan)
-                                          if len(five) and i == 0 else np.nan)})
+            # each budget's benchmark timed that budget's models: shown beside its runs only
+            "seconds per 10,000 images": (cost.get(i, {}).get(d, {}).get("seconds_per_10k_images", np.nan)
+                                          if len(five) else np.nan)})
 table = pd.DataFrame(rows).set_index(["budget", "defense"])
 missing = table[table["run"] == "no run yet"].index.tolist()
 shown_table = table.drop(columns="run").rename(index={budget_label(i): f"{BUDGETS[i]['flops']:.1e}"
@@ -186,7 +187,8 @@ subset = table[table["n"] < TEST_SET]
 say("No finished, certified run yet: " + ("; ".join(f"{d} at {b}" for b, d in missing) if missing else "none")
     + ". Certified on a fixed class-balanced subset rather than all 10,000 test images: "
     + ("; ".join(f"{d} at {b} ({n:,.0f} images)" for (b, d), n in subset["n"].items()) if len(subset) else "none")
-    + "." + ("" if bench else " No certification-cost benchmark yet (benchmarks/certify_cost.py)."))
+    + "." + "".join(f" No certification-cost benchmark of budget {i + 1} yet (benchmarks/certify_cost.py"
+                    f"{'' if i == 0 else f' --budget {i + 1}'})." for i in range(len(BUDGETS)) if i not in benches))
 
 # %% [markdown]
 # The PGD patch attack on each run of the table, 5×5 unless the row says otherwise: App. A.2's
@@ -310,29 +312,33 @@ plt.show()
 # ## What certifying costs
 #
 # Seconds to certify one test image against every shape of Figures 3 and 4, each defense through
-# its own certificate, all in one run of `benchmarks/certify_cost.py` on one machine (the first
-# budget's models; DS block makes 1,024 forward passes per image).
+# its own certificate, all in one run of `benchmarks/certify_cost.py` on one machine per budget
+# (`--budget 2` for the second; DS block makes 1,024 forward passes per image). Ratios compare
+# defenses within one run; two budgets' runs may come from different machines or days.
 
 # %% tags=["hide-input"]
-if bench:
-    cpu = bench["cpu"]
+for i in range(len(BUDGETS)):
+    b = benches.get(i)
+    if b is None:
+        say(f"**Budget {i + 1} ({budget_label(i)})**: no certification-cost benchmark yet: run "
+            f"`python benchmarks/certify_cost.py{'' if i == 0 else f' --budget {i + 1}'}`.")
+        continue
+    cpu = b["cpu"]
     where = (f"{cpu.get('model')} ({', '.join(k for k in ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16') if cpu.get(k))})"
-             if bench["device"].startswith("CPU") else bench["device"])
-    say(f"Measured {bench['date']} on {where}, {bench['threads']} thread(s), "
-          f"commit {str(bench['git'].get('commit'))[:10]}.")
-    bt = pd.DataFrame(bench["defenses"]).set_index("defense")
+             if b["device"].startswith("CPU") else b["device"])
+    say(f"**Budget {i + 1} ({budget_label(i)})**: measured {b['date']} on {where}, {b['threads']} thread(s), "
+        f"commit {str(b['git'].get('commit'))[:10]}" + (f"; {b['note']}" if b.get("note") else "") + ".")
+    bt = pd.DataFrame(b["defenses"]).set_index("defense")
     bt["ratio to BagCert"] = bt["seconds_per_image"] / bt.loc["BagCert", "seconds_per_image"] \
         if "BagCert" in bt.index else np.nan
-    display(readable(bt[["weights", "n", "forward_s_per_image", "certify_s_per_image", "seconds_per_image",
+    display(readable(bt[["weights", "width", "n", "forward_s_per_image", "certify_s_per_image", "seconds_per_image",
                          "seconds_per_10k_images", "ratio to BagCert"]],
                      formats={"forward_s_per_image": "{:.4f}", "certify_s_per_image": "{:.4f}",
                               "seconds_per_image": "{:.4f}", "seconds_per_10k_images": "{:,.0f}",
                               "ratio to BagCert": "{:.1f}"}))
-    if bench.get("missing"):
-        say("Not measured in this benchmark run: " + ", ".join(bench["missing"]) + " (its own "
-              "certification time is in its run's certification.csv, `certify_s`).")
-else:
-    say("No certification-cost benchmark yet: run `python benchmarks/certify_cost.py`.")
+    if b.get("missing"):
+        say("Not measured in this benchmark run: " + ", ".join(b["missing"]) + " (its own "
+            "certification time is in its run's certification.csv, `certify_s`).")
 
 # %% [markdown]
 # ## What CBN's clipping makes of our logits

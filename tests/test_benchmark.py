@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bagcert_lib import data as data_mod
-from bagcert_lib.config import REPO_ROOT
+from bagcert_lib.config import REPO_ROOT, profile_config
 
 
 def load_benchmark(script, tmp_path, monkeypatch):
@@ -85,6 +85,29 @@ def test_certify_cost_benchmark_times_every_defense(tmp_path, monkeypatch):
     assert rows["DS block"]["n"] == 1 and rows["PatchCleanser"]["n"] == 1 and rows["BagCert"]["n"] == 2
     assert all(x["weights"].startswith("fresh") and x["seconds_per_image"] > 0 for x in rows.values())
     assert r["cpu"]["model"] and r["git"]["commit"] and r["patch_shapes"]
+
+
+def test_certify_cost_times_the_second_budgets_models(tmp_path, monkeypatch):
+    """``--budget 2``: the models of the equal-compute grid's second budget (BagCert and the
+    other region scorers at width 64, the ResNet-18 defenses at width 32), named by the run
+    each would load, in certify_cost-budget2.json unless told otherwise."""
+    cost = load_benchmark("certify_cost.py", tmp_path, monkeypatch)
+    names = {label: profile_config(p, **o).run_name() for label, p, o, _ in cost.defenses(2)}
+    assert names == {"BagCert": "scaling-w64-e16-rf7-m0.5-heaviside-s0-seed0",
+                     "DS block": "cpu-ds-block4-theta0.3-w32-e31-seed0",
+                     "DS column": "cpu-ds-column4-theta0.3-w32-e31-seed0",
+                     "Mask-DS": "cpu-ds-column4-theta0.3-w32-e31-seed0",
+                     "CBN": "scaling-w64-e16-cbn-rf7-seed0",
+                     "Mask-BN": "scaling-w64-e16-mask-bn-rf7-seed0",
+                     "PatchCleanser": "cpu-patchcleanser-w32-e31-k6-seed0"}
+    assert [profile_config(p, **o).run_name() for _, p, o, _ in cost.defenses(1)] == [
+        profile_config(p, **o).run_name() for _, p, o, _ in cost.DEFENSES]
+    out = tmp_path / "budget2.json"
+    cost.main(["--budget", "2", "--defenses", "BagCert", "PatchCleanser", "--n", "1",
+               "--n-cleanser", "1", "--out", str(out)])
+    r = json.loads(out.read_text())
+    assert r["budget"] == 2 and r["flops"] == 1.3e15
+    assert [(x["defense"], x["width"]) for x in r["defenses"]] == [("BagCert", 64), ("PatchCleanser", 32)]
 
 
 def test_certify_cost_compares_compiled_certification_with_eager(tmp_path, monkeypatch):
