@@ -331,7 +331,7 @@ for i in range(len(BUDGETS)):
     bt = pd.DataFrame(b["defenses"]).set_index("defense")
     bt["ratio to BagCert"] = bt["seconds_per_image"] / bt.loc["BagCert", "seconds_per_image"] \
         if "BagCert" in bt.index else np.nan
-    display(readable(bt[["weights", "width", "n", "forward_s_per_image", "certify_s_per_image", "seconds_per_image",
+    display(readable(bt[["weights", "n", "forward_s_per_image", "certify_s_per_image", "seconds_per_image",
                          "seconds_per_10k_images", "ratio to BagCert"]],
                      formats={"forward_s_per_image": "{:.4f}", "certify_s_per_image": "{:.4f}",
                               "seconds_per_image": "{:.4f}", "seconds_per_10k_images": "{:,.0f}",
