@@ -458,13 +458,14 @@ def certification_covers(run_dir, test_size) -> bool:
 class Parts:
     """A certification saved chunk by chunk, so that a killed one resumes where it stopped:
     ``<stem>.parts/`` beside ``filename`` holds ``plan.json`` (what is certified: the model's
-    fingerprint, the patch shapes, the test images, the chunk size) and one ``<start>-<stop>.csv``
+    fingerprint, its config, the dataset's sha256, the patch shapes, the test images, the chunk
+    size) and one ``<start>-<stop>.csv``
     per finished chunk of test images. Opening it with another plan discards the old chunks
     (``discarded`` says how many). Write it under :func:`lock`."""
 
     def __init__(self, run_dir, filename: str, plan: dict):
         self.folder = Path(run_dir) / (Path(filename).stem + PARTS)
-        self.plan = json.loads(json.dumps(plan))          # as it reads back from plan.json
+        self.plan = json.loads(json.dumps(plan, default=str))   # as it reads back from plan.json
         self.discarded = 0
         if self.folder.is_dir():
             try:
@@ -507,6 +508,12 @@ class Parts:
 def _plain(x):
     """A number JSON can hold (numpy scalars in a DataFrame's attrs)."""
     return x.item() if hasattr(x, "item") else str(x)
+
+
+def certifying_config(cfg: TrainConfig) -> dict:
+    """The config fields that decide a certification: all but where and how fast it runs
+    (:data:`RESUME_MAY_CHANGE`)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUME_MAY_CHANGE}
 
 
 def certification_progress(run_dir, filename: str = CERTIFICATION) -> tuple[int, int] | None:

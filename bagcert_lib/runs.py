@@ -103,7 +103,8 @@ def certify_run(run_dir, patches=None, device=None, progress=True,
 
     More than ``chunk`` images (default :data:`CHUNK`) are certified ``chunk`` at a time, each
     chunk saved as it finishes (:class:`bagcert_lib.rundir.Parts`): a killed certification
-    started again with the same model, shapes and images resumes at the first missing chunk,
+    started again with the same weights, config, dataset (its sha256), shapes and images resumes
+    at the first missing chunk,
     and the chunks' counts add up to the rows one pass would give (:func:`combine_chunks`).
     ImageNet's val set is streamed through the DataLoader (centre crop), never held in memory;
     ``wall_s`` includes its decoding. Holds the run folder's lock; the file is written
@@ -125,11 +126,12 @@ def certify_run(run_dir, patches=None, device=None, progress=True,
         n = len(ds.y_test)
         ranges = [(a, min(a + size, n)) for a in range(0, n, size)]
         parts = rundir.Parts(run_dir, filename, {
-            "model": fingerprint(model), "patches": [list(p) for p in patches], "n": n,
+            "model": fingerprint(model), "config": rundir.certifying_config(cfg),
+            "data": ds.sha256, "patches": [list(p) for p in patches], "n": n,
             "test_split": split, "compiled": compile, "chunk": size})
         if parts.discarded and progress:
             print(f"{parts.folder}: {parts.discarded} saved chunks belong to another certification "
-                  "(model, shapes, images or chunk size differ); starting again")
+                  "(weights, config, data, shapes, images or chunk size differ); starting again")
         net = compiled(model, compile)
         rows = []
         bar = tqdm(ranges, desc=f"certify {n} images", unit="chunk",

@@ -100,8 +100,10 @@ def test_a_killed_certification_resumes_at_its_first_missing_chunk(trained, tmp_
     _same(df, whole)
 
 
-def test_chunks_of_other_weights_are_not_mixed_in(trained, tmp_path, monkeypatch):
-    """The plan holds the model's fingerprint: new weights (a retrain) start again."""
+def test_chunks_of_another_certification_are_not_mixed_in(trained, tmp_path, monkeypatch):
+    """The plan holds the model's fingerprint (new weights, a retrain, start again) and the config
+    fields that decide a certification (theta does, the device does not); an unreadable plan
+    starts again too."""
     import torch
 
     from bagcert_lib.pretrained import load_run
@@ -119,6 +121,15 @@ def test_chunks_of_other_weights_are_not_mixed_in(trained, tmp_path, monkeypatch
     assert again.done(0, 5) and not again.discarded
     new = rundir.Parts(tmp_path, "certification.csv", {"model": runs.fingerprint(other), "n": 24})
     assert new.discarded == 1 and not new.done(0, 5)
+    new.save(0, 5, pd.DataFrame({"patch": ["3x3"], "condition": ["PC"], "n": [5]}))
+    (new.folder / "plan.json").write_text("{")
+    assert rundir.Parts(tmp_path, "certification.csv", new.plan).discarded == 1
+
+    ds = profile_config("cpu", method="ds-column")
+    assert rundir.certifying_config(ds) == rundir.certifying_config(profile_config("cpu", method="ds-column",
+                                                                                   device="cuda", workers=3))
+    assert rundir.certifying_config(ds) != rundir.certifying_config(profile_config("cpu", method="ds-column",
+                                                                                   theta=0.2))
 
 
 def test_combine_chunks_rules():
