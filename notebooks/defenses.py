@@ -106,8 +106,8 @@ def budget_of(flops):
 
 
 def budget_label(i):
-    b = BUDGETS[i]
-    return f"{b['flops']:.1e} FLOPs ({b['profile']}{', width ' + str(b['width']) if 'width' in b else ''})"
+    """A budget by its training FLOPs (its models' sizes differ by defense: see above)."""
+    return f"{BUDGETS[i]['flops']:.1e} FLOPs"
 
 
 runs = load_runs(results)
