@@ -314,7 +314,9 @@ plt.show()
 # Seconds to certify one test image against every shape of Figures 3 and 4, each defense through
 # its own certificate, all in one run of `benchmarks/certify_cost.py` on one machine per budget
 # (`--budget 2` for the second; DS block makes 1,024 forward passes per image). Ratios compare
-# defenses within one run; two budgets' runs may come from different machines or days.
+# defenses within one run; two budgets' runs may come from different machines or days. Weights:
+# the run's trained model, its checkpoint after k of its K epochs (k/K) while it still trains, or
+# fresh (random, when no run exists yet: the cost barely depends on the weights).
 
 # %% tags=["hide-input"]
 for i in range(len(BUDGETS)):
@@ -329,6 +331,8 @@ for i in range(len(BUDGETS)):
     say(f"**Budget {i + 1} ({budget_label(i)})**: measured {b['date']} on {where}, {b['threads']} thread(s), "
         f"commit {str(b['git'].get('commit'))[:10]}" + (f"; {b['note']}" if b.get("note") else "") + ".")
     bt = pd.DataFrame(b["defenses"]).set_index("defense")
+    bt["weights"] = (bt["weights"].str.replace(r"^fresh.*", "fresh", regex=True)     # short: the table fits
+                     .str.replace(r"^partly trained \((\d+) of (\d+) epochs\)$", r"\1/\2", regex=True))
     bt["ratio to BagCert"] = bt["seconds_per_image"] / bt.loc["BagCert", "seconds_per_image"] \
         if "BagCert" in bt.index else np.nan
     display(readable(bt[["weights", "n", "forward_s_per_image", "certify_s_per_image", "seconds_per_image",
