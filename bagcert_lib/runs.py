@@ -4,7 +4,8 @@ Files each step adds to ``run_dir`` (through :mod:`.rundir`: atomically, under i
 
 * ``certification.csv`` — per patch shape and condition: clean and certified accuracy on the
   run's test images (``n`` of the split's ``test_split``), forward-pass vs certification
-  seconds (one forward pass for all shapes).
+  seconds (one forward pass for all shapes); ``certification.parts/`` while it runs (its
+  finished chunks of test images, so that a killed certification resumes).
 * ``attack.json`` / ``attack_samples.csv`` — App. A.2 PGD results (Figure 7), per sample too;
   ``attack_example.npz`` — one illustrated example (Figure 6).
 * ``attack_mask_ds.json`` / ``attack_patchcleanser.json`` — the PGD attack on a defense certified
@@ -104,8 +105,8 @@ def certify_run(run_dir, patches=None, device=None, progress=True,
     More than ``chunk`` images (default :data:`CHUNK`) are certified ``chunk`` at a time, each
     chunk saved as it finishes (:class:`bagcert_lib.rundir.Parts`): a killed certification
     started again with the same weights, config, dataset (its sha256), shapes and images resumes
-    at the first missing chunk,
-    and the chunks' counts add up to the rows one pass would give (:func:`combine_chunks`).
+    at the first missing chunk, and the chunks' counts add up to the rows one pass would give
+    (:func:`combine_chunks`).
     ImageNet's val set is streamed through the DataLoader (centre crop), never held in memory;
     ``wall_s`` includes its decoding. Holds the run folder's lock; the file is written
     atomically, and an existing one that cannot be read is refused (naming it) before any work.
