@@ -455,16 +455,20 @@ def certification_covers(run_dir, test_size) -> bool:
     return bool(covered.all())
 
 
+def parts_folder(run_dir, filename: str = CERTIFICATION) -> Path:
+    """Where a certification into ``filename`` keeps its finished chunks: ``<stem>.parts/``."""
+    return Path(run_dir) / (Path(filename).stem + PARTS)
+
+
 class Parts:
     """A certification saved chunk by chunk, so that a killed one resumes where it stopped:
-    ``<stem>.parts/`` beside ``filename`` holds ``plan.json`` (what is certified: the model's
-    fingerprint, its config, the dataset's sha256, the patch shapes, the test images, the chunk
-    size) and one ``<start>-<stop>.csv``
-    per finished chunk of test images. Opening it with another plan discards the old chunks
-    (``discarded`` says how many). Write it under :func:`lock`."""
+    :func:`parts_folder` holds ``plan.json`` (what is certified: the model's fingerprint, its
+    config, the dataset's sha256, the patch shapes, the test images, the chunk size) and one
+    ``<start>-<stop>.csv`` per finished chunk of test images. Opening it with another plan
+    discards the old chunks (``discarded`` says how many). Write it under :func:`lock`."""
 
     def __init__(self, run_dir, filename: str, plan: dict):
-        self.folder = Path(run_dir) / (Path(filename).stem + PARTS)
+        self.folder = parts_folder(run_dir, filename)
         self.plan = json.loads(json.dumps(plan, default=str))   # as it reads back from plan.json
         self.discarded = 0
         if self.folder.is_dir():
@@ -519,7 +523,7 @@ def certifying_config(cfg: TrainConfig) -> dict:
 def certification_progress(run_dir, filename: str = CERTIFICATION) -> tuple[int, int] | None:
     """(test images certified so far, images planned) of a certification in progress in
     ``run_dir`` (its :class:`Parts`); None when there is none."""
-    folder = Path(run_dir) / (Path(filename).stem + PARTS)
+    folder = parts_folder(run_dir, filename)
     if not (folder / PLAN).is_file():
         return None
     done = sum(int(b) - int(a) for a, b in (p.stem.split("-") for p in folder.glob("*-*.csv")))

@@ -142,12 +142,12 @@ def certify_run(run_dir, patches=None, device=None, progress=True,
                 rows.append(parts.rows(start, stop))
                 continue
             t0 = time.perf_counter()
-            part = data_mod.test_range(ds, start, stop) if len(ranges) > 1 else ds
+            part = data_mod.test_range(ds, start, stop)
             df = evaluate_batches(net, test_batches(part, cfg, device, model=model), cfg, device,
                                   patches=patches, progress=progress)
             df["wall_s"] = time.perf_counter() - t0
             df["device"] = device_name(device)
-            if len(ranges) > 1:
+            if len(ranges) > 1:                    # one chunk: nothing to resume
                 parts.save(start, stop, df)
             rows.append(df)
         df = combine_chunks(rows)

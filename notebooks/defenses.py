@@ -137,7 +137,6 @@ panel = cert[cert["run"].isin(chosen["run"]) | cert["run"].isin(same.query("meth
 bench_path = Path(benchmark) if benchmark else REPO_ROOT / "results" / "benchmarks" / "certify_cost.json"
 bench_paths = [bench_path] + [bench_path.with_name(f"certify_cost-budget{i + 1}.json") for i in range(1, len(BUDGETS))]
 benches = {i: json.loads(p.read_text()) for i, p in enumerate(bench_paths) if p.is_file()}   # by budget
-bench = benches.get(0)
 cost = {i: {d["defense"]: d for d in b["defenses"]} for i, b in benches.items()}
 
 # %% [markdown]
