@@ -14,7 +14,8 @@ read from one)::
     certification.parts/  a certification in progress: plan.json, one CSV per finished chunk
                         of test images; merged into certification.csv and removed at the end
     attack_samples.csv, attack_example.npz, attack.json (written last)      (attack)
-    attack_mask_ds.json, attack_patchcleanser.json  a defense's own attack  (attack)
+    attack_ds.json, attack_mask_ds.json, attack_patchcleanser.json
+                        the attacks on a defense's own certificate          (attack-<name>)
     previous.json       what a retrained run replaced                       (sweep)
     retrain/<name>/     the same run being trained again beside it          (sweep)
     .lock               who is writing: pid, host, since
@@ -57,8 +58,12 @@ CERTIFICATION = "certification.csv"
 ATTACK = "attack.json"
 ATTACK_SAMPLES = "attack_samples.csv"
 ATTACK_EXAMPLE = "attack_example.npz"
-#: The attack of a defense certified by its own analysis rather than App. A.2's, by method.
-DEFENSE_ATTACK = {"ds-column": "attack_mask_ds.json", "patchcleanser": "attack_patchcleanser.json"}
+#: The record of each attack on a defense certified by its own analysis rather than App. A.2's
+#: (Derandomized Smoothing, Mask-DS, PatchCleanser), by the attack's name.
+DEFENSE_ATTACK = {"ds": "attack_ds.json", "mask-ds": "attack_mask_ds.json",
+                  "patchcleanser": "attack_patchcleanser.json"}
+#: The attacks a run of each such method gets, in order: a DS column run carries two certificates.
+ATTACKS_OF = {"ds-block": ("ds",), "ds-column": ("ds", "mask-ds"), "patchcleanser": ("patchcleanser",)}
 #: A certification saved as it goes: ``certification.csv`` → ``certification.parts/`` (:class:`Parts`).
 PARTS = ".parts"
 PLAN = "plan.json"
@@ -425,12 +430,12 @@ def epochs_done(run_dir) -> int:
 
 
 def step_done(run_dir, step: str) -> bool:
-    """Whether ``step`` (train, certify, attack, or ``attack-<method>``: :data:`DEFENSE_ATTACK`)
+    """Whether ``step`` (train, certify, attack, or ``attack-<name>``: :data:`DEFENSE_ATTACK`)
     has left its results in ``run_dir``."""
     if step == "train":
         return finished(run_dir)
     files = {"certify": CERTIFICATION, "attack": ATTACK,
-             **{f"attack-{m}": f for m, f in DEFENSE_ATTACK.items()}}
+             **{f"attack-{a}": f for a, f in DEFENSE_ATTACK.items()}}
     return (Path(run_dir) / files[step]).is_file()
 
 

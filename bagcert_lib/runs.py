@@ -8,8 +8,9 @@ Files each step adds to ``run_dir`` (through :mod:`.rundir`: atomically, under i
   finished chunks of test images, so that a killed certification resumes).
 * ``attack.json`` / ``attack_samples.csv`` — App. A.2 PGD results (Figure 7), per sample too;
   ``attack_example.npz`` — one illustrated example (Figure 6).
-* ``attack_mask_ds.json`` / ``attack_patchcleanser.json`` — the PGD attack on a defense certified
-  by its own analysis (Mask-DS on a DS column run, PatchCleanser): no certified image broken.
+* ``attack_ds.json`` / ``attack_mask_ds.json`` / ``attack_patchcleanser.json`` — the PGD attack
+  on a defense certified by its own analysis (DS on a DS block or column run, Mask-DS on a DS
+  column run, PatchCleanser): no certified image broken.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import pandas as pd
 import torch
 
 from . import data as data_mod
-from . import mask_ds, rundir
+from . import mask_ds, rundir, smoothing
 from . import patchcleanser as pc
 from .attack import patch_attack
 from .certifier import _pair, affected_range
@@ -301,9 +302,10 @@ def save_attack_record(run_dir, name: str, record: dict) -> None:
                                  f"by the attack in {name}: the certificate is unsound")
 
 
-def _defense_attack(run_dir, method: str, attack, n, patch, batch_size, device, seed, progress,
+def _defense_attack(run_dir, name: str, attack, n, patch, batch_size, device, seed, progress,
                     params: dict) -> dict:
-    """The loop of a defense's own attack (:data:`DEFENSE_ATTACKS`): the first ``n`` test images
+    """The loop of the attack ``name`` on a defense's own certificate (:data:`DEFENSE_ATTACKS`;
+    the run's method must be one it attacks, :data:`.rundir.ATTACKS_OF`): the first ``n`` test images
     of the run's fixed class-balanced subset, ``batch_size`` at a time, each batch given to
     ``attack(model, cfg, x, y, patch, generator)`` → (clean correct, certified, correct after the
     attack, record fields), per image. Writes ``attack_<defense>.json``
@@ -315,13 +317,14 @@ def _defense_attack(run_dir, method: str, attack, n, patch, batch_size, device, 
     patch, run_dir = _pair(patch, "patch"), resolve_run_dir(run_dir)
     with rundir.lock(run_dir, "attack"):
         model, cfg, ds, device, _ = _load(run_dir, device, progress, n)
-        if cfg.method != method:
-            raise ValueError(f"{run_dir}: this attack needs a {method} run, this is {cfg.method}")
+        if name not in rundir.ATTACKS_OF.get(cfg.method, ()):
+            wanted = " or ".join(m for m, a in rundir.ATTACKS_OF.items() if name in a)
+            raise ValueError(f"{run_dir}: this attack needs a {wanted} run, this is {cfg.method}")
         gen, t0 = torch.Generator().manual_seed(seed), time.perf_counter()
         sums, fields = dict.fromkeys(("n", "correct", "certified", "adv_correct", "certified_broken"), 0), {}
         loader = test_batches(ds, cfg, device, batch_size=batch_size, model=model)   # images in [0, 1]
         for x, y in tqdm(loader, total=data_mod.num_batches(len(ds.y_test), batch_size, False),
-                         desc=f"attack {method}", disable=not progress):
+                         desc=f"attack {name}", disable=not progress):
             correct, certified, adv_correct, fields = attack(model, cfg, x, y, patch, gen)
             for key, v in (("n", torch.ones_like(correct)), ("correct", correct),
                            ("certified", certified), ("adv_correct", adv_correct),
@@ -333,7 +336,7 @@ def _defense_attack(run_dir, method: str, attack, n, patch, batch_size, device, 
                "adversarial_accuracy": sums["adv_correct"] / m,
                "broken": sums["correct"] - sums["adv_correct"], "certified_broken": sums["certified_broken"],
                "seconds": time.perf_counter() - t0, "device": device_name(device), "git": git_commit()}
-        save_attack_record(run_dir, rundir.DEFENSE_ATTACK[method], out)
+        save_attack_record(run_dir, rundir.DEFENSE_ATTACK[name], out)
     return out
 
 
@@ -349,8 +352,41 @@ def attack_mask_ds(run_dir, n: int | None = 1000, patch=5, steps: int = 50, step
                              step_size=step_size, amp=cfg.amp, generator=gen)
         return res.clean_correct, res.certificate.certified, res.adv_correct, {}
 
-    return _defense_attack(run_dir, "ds-column", attack, n, patch, batch_size, device, seed, progress,
+    return _defense_attack(run_dir, "mask-ds", attack, n, patch, batch_size, device, seed, progress,
                            {"condition": mask_ds.CONDITION, "steps": steps, "step_size": step_size})
+
+
+def attack_ds(run_dir, n: int | None = 1000, patch=5, steps: int = 50, step_size: float = 0.05,
+              batch_size: int | None = None, device=None, seed: int = 0, progress: bool = True) -> dict:
+    """PGD on Derandomized Smoothing's own certificate, a DS block or column run
+    (:func:`.smoothing.attack`: the patch where the ablations it meets vote most for the label
+    over the runner-up, its pixels raising the runner-up's log-probability over the label's on
+    those ablations, the smoothed prediction checked at every iterate and on all ablations at the
+    end), on the first ``n`` test images of the run's fixed class-balanced subset, ``batch_size``
+    at a time (default: about 200 ablated images a pass). Writes ``attack_ds.json`` with Δ, the
+    ablations the patch met and the largest change of any class's votes, which must not exceed
+    Δ; a broken certified image raises :class:`UnsoundCertificate`."""
+    worst = {"vote_change": 0, "ablations_met": 0}
+
+    def attack(model, cfg, x, y, patch, gen):
+        res = smoothing.attack(model, x, y, patch, kind=method_for(cfg).kind, size=cfg.ablation_size,
+                               theta=cfg.theta, steps=steps, step_size=step_size, amp=cfg.amp,
+                               generator=gen)
+        worst["vote_change"] = max(worst["vote_change"], int(res.vote_change.max()))
+        worst["ablations_met"] = max(worst["ablations_met"], res.met)
+        if worst["vote_change"] > res.delta or worst["ablations_met"] > res.delta:
+            raise UnsoundCertificate(f"{run_dir}: a patch met {worst['ablations_met']} ablations "
+                                     f"and changed a class's votes by {worst['vote_change']}, more "
+                                     f"than the certificate's delta {res.delta}")
+        return (res.clean_correct, res.certificate.certified, res.adv_correct,
+                {"kind": method_for(cfg).kind, "delta": res.delta, **worst})
+
+    if batch_size is None:       # Δ ≤ (w + s − 1) ablations an image, times (h + s − 1) for blocks
+        (h, w), cfg = _pair(patch, "patch"), rundir.load_config(resolve_run_dir(run_dir))
+        s = cfg.ablation_size
+        batch_size = max(1, 200 // ((w + s - 1) * ((h + s - 1) if cfg.method == "ds-block" else 1)))
+    return _defense_attack(run_dir, "ds", attack, n, patch, batch_size, device, seed, progress,
+                           {"condition": "DS", "steps": steps, "step_size": step_size})
 
 
 def attack_patchcleanser(run_dir, n: int | None = 100, patch=5, positions: int = 2, steps: int = 20,
@@ -379,8 +415,9 @@ def attack_patchcleanser(run_dir, n: int | None = 100, patch=5, positions: int =
                                       "pairs": pairs})
 
 
-#: A defense's own attack by method (the sweep's ``attack-<method>`` step; rundir.DEFENSE_ATTACK).
-DEFENSE_ATTACKS = {"ds-column": attack_mask_ds, "patchcleanser": attack_patchcleanser}
+#: The attacks on a defense's own certificate by name (the sweep's ``attack-<name>`` steps, the
+#: runs each attacks in rundir.ATTACKS_OF, their records in rundir.DEFENSE_ATTACK).
+DEFENSE_ATTACKS = {"ds": attack_ds, "mask-ds": attack_mask_ds, "patchcleanser": attack_patchcleanser}
 
 
 def _example(model, cfg, clean, adv, label, res, i, patch) -> dict:

@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attack import patch_mask, pgd_patch
 from .certifier import _pair, _sync, patch_label
+from .runtime import autocast
 
 KINDS = ("block", "column")
 
@@ -290,6 +292,113 @@ def certify_model(model: nn.Module, batches: Iterable, patches: Sequence, *, kin
     df.attrs.update(forward_s=t_forward, certify_s=sum(times.values()), n=n, kind=kind,
                     size=size, theta=theta)
     return df
+
+
+# --------------------------------------------------------------------------- attack
+
+def _at(t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """(B, A): t[b, a, c[b]] of t (B, A, C)."""
+    return t.gather(2, c[:, None, None].expand(-1, t.shape[1], 1))[..., 0]
+
+
+def patch_ablations(kind: str, size: int, patch, image_size, device=None) -> torch.Tensor:
+    """(P, A) bool: which ablations see (keep a pixel of) the h × w patch at each of its
+    P = (H − h + 1)(W − w + 1) positions, row-major. Read off the keep masks themselves, so it
+    checks :func:`affected_ablations`' Δ, the most of any row, rather than using it."""
+    h, w = _pair(patch, "patch")
+    keep = ablation_masks(kind, size, image_size, device)                 # (A, H, W)
+    seen = F.max_pool2d(keep[:, None].float(), (h, w), stride=1)[:, 0]    # (A, H-h+1, W-w+1)
+    return seen.flatten(1).T > 0
+
+
+@dataclass
+class SmoothingAttack:
+    """What :func:`attack` found, per image: the adversarial ``images``, the patch's top-left
+    pixel (``row``, ``col``), ``target`` c*, ``clean_correct`` / ``adv_correct`` (the smoothed
+    prediction on all A ablations of the clean / adversarial image), the clean images'
+    ``certificate``, ``stepwise`` (broken by an iterate, counted from the ablations the patch
+    meets), ``vote_change`` max_c |n′(c) − n(c)| (0 for an image wrong to begin with, which is
+    not counted again), ``delta`` Δ and ``met``, the ablations every patch position meets."""
+
+    images: torch.Tensor
+    row: torch.Tensor
+    col: torch.Tensor
+    target: torch.Tensor
+    clean_correct: torch.Tensor
+    adv_correct: torch.Tensor
+    certificate: SmoothedPrediction
+    stepwise: torch.Tensor
+    vote_change: torch.Tensor
+    delta: int
+    met: int
+
+
+def attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, patch=5, *, kind: str, size: int,
+           theta: float, steps: int = 50, step_size: float = 0.05, amp: bool | None = None,
+           generator=None, chunk: int = 1024) -> SmoothingAttack:
+    """PGD (:func:`~bagcert_lib.attack.pgd_patch`) on the smoothed classifier's votes.
+
+    * **Where:** with votes v_a(c) = [p_a(c) ≥ θ] of the clean image and c* the class with the
+      most votes after the label y, the patch goes where the ablations it meets hold the most
+      votes for y over c*: argmax over positions of Σ_{a meets patch} v_a(y) − v_a(c*) (the first
+      such position; for column ablations rows do not matter and the patch is centred).
+    * **What:** the patch pixels maximise Σ_{a meets patch} log p_a(c*) − log p_a(y). Only the
+      ablations the patch meets see it, so an iterate's votes are those of the others on the
+      clean image plus its own on these: each iterate's smoothed prediction is exact, and the
+      first wrong one is kept.
+    * **Check:** the returned images are counted again on all A ablations (:func:`vote_counts`),
+      which decides ``adv_correct`` and gives the vote change, at most Δ if the premise of the
+      certificate holds."""
+    size = _check(kind, size)
+    h, w = _pair(patch, "patch")
+    B, _, H, W = x.shape
+    y = y.to(x.device).long()
+    delta = affected_ablations(kind, size, (h, w), (H, W))
+    probs = ablation_softmax(model, x, kind, size, amp=amp, chunk=chunk)        # (B, A, C)
+    votes = probs >= theta
+    counts = votes.sum(1)
+    cert = certify_counts(counts, y, delta)
+    C = counts.shape[1]
+    target = predict(counts.masked_fill(F.one_hot(y, C).bool(), -1))           # runner-up c*
+    gain = _at(votes.float(), y) - _at(votes.float(), target)                   # (B, A)
+    sees = patch_ablations(kind, size, (h, w), (H, W), x.device)               # (P, A)
+    positions = torch.arange(len(sees), device=x.device).view(H - h + 1, W - w + 1)
+    if kind == "column":                                                        # centred rows
+        positions = positions[(H - h) // 2: (H - h) // 2 + 1]
+    positions = positions.flatten()
+    best = positions[(gain @ sees[positions].T.float()).argmax(1)]              # (B,)
+    row, col = best // (W - w + 1), best % (W - w + 1)
+    met = sees.sum(1)
+    if int(met.min()) != int(met.max()):
+        raise RuntimeError(f"patch positions meet {int(met.min())} to {int(met.max())} ablations; "
+                           "the bands wrap, so every position should meet as many")
+    met = int(met.max())
+    index = sees[best].nonzero()[:, 1].view(B, met)                             # (B, met)
+    masks = ablation_masks(kind, size, (H, W), x.device)
+    others = counts - votes.gather(1, index[..., None].expand(-1, -1, C)).sum(1)
+
+    def evaluate(a, live):
+        n = len(a)
+        keep = masks[index[live]].reshape(n * met, 1, H, W)
+        with autocast(a.device, amp):
+            logits = model(encode(a.repeat_interleave(met, 0), keep))
+        logits = logits.float().view(n, met, C)
+        now = others[live] + (logits.detach().softmax(2) >= theta).sum(1)      # as vote_counts
+        logp = logits.log_softmax(2)
+        objective = (_at(logp, target[live]) - _at(logp, y[live])).sum(1)
+        return predict(now) != y[live], objective
+
+    mask = patch_mask(x.shape, row, col, (h, w), x.device)
+    images, stepwise = pgd_patch(model, x, mask, evaluate, steps=steps, step_size=step_size,
+                          generator=generator)
+    after = counts.clone()                        # an image wrong to begin with stays so
+    if bool(cert.correct.any()):
+        after[cert.correct] = vote_counts(model, images[cert.correct], kind, size, theta, amp=amp,
+                                          chunk=chunk)
+    return SmoothingAttack(images=images, row=row, col=col, target=target,
+                           clean_correct=cert.correct, adv_correct=cert.correct & (predict(after) == y),
+                           certificate=cert, stepwise=stepwise, vote_change=(after - counts).abs().amax(1),
+                           delta=int(delta), met=met)
 
 
 # --------------------------------------------------------------------------- base classifier

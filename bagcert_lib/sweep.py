@@ -81,14 +81,14 @@ class Job:
 
     @property
     def steps(self) -> tuple:
-        """train, certify, then the attack: App. A.2's (attack.ipynb) for BagCert, CBN and Mask-BN
-        (each with its own attack step), ``attack-<method>`` for a defense certified by its own
-        analysis (DS column: Mask-DS; PatchCleanser; :data:`bagcert_lib.runs.DEFENSE_ATTACKS`);
-        DS block is not attacked."""
+        """train, certify, then the attacks: App. A.2's (attack.ipynb) for BagCert, CBN and
+        Mask-BN (each with its own objective), ``attack-<name>`` for each certificate of a defense
+        certified by its own analysis (DS block: DS; DS column: DS, then Mask-DS; PatchCleanser:
+        :data:`bagcert_lib.rundir.ATTACKS_OF`, run by :data:`bagcert_lib.runs.DEFENSE_ATTACKS`)."""
         method = self.extra.get("method", "bagcert")
         if method in ATTACKED:
             return ("train", "certify", "attack")
-        return ("train", "certify", *([f"attack-{method}"] if method in rundir.DEFENSE_ATTACK else []))
+        return ("train", "certify", *(f"attack-{a}" for a in rundir.ATTACKS_OF.get(method, ())))
 
 
 #: The methods the sweep attacks after certifying them.

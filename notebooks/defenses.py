@@ -50,10 +50,11 @@
 # 6.4 × 10¹³ FLOPs, half the first budget) belong to no budget.
 # Methods or budgets without a finished, certified run are named as such, never filled in.
 # Every certificate here is checked against brute force on small inputs and by a PGD patch attack
-# (`tests/test_clipped_bagnet.py`, `tests/test_patchguard.py`, `tests/test_mask_ds.py`,
-# `tests/test_patchcleanser.py`); on the trained models the attack's numbers are in the runs'
-# `attack.json` (BagCert, CBN, Mask-BN), `attack_mask_ds.json` and `attack_patchcleanser.json`
-# (`bagcert_lib.runs`), shown under the table below.
+# (`tests/test_smoothing.py`, `tests/test_clipped_bagnet.py`, `tests/test_patchguard.py`,
+# `tests/test_mask_ds.py`, `tests/test_patchcleanser.py`); on the trained models the attack's numbers are in the runs'
+# `attack.json` (BagCert, CBN, Mask-BN), `attack_ds.json` (DS block and column),
+# `attack_mask_ds.json` and `attack_patchcleanser.json` (`bagcert_lib.runs`), shown under the
+# table below.
 
 # %% tags=["parameters", "hide-input"]
 results: str = None  # results folder (default: $BAGCERT_RESULTS, else results/runs)
@@ -191,18 +192,22 @@ say("No finished, certified run yet: " + ("; ".join(f"{d} at {b}" for b, d in mi
 
 # %% [markdown]
 # The PGD patch attack on each run of the table, 5×5 unless the row says otherwise: App. A.2's
-# attack for BagCert, CBN and Mask-BN (each with its own objective), and the attacks on Mask-DS and
-# PatchCleanser, which check their predictions at every step. "certified broken" counts certified
-# images whose prediction the attack changed: a sound certificate keeps it at 0. DS block and DS
-# column (DS's own certificate) are not attacked.
+# attack for BagCert, CBN and Mask-BN (each with its own objective), and the attacks on DS (block
+# and column), Mask-DS and PatchCleanser, which check their predictions at every step. "certified
+# broken" counts certified images whose prediction the attack changed: a sound certificate keeps
+# it at 0. The DS attack puts the patch where the ablations it meets vote most for the label over
+# the runner-up and counts every ablation of its final image again; DS's certificate assumes that
+# a patch changes no class's votes by more than Δ, the ablations it can meet, and the record says
+# by how much it did.
 
 # %% tags=["hide-input"]
 from bagcert_lib.rundir import ATTACK, DEFENSE_ATTACK, read_json
 
-ATTACK_FILE = {"BagCert": ATTACK, "CBN": ATTACK, "Mask-BN": ATTACK,
-               "Mask-DS": DEFENSE_ATTACK["ds-column"], "PatchCleanser": DEFENSE_ATTACK["patchcleanser"]}
+ATTACK_FILE = {"BagCert": ATTACK, "CBN": ATTACK, "Mask-BN": ATTACK, "DS block": DEFENSE_ATTACK["ds"],
+               "DS column": DEFENSE_ATTACK["ds"], "Mask-DS": DEFENSE_ATTACK["mask-ds"],
+               "PatchCleanser": DEFENSE_ATTACK["patchcleanser"]}
 path_of = dict(zip(runs["run"], runs["path"]))
-attacked = []
+attacked, votes = [], []
 for (b, d), run in table["run"].items():
     f = Path(path_of[run]) / ATTACK_FILE[d] if d in ATTACK_FILE and run in path_of else None
     if f is not None and f.is_file():
@@ -212,6 +217,8 @@ for (b, d), run in table["run"].items():
                          "clean_accuracy": a["clean_accuracy"], "certified_accuracy": a["certified_accuracy"],
                          "adversarial_accuracy": a["adversarial_accuracy"],
                          "certified broken": int(a["certified_broken"])})
+        if "vote_change" in a:
+            votes.append(f"{d} at {b.split(' ')[0]}: {a['vote_change']} of Δ = {a['delta']}")
 attacks = pd.DataFrame(attacked)
 if len(attacks):
     display(readable(attacks.set_index(["budget (FLOPs)", "defense"]),
@@ -224,6 +231,8 @@ unattacked = [f"{d} at {b.split(' ')[0]}" for (b, d), run in table["run"].items(
 say(("**No certified image broken** in any attacked run." if len(attacks) and not attacks["certified broken"].any()
      else f"**Certified images broken:** {int(attacks['certified broken'].sum())}: a certificate is unsound."
      if len(attacks) else "No attacked run yet.")
+    + (" The largest change of a class's votes by the DS attack's patch: " + "; ".join(votes) + "."
+       if votes else "")
     + (" Not attacked yet: " + "; ".join(unattacked) + "." if unattacked else ""))
 
 # %% [markdown]

@@ -447,3 +447,107 @@ def test_resnet18():
         out = small(x)
     assert out.shape == (2, 5) and out.dtype == torch.bfloat16 and torch.isfinite(out).all()
     assert S.resnet18(in_channels=3, width=8)(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+# --------------------------------------------------------------------------- 8. attack
+
+@pytest.mark.parametrize("kind, size, patch", [("block", 2, (2, 2)), ("column", 2, (2, 3)),
+                                               ("block", 3, (1, 2)), ("column", 3, (4, 1))])
+def test_patch_ablations_are_the_masks_a_patch_meets(kind, size, patch):
+    """Row p of patch_ablations: the ablations keeping a pixel of the patch at position p, from
+    the literal masks; every position meets Δ of them."""
+    H, W = 6, 7
+    sees = S.patch_ablations(kind, size, patch, (H, W))
+    brute = touched_sets(literal_masks(kind, size, H, W), patch, H, W)
+    assert [row.nonzero().flatten().tolist() for row in sees] == brute
+    assert (sees.sum(1) == S.affected_ablations(kind, size, patch, (H, W))).all()
+
+
+@pytest.mark.parametrize("kind, H, W, patch, bias, seed", [
+    ("block", 8, 8, (2, 2), 0.75, 2), ("block", 6, 6, (1, 1), 0.75, 2),
+    ("column", 6, 12, (2, 2), 1.0, 0), ("column", 6, 12, (2, 2), 1.5, 1)])
+def test_attack_counts_exactly_and_never_breaks_a_certified_image(kind, H, W, patch, bias, seed):
+    """The PGD attack on DS: each iterate's votes (the other ablations' clean votes plus those the
+    patch meets) give the same verdict as counting all ablations again; no class gains or loses
+    more than Δ votes; no certified image is broken, and some correct uncertified ones are (the
+    attack has teeth)."""
+    model = TinyNet(seed=seed, gain=2.0, bias=bias)
+    x = images(24, H, W, seed=0)
+    counts = S.vote_counts(model, x, kind, 2, 0.3, amp=False)
+    y = S.predict(counts)                    # every image starts correct
+    res = S.attack(model, x, y, patch, kind=kind, size=2, theta=0.3, steps=20, step_size=0.1,
+                   amp=False, generator=torch.Generator().manual_seed(0))
+    assert res.met == res.delta == S.affected_ablations(kind, 2, patch, (H, W))
+    assert res.clean_correct.all() and 0 < int(res.certificate.certified.sum()) < 24
+    assert torch.equal(res.stepwise, ~res.adv_correct)
+    assert (res.vote_change <= res.delta).all() and res.vote_change.max() > 0
+    assert res.adv_correct[res.certificate.certified].all()
+    assert not res.adv_correct.all()
+    outside = torch.ones_like(x, dtype=torch.bool)
+    for b in range(24):
+        r, c = int(res.row[b]), int(res.col[b])
+        outside[b, :, r:r + patch[0], c:c + patch[1]] = False
+    assert torch.equal(res.images[outside], x[outside])            # only the patch changed
+    if kind == "column":
+        assert (res.row == (H - patch[0]) // 2).all()               # centred rows
+
+
+def test_attack_puts_the_patch_where_the_label_has_most_votes_over_the_runner_up():
+    """The position: argmax over positions of Σ v_a(y) − v_a(c*) over the ablations it meets."""
+    model = TinyNet(seed=1, gain=2.0, bias=2.0)
+    x = images(8, 6, 6, seed=3)
+    probs = S.ablation_softmax(model, x, "block", 2, amp=False)
+    votes = (probs >= 0.3).float()
+    y = S.predict(votes.sum(1).long())
+    res = S.attack(model, x, y, (2, 2), kind="block", size=2, theta=0.3, steps=0, amp=False)
+    sets = touched_sets(literal_masks("block", 2, 6, 6), (2, 2), 6, 6)
+    for b in range(8):
+        t, c = int(y[b]), int(res.target[b])
+        counts = votes[b].sum(0)
+        assert c != t and counts[c] == max(counts[k] for k in range(3) if k != t)
+        score = [float(votes[b, s, t].sum() - votes[b, s, c].sum()) for s in sets]
+        assert int(res.row[b]) * 5 + int(res.col[b]) == score.index(max(score))
+
+
+@pytest.fixture(scope="module")
+def block_run(tmp_path_factory, colour_folder):
+    """A tiny DS block run (block 4) on the colour images, trained by the one training loop."""
+    from bagcert_lib.config import profile_config
+    from bagcert_lib.train import train
+
+    cfg = profile_config("smoke", dataset="imagefolder", data=str(colour_folder), method="ds-block",
+                         width=8, epochs=6, lr=0.01, train_size=None, eval_size=12, test_size=12)
+    return train(cfg, tmp_path_factory.mktemp("run"), progress=False)["run_dir"]
+
+
+def test_the_run_attack_writes_its_record_and_refuses_an_unsound_certificate(block_run, monkeypatch):
+    """runs.attack_ds (the sweep's attack-ds step): attack_ds.json holds n, Δ, the ablations the
+    patch met (Δ) and the largest change of a class's votes (at most Δ), accuracies with
+    adversarial and certified ≤ clean, no certified image broken. The tiny model is certified
+    against 16 × 16 patches (2Δ = 722 of 1,024 votes) and cannot be against 24 × 24 ones
+    (2Δ > 1,024), where the attack breaks images. A certificate planted unsound (every correct
+    image called certified) and a Δ planted too small each raise."""
+    import dataclasses
+    import json
+
+    from bagcert_lib import runs
+
+    kw = dict(n=12, steps=10, step_size=0.1, progress=False)
+    rec = runs.attack_ds(block_run, patch=(16, 16), **kw)
+    saved = json.loads((block_run / "attack_ds.json").read_text())
+    assert saved["n"] == rec["n"] == 12 and saved["certified_broken"] == 0
+    assert saved["kind"] == "block" and saved["delta"] == saved["ablations_met"] == 19 * 19
+    assert 0 < saved["vote_change"] <= saved["delta"]
+    assert 0 < saved["certified_accuracy"] <= saved["clean_accuracy"]
+    assert saved["adversarial_accuracy"] <= saved["clean_accuracy"]
+    big = runs.attack_ds(block_run, patch=(24, 24), **kw)
+    assert big["certified_accuracy"] == 0 and big["broken"] > 0 and big["vote_change"] <= 27 * 27
+    real = S.certify_counts
+    monkeypatch.setattr(S, "certify_counts", lambda *a: dataclasses.replace(
+        real(*a), certified=real(*a).correct))
+    with pytest.raises(runs.UnsoundCertificate, match="certified images broken"):
+        runs.attack_ds(block_run, patch=(24, 24), **kw)
+    monkeypatch.setattr(S, "certify_counts", real)
+    monkeypatch.setattr(S, "affected_ablations", lambda *a: 19 * 19 - 1)
+    with pytest.raises(runs.UnsoundCertificate, match="met 361 ablations"):
+        runs.attack_ds(block_run, patch=(16, 16), **{**kw, "steps": 0})

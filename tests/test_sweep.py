@@ -18,7 +18,7 @@ def test_grids_match_the_paper():
     # the headline is in both grids once; then the two DS baselines; cpu_long at the end
     assert len(jobs) == 20 + 15 - 1 + 2 + 1
     assert [j.extra.get("method") for j in jobs[-3:-1]] == ["ds-block", "ds-column"]
-    assert [j.steps[2:] for j in jobs[-3:-1]] == [(), ("attack-ds-column",)]   # Mask-DS's attack
+    assert [j.steps[2:] for j in jobs[-3:-1]] == [("attack-ds",), ("attack-ds", "attack-mask-ds")]
     assert jobs[-1].profile == "cpu_long" and jobs[-1].attack_n == 1000
     assert all(j.profile is None for j in grid_jobs("all", profile="smoke"))
 
@@ -472,9 +472,9 @@ def test_a_run_certified_on_fewer_images_than_its_profile_asks_is_certified_agai
 
 
 def test_a_defense_with_its_own_analysis_is_attacked_by_its_own_attack(tmp_path, monkeypatch):
-    """DS column and PatchCleanser runs end with ``attack-<method>`` (runs.DEFENSE_ATTACKS, in
-    the sweep's process; done when its record exists), BagCert with attack.ipynb, DS block with
-    certification."""
+    """DS block, DS column and PatchCleanser runs end with an ``attack-<name>`` step per certificate
+    (runs.DEFENSE_ATTACKS, in the sweep's process; done when its record exists), BagCert with
+    attack.ipynb."""
     import json
 
     import papermill
@@ -483,23 +483,28 @@ def test_a_defense_with_its_own_analysis_is_attacked_by_its_own_attack(tmp_path,
     from bagcert_lib.sweep import Job, has_work, run_job
 
     steps = {m: Job(7, 0.5, extra={"method": m}).steps for m in ("bagcert", "ds-column", "ds-block", "patchcleanser")}
-    assert steps == {"bagcert": ("train", "certify", "attack"), "ds-block": ("train", "certify"),
-                     "ds-column": ("train", "certify", "attack-ds-column"),
+    assert steps == {"bagcert": ("train", "certify", "attack"),
+                     "ds-block": ("train", "certify", "attack-ds"),
+                     "ds-column": ("train", "certify", "attack-ds", "attack-mask-ds"),
                      "patchcleanser": ("train", "certify", "attack-patchcleanser")}
     executed, attacked = [], []
     monkeypatch.setattr(papermill, "execute_notebook", _fake_steps(executed))
 
-    def fake_attack(run_dir, device=None, progress=True):
-        attacked.append((run_dir.name, device))
-        (run_dir / "attack_mask_ds.json").write_text(json.dumps({"certified_broken": 0}))
+    def fake(name):
+        def attack(run_dir, device=None, progress=True):
+            attacked.append((name, run_dir.name, device))
+            (run_dir / f"attack_{name.replace('-', '_')}.json").write_text(json.dumps({"certified_broken": 0}))
+        return attack
 
-    monkeypatch.setitem(runs.DEFENSE_ATTACKS, "ds-column", fake_attack)
+    for name in ("ds", "mask-ds"):
+        monkeypatch.setitem(runs.DEFENSE_ATTACKS, name, fake(name))
     job = Job(7, 0.5, extra={"method": "ds-column"})
     run_dir = run_job(job, "smoke", tmp_path, "cpu")
-    assert [p.get("test_size") for p in executed][1] == 200 and attacked == [(run_dir.name, "cpu")]
+    assert [p.get("test_size") for p in executed][1] == 200
+    assert attacked == [("ds", run_dir.name, "cpu"), ("mask-ds", run_dir.name, "cpu")]
     assert not has_work(run_dir, job, "smoke")
     run_job(job, "smoke", tmp_path, "cpu")
-    assert len(executed) == 2 and len(attacked) == 1
+    assert len(executed) == 2 and len(attacked) == 2
 
 
 def test_sweep_compile_compiles_training_and_certification(tmp_path, monkeypatch):
@@ -508,8 +513,11 @@ def test_sweep_compile_compiles_training_and_certification(tmp_path, monkeypatch
 
     from bagcert_lib.sweep import Job, run_job
 
+    from bagcert_lib import runs
+
     executed = []
     monkeypatch.setattr(papermill, "execute_notebook", _fake_steps(executed))
+    monkeypatch.setitem(runs.DEFENSE_ATTACKS, "ds", lambda run_dir, **kw: (run_dir / "attack_ds.json").write_text("{}"))
     run_job(Job(7, 0.5, extra={"method": "ds-block"}), "smoke", tmp_path, "cpu", compile=True)
     assert [p.get("compile") for p in executed] == [True, True]
     executed.clear()
