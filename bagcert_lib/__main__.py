@@ -1,9 +1,10 @@
-"""Command line: ``python -m bagcert_lib train|certify|export ...``.
+"""Command line: ``python -m bagcert_lib train|certify|attack|export|list ...``.
 
     python -m bagcert_lib train --profile cpu --rf 7 --margin 0.5      # train (resumable) + certify
     python -m bagcert_lib train --profile cpu --estimate               # what it costs here, then stop
     torchrun --nproc_per_node=4 -m bagcert_lib train --profile paper --rf 7   # DDP, 4 GPUs
     python -m bagcert_lib certify cpu-rf7-m0.5-heaviside-s0-seed0 --patches 5 24x1   # 5×5, 24 wide × 1 high
+    python -m bagcert_lib attack cpu-ds-column4-theta0.3-w16-e12-seed0 --n 1000     # PGD; none certified broken
     python -m bagcert_lib export results/runs/<run>                    # checkpoint → model.safetensors
     python -m bagcert_lib list --shipped                                # the runs that ship their model
     python -m bagcert_lib train --profile imagenet --rf 17 --data /data/imagenet   # App. A.1.2
@@ -125,6 +126,21 @@ def build_parser() -> Parser:
     c.add_argument("--chunk", type=_positive_int, metavar="N",
                    help="save the certification every N test images (default 500): a killed "
                    "certification started again resumes at the first chunk not saved")
+    a = sub.add_parser("attack", parents=[common],
+                       help="PGD patch attacks on a certified run: App. A.2's (BagCert, CBN, Mask-BN) or "
+                       "those on its defense's own certificate (DS, Mask-DS, PatchCleanser); exits 2 "
+                       "if a certified image is broken")
+    a.add_argument("run_dir", help="a run folder, or a run name under results/runs")
+    a.add_argument("--n", metavar="N|all", type=_test_size,
+                   help="images of the run's fixed class-balanced test subset (default 1000; PatchCleanser 100)")
+    a.add_argument("--patch", type=parse_patch, help="width × height, e.g. 5 (default) or 24x1")
+    a.add_argument("--steps", type=_positive_int, help="PGD steps (default: each attack's)")
+    a.add_argument("--step-size", type=_finite, help="PGD step size in pixel values (default: each attack's)")
+    a.add_argument("--seed", type=int, help="seed of the patch's starting pixels (default 0)")
+    a.add_argument("--device")
+    a.add_argument("--positions", type=_positive_int, help="PatchCleanser: patch positions per image (default 2)")
+    a.add_argument("--pairs", action="store_true", default=None,
+                   help="PatchCleanser: attack every mask pair, not only the first round's masks (slower)")
     e = sub.add_parser("export", parents=[common],
                        help="write a run's model.safetensors (weights only) from its checkpoint.pt")
     e.add_argument("run_dirs", nargs="+")
@@ -213,6 +229,20 @@ def run(args) -> None:
         print(df.to_string(index=False))
         print(f"saved in {run_dir / 'certification.csv'} "
               "(these shapes' rows replaced, the others kept)", file=sys.stderr)
+    elif args.cmd == "attack":
+        from .runs import attack_all, resolve_run_dir
+
+        kw = {k: getattr(args, k) for k in ("n", "patch", "steps", "step_size", "seed", "device",
+                                            "positions", "pairs") if getattr(args, k) is not None}
+        if kw.get("n") == "all":
+            kw["n"] = None
+        run_dir = resolve_run_dir(args.run_dir)
+        records = attack_all(run_dir, **kw)
+        if "app-a2" in records:        # the defenses' own attacks print their records
+            print(json.dumps(records["app-a2"], indent=2, default=float))
+        print(f"saved in {run_dir}: " + ", ".join(
+            rundir.ATTACK if name == "app-a2" else rundir.DEFENSE_ATTACK[name] for name in records),
+            file=sys.stderr)
     elif args.cmd == "list":
         errors = []
         df = list_runs(args.results, args.shipped, errors)

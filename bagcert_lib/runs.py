@@ -420,6 +420,32 @@ def attack_patchcleanser(run_dir, n: int | None = 100, patch=5, positions: int =
 DEFENSE_ATTACKS = {"ds": attack_ds, "mask-ds": attack_mask_ds, "patchcleanser": attack_patchcleanser}
 
 
+#: Options of PatchCleanser's attack alone (:func:`attack_patchcleanser`).
+PATCHCLEANSER_ONLY = ("positions", "pairs")
+
+
+def attack_all(run_dir, **kw) -> dict:
+    """Every attack a run's defense gets, as the sweep runs them: the attacks on its own
+    certificate (:data:`.rundir.ATTACKS_OF`: DS; DS and Mask-DS; PatchCleanser), else App. A.2's
+    (:func:`attack_run`: BagCert, CBN, Mask-BN). ``kw`` (any of n, patch, steps, step_size,
+    device, seed; PatchCleanser's positions and pairs) go to each, each attack's defaults
+    otherwise. Returns {name: record}; a broken certified image raises :class:`UnsoundCertificate`."""
+    run_dir = resolve_run_dir(run_dir)
+    method = rundir.load_config(run_dir).method
+    names = rundir.ATTACKS_OF.get(method, ())
+    extra = [k for k in PATCHCLEANSER_ONLY if k in kw]
+    if extra and names != ("patchcleanser",):
+        raise ValueError(f"{' and '.join(extra)}: options of PatchCleanser's attack; {run_dir.name} "
+                         f"is a {method} run")
+    if not names:
+        out = attack_run(run_dir, **kw)
+        if out["certified_broken"]:
+            raise UnsoundCertificate(f"{run_dir}: {out['certified_broken']} certified images broken by "
+                                     f"App. A.2's attack: the certificate is unsound")
+        return {"app-a2": out}
+    return {name: DEFENSE_ATTACKS[name](run_dir, **kw) for name in names}
+
+
 def _example(model, cfg, clean, adv, label, res, i, patch) -> dict:
     """Images, true/target score maps before and after, and the R(l) rectangle (Figure 6)."""
     s = region_scores(model, torch.stack([clean, adv]), cfg.head, cfg.amp).cpu()

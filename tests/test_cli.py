@@ -37,6 +37,11 @@ from bagcert_lib.__main__ import main
     (["certify", "no-such-run"], "no model.safetensors or checkpoint.pt in run directory 'no-such-run'"),
     (["export", "no-such-run"], "no checkpoint.pt in run directory 'no-such-run'"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["attack", "x", "--patch", "5x"], "patch '5x' is not N or WxH"),
+    (["attack", "x", "--n", "0"], "--n: test size must be a positive number"),
+    (["attack", "x", "--steps", "0"], "argument --steps: '0' is not allowed: give a positive integer"),
+    (["attack", "x", "--step-size", "nan"], "argument --step-size: 'nan' is not allowed"),
+    (["attack", "no-such-run"], "no model.safetensors or checkpoint.pt in run directory 'no-such-run'"),
 ])
 def test_user_errors_are_one_line(argv, expected, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -147,3 +152,37 @@ def test_patches_are_width_by_height(text, patch):
     from bagcert_lib.__main__ import parse_patch
 
     assert parse_patch(text) == patch
+
+
+def test_attack_runs_app_a2_on_a_bagcert_run_and_exits_2_on_a_broken_certificate(tmp_path, colour_folder,
+                                                                                  capsys, monkeypatch):
+    """``attack`` on a BagCert run: App. A.2's attack, its record printed and attack.json written;
+    a certificate the attack breaks (planted) is one line on stderr and exit 2; PatchCleanser's
+    options are refused for it."""
+    import json
+
+    from bagcert_lib import runs
+    from bagcert_lib.config import profile_config
+    from bagcert_lib.train import train
+
+    cfg = profile_config("smoke", dataset="imagefolder", data=str(colour_folder), width=4, epochs=1,
+                         train_size=None, eval_size=12, test_size=12)
+    run = tmp_path / "run"
+    train(cfg, run, progress=False)
+    main(["attack", str(run), "--n", "6", "--steps", "2"])
+    out, err = capsys.readouterr()
+    saved = json.loads((run / "attack.json").read_text())
+    assert json.loads(out) == saved and saved["n"] == 6 and saved["steps"] == 2
+    assert saved["certified_broken"] == 0 and "saved in" in err and "attack.json" in err
+    for argv, expected in ((["--pairs"], "pairs: options of PatchCleanser's attack"),
+                           (["--positions", "3"], "positions: options of PatchCleanser's attack")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["attack", str(run), "--n", "6", *argv])
+        assert exit_.value.code == 2 and expected in capsys.readouterr().err
+    real = runs._attack
+    monkeypatch.setattr(runs, "_attack", lambda *a: {**real(*a), "certified_broken": 2})
+    with pytest.raises(SystemExit) as exit_:
+        main(["attack", str(run), "--n", "6", "--steps", "1"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err      # above it: the progress bar
+    assert err.splitlines()[-1].startswith("error: ") and "2 certified images broken by App. A.2" in err

@@ -374,6 +374,11 @@ def test_the_run_attack_writes_its_record_and_refuses_a_broken_certificate(tmp_p
     assert saved["certified_accuracy"] <= saved["clean_accuracy"]
     assert saved["adversarial_accuracy"] <= saved["clean_accuracy"]
     assert saved["certified_accuracy"] > 0                  # so the planted attack below breaks some
+    from bagcert_lib.__main__ import main                   # the command line passes its options
+
+    main(["attack", str(tmp_path / "run"), "--n", "4", "--steps", "1", "--positions", "1", "--pairs"])
+    cli = json.loads((tmp_path / "run" / "attack_patchcleanser.json").read_text())
+    assert (cli["n"], cli["steps"], cli["positions"], cli["pairs"]) == (4, 1, 1, True)
     real = pc.patch_attack
     monkeypatch.setattr(pc, "patch_attack", lambda *a, **k: {
         **(out := real(*a, **k)), "broken": torch.ones_like(out["broken"])})

@@ -551,3 +551,19 @@ def test_the_run_attack_writes_its_record_and_refuses_an_unsound_certificate(blo
     monkeypatch.setattr(S, "affected_ablations", lambda *a: 19 * 19 - 1)
     with pytest.raises(runs.UnsoundCertificate, match="met 361 ablations"):
         runs.attack_ds(block_run, patch=(16, 16), **{**kw, "steps": 0})
+
+
+def test_the_command_line_attacks_a_ds_run(block_run, capsys):
+    """``python -m bagcert_lib attack`` on a DS block run runs DS's attack (attack_ds.json) with
+    the options given; PatchCleanser's options are refused for it."""
+    import json
+
+    from bagcert_lib.__main__ import main
+
+    main(["attack", str(block_run), "--n", "6", "--steps", "2", "--patch", "16"])
+    saved = json.loads((block_run / "attack_ds.json").read_text())
+    assert (saved["n"], saved["steps"], saved["patch"], saved["delta"]) == (6, 2, [16, 16], 19 * 19)
+    assert "attack_ds.json" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["attack", str(block_run), "--pairs"])
+    assert exit_.value.code == 2 and "options of PatchCleanser's attack" in capsys.readouterr().err
