@@ -390,7 +390,7 @@ def attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, patch=5, *, kind:
 
     mask = patch_mask(x.shape, row, col, (h, w), x.device)
     images, stepwise = pgd_patch(model, x, mask, evaluate, steps=steps, step_size=step_size,
-                          generator=generator)
+                                 generator=generator)
     after = counts.clone()                        # an image wrong to begin with stays so
     if bool(cert.correct.any()):
         after[cert.correct] = vote_counts(model, images[cert.correct], kind, size, theta, amp=amp,
