@@ -320,7 +320,7 @@ def _defense_attack(run_dir, name: str, attack, n, patch, batch_size, device, se
         if name not in rundir.ATTACKS_OF.get(cfg.method, ()):
             wanted = " or ".join(m for m, a in rundir.ATTACKS_OF.items() if name in a)
             raise ValueError(f"{run_dir}: this attack needs a {wanted} run, this is {cfg.method}")
-        gen, t0 = torch.Generator().manual_seed(seed), time.perf_counter()
+        gen, t0, git = torch.Generator().manual_seed(seed), time.perf_counter(), git_commit()
         sums, fields = dict.fromkeys(("n", "correct", "certified", "adv_correct", "certified_broken"), 0), {}
         loader = test_batches(ds, cfg, device, batch_size=batch_size, model=model)   # images in [0, 1]
         for x, y in tqdm(loader, total=data_mod.num_batches(len(ds.y_test), batch_size, False),
@@ -335,7 +335,7 @@ def _defense_attack(run_dir, name: str, attack, n, patch, batch_size, device, se
                "clean_accuracy": sums["correct"] / m, "certified_accuracy": sums["certified"] / m,
                "adversarial_accuracy": sums["adv_correct"] / m,
                "broken": sums["correct"] - sums["adv_correct"], "certified_broken": sums["certified_broken"],
-               "seconds": time.perf_counter() - t0, "device": device_name(device), "git": git_commit()}
+               "seconds": time.perf_counter() - t0, "device": device_name(device), "git": git}
         save_attack_record(run_dir, rundir.DEFENSE_ATTACK[name], out)
     return out
 
