@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attack import patch_mask, pgd_patch
+from .attack import AttackResult, patch_mask, pgd_patch
 from .certifier import _pair, _sync, patch_label
 from .runtime import autocast
 
@@ -312,21 +312,14 @@ def patch_ablations(kind: str, size: int, patch, image_size, device=None) -> tor
 
 
 @dataclass
-class SmoothingAttack:
-    """What :func:`attack` found, per image: the adversarial ``images``, the patch's top-left
-    pixel (``row``, ``col``), ``target`` c*, ``clean_correct`` / ``adv_correct`` (the smoothed
-    prediction on all A ablations of the clean / adversarial image), the clean images'
-    ``certificate``, ``stepwise`` (broken by an iterate, counted from the ablations the patch
-    meets), ``vote_change`` max_c |n′(c) − n(c)| (0 for an image wrong to begin with, which is
-    not counted again), ``delta`` Δ and ``met``, the ablations every patch position meets."""
+class SmoothingAttack(AttackResult):
+    """What :func:`attack` found, per image: :class:`~bagcert_lib.attack.AttackResult`'s fields
+    (``clean_correct`` / ``adv_correct``: the smoothed prediction on all A ablations of the clean
+    / adversarial image; ``certificate``: the clean images' :class:`SmoothedPrediction`), and
+    ``stepwise`` (broken by an iterate, counted from the ablations the patch meets),
+    ``vote_change`` max_c |n′(c) − n(c)| (0 for an image wrong to begin with, which is not counted
+    again), ``delta`` Δ and ``met``, the ablations every patch position meets."""
 
-    images: torch.Tensor
-    row: torch.Tensor
-    col: torch.Tensor
-    target: torch.Tensor
-    clean_correct: torch.Tensor
-    adv_correct: torch.Tensor
-    certificate: SmoothedPrediction
     stepwise: torch.Tensor
     vote_change: torch.Tensor
     delta: int
@@ -395,8 +388,9 @@ def attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, patch=5, *, kind:
     if bool(cert.correct.any()):
         after[cert.correct] = vote_counts(model, images[cert.correct], kind, size, theta, amp=amp,
                                           chunk=chunk)
-    return SmoothingAttack(images=images, row=row, col=col, target=target,
-                           clean_correct=cert.correct, adv_correct=cert.correct & (predict(after) == y),
+    adv_correct = cert.correct & (predict(after) == y)
+    return SmoothingAttack(images=images, row=row, col=col, target=target, clean_correct=cert.correct,
+                           adv_correct=adv_correct, flipped=cert.correct & ~adv_correct,
                            certificate=cert, stepwise=stepwise, vote_change=(after - counts).abs().amax(1),
                            delta=int(delta), met=met)
 

@@ -479,7 +479,8 @@ def test_attack_counts_exactly_and_never_breaks_a_certified_image(kind, H, W, pa
                    amp=False, generator=torch.Generator().manual_seed(0))
     assert res.met == res.delta == S.affected_ablations(kind, 2, patch, (H, W))
     assert res.clean_correct.all() and 0 < int(res.certificate.certified.sum()) < 24
-    assert torch.equal(res.stepwise, ~res.adv_correct)
+    assert torch.equal(res.stepwise, ~res.adv_correct) and torch.equal(res.flipped, ~res.adv_correct)
+    assert res.summary()["flipped"] == int((~res.adv_correct).sum())
     assert (res.vote_change <= res.delta).all() and res.vote_change.max() > 0
     assert res.adv_correct[res.certificate.certified].all()
     assert not res.adv_correct.all()
