@@ -145,7 +145,7 @@ def build_parser() -> Parser:
                        help="write a run's model.safetensors (weights only) from its checkpoint.pt")
     e.add_argument("run_dirs", nargs="+")
     ls = sub.add_parser("list", parents=[common],
-                        help="the committed runs: test-set accuracy at 5x5 and whether they ship weights")
+                        help="the committed runs: test-set accuracy at 5x5, the attacks run on them, whether they ship weights")
     ls.add_argument("--shipped", action="store_true", help="only runs with model.safetensors")
     ls.add_argument("--results", help="parent of run directories (default: results/runs)")
     return p
@@ -153,7 +153,9 @@ def build_parser() -> Parser:
 
 def list_runs(results=None, shipped_only: bool = False, errors: list | None = None) -> "pd.DataFrame":
     """One row per run: name, clean and certified (Condition 3.2; a DS run's own certificate)
-    test accuracy against 5×5 patches from certification.csv (blank when not certified), and whether it ships its weights.
+    test accuracy against 5×5 patches from certification.csv (blank when not certified), the
+    attacks whose records it holds (``attacked``: App. A.2's, DS, Mask-DS, PatchCleanser), and
+    whether it ships its weights.
     ``epochs``: done / planned, marked "(training)" for an unfinished run, whose weights are its
     last epoch's, not the finished model, and "retraining k/n" for a run being trained again
     beside its old files (``sweep --retrain-unshipped``). ``errors`` (a list): a run with a file
@@ -162,8 +164,10 @@ def list_runs(results=None, shipped_only: bool = False, errors: list | None = No
     import pandas as pd
 
     from .results import load_certification, load_runs
-    from .rundir import WEIGHTS, epochs_done, retrain_dir
+    from .rundir import ATTACK, DEFENSE_ATTACK, WEIGHTS, epochs_done, retrain_dir
 
+    attacks = {"App. A.2": ATTACK, "DS": DEFENSE_ATTACK["ds"], "Mask-DS": DEFENSE_ATTACK["mask-ds"],
+               "PatchCleanser": DEFENSE_ATTACK["patchcleanser"]}
     runs = load_runs(results, errors)
     if runs.empty and not errors:
         raise FileNotFoundError(f"no runs (config.yaml) under {results or 'results/runs'}")
@@ -188,6 +192,8 @@ def list_runs(results=None, shipped_only: bool = False, errors: list | None = No
         "epochs": done,
         "clean (%)": runs["run"].map(cert["clean_accuracy"] * 100).round(1),
         "certified 5x5 (%)": runs["run"].map(cert["certified_accuracy"] * 100).round(1),
+        "attacked": [", ".join(name for name, f in attacks.items() if (Path(p) / f).is_file())
+                     for p in runs["path"]],
         "weights": [(Path(p) / WEIGHTS).is_file() for p in runs["path"]],
     })
     return out[out["weights"]] if shipped_only else out

@@ -111,6 +111,10 @@ def test_list_names_the_shipped_models(capsys, committed_runs):
     assert "certified 5x5 (%)" in out and "scaling-w16-e6" in out
     row = shipped.set_index("run").loc["scaling-w16-e6-rf7-m0.5-heaviside-s0-seed0"]
     assert row["epochs"] == "6/6"          # finished; an unfinished run reads "18/48 (training)"
+    every = list_runs(committed).set_index("run")["attacked"]       # the attack records each holds
+    assert every["cpu-rf7-m0.5-heaviside-s0-seed0"] == "App. A.2"
+    assert every["cpu-ds-column4-theta0.3-w32-e31-seed0"] == "DS, Mask-DS"
+    assert every["cpu-patchcleanser-w16-e12-k6-seed0"] == "PatchCleanser"
     with pytest.raises(SystemExit) as exit_:
         main(["list", "--results", "/no/such/folder"])
     assert exit_.value.code == 2 and "no runs" in capsys.readouterr().err
