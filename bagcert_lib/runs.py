@@ -297,9 +297,14 @@ def save_attack_record(run_dir, name: str, record: dict) -> None:
     text = json.dumps(record, indent=2, default=float)
     rundir.write(Path(run_dir) / name, text + "\n")
     print(text)
+    refuse_broken(run_dir, record, f"the attack in {name}")
+
+
+def refuse_broken(run_dir, record: dict, attack: str) -> None:
+    """Raise :class:`UnsoundCertificate` when ``attack``'s ``record`` broke a certified image."""
     if record["certified_broken"]:
         raise UnsoundCertificate(f"{run_dir}: {record['certified_broken']} certified images broken "
-                                 f"by the attack in {name}: the certificate is unsound")
+                                 f"by {attack}: the certificate is unsound")
 
 
 def _defense_attack(run_dir, name: str, attack, n, patch, batch_size, device, seed, progress,
@@ -369,7 +374,7 @@ def attack_ds(run_dir, n: int | None = 1000, patch=5, steps: int = 50, step_size
     worst = {"vote_change": 0, "ablations_met": 0}
 
     def attack(model, cfg, x, y, patch, gen):
-        res = smoothing.attack(model, x, y, patch, kind=method_for(cfg).kind, size=cfg.ablation_size,
+        res = smoothing.attack(model, x, y, patch, kind=cfg.smoothing, size=cfg.ablation_size,
                                theta=cfg.theta, steps=steps, step_size=step_size, amp=cfg.amp,
                                generator=gen)
         worst["vote_change"] = max(worst["vote_change"], int(res.vote_change.max()))
@@ -379,12 +384,12 @@ def attack_ds(run_dir, n: int | None = 1000, patch=5, steps: int = 50, step_size
                                      f"and changed a class's votes by {worst['vote_change']}, more "
                                      f"than the certificate's delta {res.delta}")
         return (res.clean_correct, res.certificate.certified, res.adv_correct,
-                {"kind": method_for(cfg).kind, "delta": res.delta, **worst})
+                {"kind": cfg.smoothing, "delta": res.delta, **worst})
 
-    if batch_size is None:       # Δ ≤ (w + s − 1) ablations an image, times (h + s − 1) for blocks
-        (h, w), cfg = _pair(patch, "patch"), rundir.load_config(resolve_run_dir(run_dir))
-        s = cfg.ablation_size
-        batch_size = max(1, 200 // ((w + s - 1) * ((h + s - 1) if cfg.method == "ds-block" else 1)))
+    cfg = rundir.load_config(resolve_run_dir(run_dir))
+    if batch_size is None and cfg.smoothing:    # Δ on an image no band wraps: the most it can be
+        (h, w), s = _pair(patch, "patch"), cfg.ablation_size
+        batch_size = max(1, 200 // smoothing.affected_ablations(cfg.smoothing, s, (h, w), (h + s, w + s)))
     return _defense_attack(run_dir, "ds", attack, n, patch, batch_size, device, seed, progress,
                            {"condition": "DS", "steps": steps, "step_size": step_size})
 
@@ -439,9 +444,7 @@ def attack_all(run_dir, **kw) -> dict:
                          f"is a {method} run")
     if not names:
         out = attack_run(run_dir, **kw)
-        if out["certified_broken"]:
-            raise UnsoundCertificate(f"{run_dir}: {out['certified_broken']} certified images broken by "
-                                     f"App. A.2's attack: the certificate is unsound")
+        refuse_broken(run_dir, out, "App. A.2's attack")
         return {"app-a2": out}
     return {name: DEFENSE_ATTACKS[name](run_dir, **kw) for name in names}
 
