@@ -145,7 +145,7 @@ def build_parser() -> Parser:
                        help="write a run's model.safetensors (weights only) from its checkpoint.pt")
     e.add_argument("run_dirs", nargs="+")
     ls = sub.add_parser("list", parents=[common],
-                        help="the committed runs: test-set accuracy at 5x5, the attacks run on them, whether they ship weights")
+                        help="the committed runs: test-set accuracy at 5x5, a certification under way, the attacks run on them, whether they ship weights")
     ls.add_argument("--shipped", action="store_true", help="only runs with model.safetensors")
     ls.add_argument("--results", help="parent of run directories (default: results/runs)")
     return p
@@ -155,7 +155,10 @@ def list_runs(results=None, shipped_only: bool = False, errors: list | None = No
     """One row per run: name, clean and certified (Condition 3.2; a DS run's own certificate)
     test accuracy against 5×5 patches from certification.csv (blank when not certified), the
     attacks whose records it holds (``attacked``: App. A.2's, DS, Mask-DS, PatchCleanser), and
-    whether it ships its weights.
+    whether it ships its weights. ``certifying``: "k/n images" while a chunked certification is
+    under way or was stopped part-way (its saved chunks,
+    :func:`bagcert_lib.rundir.certification_progress`); the accuracy columns keep the last
+    finished certification's values until it completes.
     ``epochs``: done / planned, marked "(training)" for an unfinished run, whose weights are its
     last epoch's, not the finished model, and "retraining k/n" for a run being trained again
     beside its old files (``sweep --retrain-unshipped``). ``errors`` (a list): a run with a file
@@ -164,7 +167,7 @@ def list_runs(results=None, shipped_only: bool = False, errors: list | None = No
     import pandas as pd
 
     from .results import load_certification, load_runs
-    from .rundir import ATTACK, DEFENSE_ATTACK, WEIGHTS, epochs_done, retrain_dir
+    from .rundir import ATTACK, DEFENSE_ATTACK, WEIGHTS, certification_progress, epochs_done, retrain_dir
 
     attacks = {"App. A.2": ATTACK, "DS": DEFENSE_ATTACK["ds"], "Mask-DS": DEFENSE_ATTACK["mask-ds"],
                "PatchCleanser": DEFENSE_ATTACK["patchcleanser"]}
@@ -187,11 +190,23 @@ def list_runs(results=None, shipped_only: bool = False, errors: list | None = No
                     raise
                 errors.append(e)
                 done.iloc[i] += ", retraining ?/" + str(epochs)
+    certifying = []
+    for path in runs["path"]:
+        try:
+            part = certification_progress(Path(path))
+        except ValueError as e:                # a plan.json that cannot be read
+            if errors is None:
+                raise
+            errors.append(e)
+            certifying.append("?/? images")
+            continue
+        certifying.append(f"{part[0]:,}/{part[1]:,} images" if part else "")
     out = pd.DataFrame({
         "run": runs["run"],
         "epochs": done,
         "clean (%)": runs["run"].map(cert["clean_accuracy"] * 100).round(1),
         "certified 5x5 (%)": runs["run"].map(cert["certified_accuracy"] * 100).round(1),
+        "certifying": certifying,
         "attacked": [", ".join(name for name, f in attacks.items() if (Path(p) / f).is_file())
                      for p in runs["path"]],
         "weights": [(Path(p) / WEIGHTS).is_file() for p in runs["path"]],

@@ -149,6 +149,37 @@ def test_list_shows_a_retrain_in_progress(tmp_path):
     assert row["epochs"] == "2/2, retraining 1/2" and len(list_runs(tmp_path)) == 1
 
 
+def test_list_shows_a_certification_under_way(tmp_path):
+    """A chunked certification's saved chunks read "500/1,000 images" until it completes; the
+    accuracy columns keep the finished certification's values meanwhile. A plan that cannot be
+    read reads "?/? images" and is named among the errors."""
+    import shutil
+
+    import pandas as pd
+
+    from bagcert_lib import rundir
+    from bagcert_lib.__main__ import list_runs
+    from bagcert_lib.config import REPO_ROOT
+
+    name = "smoke-rf7-m0.5-heaviside-s0-seed0"
+    shutil.copytree(REPO_ROOT / "results" / "runs" / name, tmp_path / name)
+    before = list_runs(tmp_path).set_index("run").loc[name]
+    assert before["certifying"] == ""
+    parts = rundir.Parts(tmp_path / name, rundir.CERTIFICATION, {"n": 1000})
+    parts.save(0, 500, pd.DataFrame({"patch": ["5x5"], "n": [500]}))
+    row = list_runs(tmp_path).set_index("run").loc[name]
+    assert row["certifying"] == "500/1,000 images"
+    assert row["certified 5x5 (%)"] == before["certified 5x5 (%)"]
+    (rundir.parts_folder(tmp_path / name) / rundir.PLAN).write_text("")
+    errors = []
+    assert list_runs(tmp_path, errors=errors).set_index("run").loc[name, "certifying"] == "?/? images"
+    assert len(errors) == 1 and "plan.json" in str(errors[0])
+    with pytest.raises(ValueError, match="plan.json"):
+        list_runs(tmp_path)
+    parts.remove()
+    assert list_runs(tmp_path).set_index("run").loc[name, "certifying"] == ""
+
+
 @pytest.mark.parametrize("text,patch", [("5", (5, 5)), ("24x1", (1, 24)), ("1x24", (24, 1)),
                                         ("2X12", (12, 2)), ("3×4", (4, 3))])
 def test_patches_are_width_by_height(text, patch):
