@@ -178,29 +178,30 @@ def list_runs(results=None, shipped_only: bool = False, errors: list | None = No
     if errors:                                 # a run's bad config.yaml: named once
         errors[:] = list({str(e): e for e in errors}.values())
     cert = cert.set_index("run")[["clean_accuracy", "certified_accuracy"]]
-    done = runs["epochs_done"].fillna(0).astype(int).astype(str) + "/" + runs["epochs"].astype(str)
-    done = done.where(runs["finished"].fillna(False).astype(bool), done + " (training)")
-    for i, (path, epochs) in enumerate(zip(runs["path"], runs["epochs"])):
-        stage = retrain_dir(Path(path))
-        if stage.is_dir():
-            try:
-                done.iloc[i] += f", retraining {epochs_done(stage)}/{epochs}"
-            except ValueError as e:
-                if errors is None:
-                    raise
-                errors.append(e)
-                done.iloc[i] += ", retraining ?/" + str(epochs)
-    certifying = []
-    for path in runs["path"]:
+
+    def readable(read, unreadable: str) -> str:
+        """``read()``, or ``unreadable`` for a run file that cannot be read (kept in ``errors``)."""
         try:
-            part = certification_progress(Path(path))
-        except ValueError as e:                # a plan.json that cannot be read
+            return read()
+        except ValueError as e:
             if errors is None:
                 raise
             errors.append(e)
-            certifying.append("?/? images")
-            continue
-        certifying.append(f"{part[0]:,}/{part[1]:,} images" if part else "")
+            return unreadable
+
+    def progress(path: Path) -> str:            # "k/n images" of a chunked certification
+        part = certification_progress(path)
+        return f"{part[0]:,}/{part[1]:,} images" if part else ""
+
+    done = runs["epochs_done"].fillna(0).astype(int).astype(str) + "/" + runs["epochs"].astype(str)
+    done = done.where(runs["finished"].fillna(False).astype(bool), done + " (training)")
+    certifying = []
+    for i, (path, epochs) in enumerate(zip(runs["path"], runs["epochs"])):
+        stage = retrain_dir(Path(path))
+        if stage.is_dir():
+            done.iloc[i] += readable(lambda: f", retraining {epochs_done(stage)}/{epochs}",
+                                     f", retraining ?/{epochs}")
+        certifying.append(readable(lambda: progress(Path(path)), "?/? images"))
     out = pd.DataFrame({
         "run": runs["run"],
         "epochs": done,
