@@ -4,6 +4,7 @@
     python -m bagcert_lib train --profile cpu --estimate               # what it costs here, then stop
     torchrun --nproc_per_node=4 -m bagcert_lib train --profile paper --rf 7   # DDP, 4 GPUs
     python -m bagcert_lib certify cpu-rf7-m0.5-heaviside-s0-seed0 --patches 5 24x1   # 5×5, 24 wide × 1 high
+    python -m bagcert_lib certify cpu-patchcleanser-w32-e31-k6-seed0 --join   # help a long certification
     python -m bagcert_lib attack cpu-ds-column4-theta0.3-w16-e12-seed0 --n 1000     # PGD; none certified broken
     python -m bagcert_lib export results/runs/<run>                    # checkpoint → model.safetensors
     python -m bagcert_lib list --shipped                                # the runs that ship their model
@@ -80,6 +81,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _nonnegative(text: str) -> float:
+    value = _finite(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: give a number >= 0")
+    return value
+
+
 def _bool(text: str) -> bool:
     if text.lower() in ("1", "true", "yes"):
         return True
@@ -126,6 +134,12 @@ def build_parser() -> Parser:
     c.add_argument("--chunk", type=_positive_int, metavar="N",
                    help="save the certification every N test images (default 500): a killed "
                    "certification started again resumes at the first chunk not saved")
+    c.add_argument("--join", action="store_true",
+                   help="certify, beside the process certifying this run, chunks nobody holds yet "
+                   "(its shapes, images and chunk size; any number of processes or machines may join); "
+                   "that process combines them")
+    c.add_argument("--wait", type=_nonnegative, metavar="SECONDS", default=0.0,
+                   help="with --join: wait this long for a certification to start (default 0)")
     a = sub.add_parser("attack", parents=[common],
                        help="PGD patch attacks on a certified run: App. A.2's (BagCert, CBN, Mask-BN) or "
                        "those on its defense's own certificate (DS, Mask-DS, PatchCleanser); exits 2 "
@@ -246,6 +260,10 @@ def run(args) -> None:
         from .runs import certify_run, resolve_run_dir
 
         run_dir = resolve_run_dir(args.run_dir)
+        if args.join:
+            return join(run_dir, args)
+        if args.wait:
+            raise ValueError("--wait goes with --join")
         df = certify_run(run_dir, args.patches, args.device, test_size=args.test_size,
                          compile=args.compile, chunk=args.chunk)
         print(df.to_string(index=False))
@@ -279,6 +297,27 @@ def run(args) -> None:
 
         for d in args.run_dirs:
             print(f"wrote {export_run(resolve_run_dir(d, needs='checkpoint.pt'))}")
+
+
+def join(run_dir, args) -> None:
+    """``certify --join``: certify chunks of the certification under way in ``run_dir`` and say
+    who combines them."""
+    from . import rundir
+    from .runs import join_certification
+
+    given = [f"--{k.replace('_', '-')}" for k in ("patches", "test_size", "compile", "chunk")
+             if getattr(args, k) is not None]
+    if given:
+        raise ValueError(f"{' and '.join(given)} cannot go with --join: a process that joins "
+                         "certifies the shapes, images and chunk size of the certification it joins")
+    saved = join_certification(run_dir, args.device, wait=args.wait)
+    images = sum(b - a for a, b in saved)
+    owner = rundir.busy(run_dir)
+    print(f"certified {len(saved)} chunks ({images:,} test images) of {run_dir.name}; "
+          + (f"{owner} combines them into {rundir.CERTIFICATION}" if owner else
+             "no process is certifying it now: `python -m bagcert_lib certify` with the options "
+             "that started it combines the saved chunks, certifying only what is missing"),
+          file=sys.stderr)
 
 
 def plainly(run, args) -> None:

@@ -12,7 +12,8 @@ read from one)::
                         that every training record above is complete
     certification.csv   per patch shape and condition, on the test split      (certify)
     certification.parts/  a certification in progress: plan.json, one CSV per finished chunk
-                        of test images; merged into certification.csv and removed at the end
+                        of test images, one .claim per chunk (who certifies it); merged into
+                        certification.csv and removed at the end
     attack_samples.csv, attack_example.npz, attack.json (written last)      (attack)
     attack_ds.json, attack_mask_ds.json, attack_patchcleanser.json
                         the attacks on a defense's own certificate          (attack-<name>)
@@ -27,13 +28,16 @@ Every file is written by :func:`write` and its helpers: a temporary file in the 
 flushed and fsynced, then ``os.replace`` — a kill leaves the old file or the new one, never a
 torn one. Every writer holds :func:`lock` (``flock`` on ``.lock``, which names the holder): a
 second writer is refused with one line naming the first, and the lock of a process that died
-is free again and taken over. Every reader raises :class:`RunFolderError` naming the file, what
+is free again and taken over. One exception: a process that joins a certification
+(:meth:`Parts.join`) writes only its chunks into ``certification.parts/``, each under that
+chunk's claim, while the certification's owner holds the lock. Every reader raises :class:`RunFolderError` naming the file, what
 is wrong with it and what it should hold. No other module writes into a run folder.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import io
 import json
 import math
@@ -67,6 +71,8 @@ ATTACKS_OF = {"ds-block": ("ds",), "ds-column": ("ds", "mask-ds"), "patchcleanse
 #: A certification saved as it goes: ``certification.csv`` → ``certification.parts/`` (:class:`Parts`).
 PARTS = ".parts"
 PLAN = "plan.json"
+#: The key of a saved chunk's ``.json`` that names its plan (sha256 of plan.json's content).
+PLAN_KEY = "plan_sha256"
 PREVIOUS = "previous.json"
 RETRAIN = "retrain"
 LOCK = ".lock"
@@ -466,17 +472,25 @@ def parts_folder(run_dir, filename: str = CERTIFICATION) -> Path:
 
 
 class Parts:
-    """A certification saved chunk by chunk, so that a killed one resumes where it stopped:
-    :func:`parts_folder` holds ``plan.json`` (what is certified: the model's fingerprint, its
-    config, the dataset's sha256, the patch shapes, the test images, the chunk size) and one
-    ``<start>-<stop>.csv`` per finished chunk of test images. Opening it with another plan
-    discards the old chunks (``discarded`` says how many). Write it under :func:`lock`."""
+    """A certification saved chunk by chunk, so that a killed one resumes where it stopped and
+    several processes can share it: :func:`parts_folder` holds ``plan.json`` (what is certified:
+    the model's fingerprint, its config, the dataset's sha256, the patch shapes, the test images,
+    the chunk size) and one ``<start>-<stop>.csv`` per finished chunk of test images, whose
+    ``.json`` names the plan's sha256. Opening it with another plan discards the old chunks
+    (``discarded`` says how many); the process that does so holds the run's :func:`lock`.
 
-    def __init__(self, run_dir, filename: str, plan: dict):
+    A chunk is certified under its claim (:meth:`claim`: ``flock`` on ``<start>-<stop>.claim``,
+    freed by the OS when its holder dies), so a process that joins a certification
+    (:meth:`join`) takes the chunks nobody holds, and a chunk saved under another plan (by a
+    process that outlived its certification) is never counted as done."""
+
+    def __init__(self, run_dir, filename: str, plan: dict, *, discard: bool = True):
         self.folder = parts_folder(run_dir, filename)
         self.plan = json.loads(json.dumps(plan, default=str))   # as it reads back from plan.json
+        self.digest = hashlib.sha256(json.dumps(self.plan, sort_keys=True).encode()).hexdigest()
         self.discarded = 0
-        if self.folder.is_dir():
+        self.owner = discard            # a process that joined never creates the folder or plan
+        if discard and self.folder.is_dir():
             try:
                 old = read_json(self.folder / PLAN)       # {} when missing
             except RunFolderError:
@@ -485,28 +499,86 @@ class Parts:
                 self.discarded = len(list(self.folder.glob("*-*.csv")))
                 self.remove()
 
+    @classmethod
+    def join(cls, run_dir, filename: str = CERTIFICATION) -> "Parts | None":
+        """The certification under way in ``run_dir`` (its plan as saved), to certify chunks of
+        beside its owner; None when there is none. Never discards anything."""
+        folder = parts_folder(run_dir, filename)
+        plan = read_json(folder / PLAN, default=None) if (folder / PLAN).is_file() else None
+        return cls(run_dir, filename, plan, discard=False) if plan else None
+
+    def start(self) -> None:
+        """Write ``plan.json`` now, so that others can join before the first chunk is saved."""
+        self.folder.mkdir(exist_ok=True)
+        if read_json(self.folder / PLAN, default={}) != self.plan:
+            write_json(self.folder / PLAN, self.plan)
+
+    def current(self) -> bool:
+        """Whether the folder still holds this plan (a new certification replaces it)."""
+        try:
+            return read_json(self.folder / PLAN, default=None) == self.plan
+        except RunFolderError:
+            return False
+
     def _path(self, start: int, stop: int) -> Path:
         return self.folder / f"{int(start)}-{int(stop)}.csv"
 
     def done(self, start: int, stop: int) -> bool:
-        """Whether the chunk of test images ``start`` … ``stop`` − 1 is saved."""
-        return self._path(start, stop).is_file()
+        """Whether the chunk of test images ``start`` … ``stop`` − 1 is saved under this plan
+        (a chunk saved before chunks named their plan counts: its folder's plan is this one)."""
+        path = self._path(start, stop)
+        if not path.is_file():
+            return False
+        try:
+            return read_json(path.with_suffix(".json")).get(PLAN_KEY, self.digest) == self.digest
+        except RunFolderError:
+            return False
+
+    @contextlib.contextmanager
+    def claim(self, start: int, stop: int, wait: bool = False):
+        """Hold the chunk ``start`` … ``stop`` − 1 while certifying it: yields True, or False
+        when another process holds it (``wait``: block until it lets go). Without ``flock``
+        (Windows) every claim succeeds."""
+        try:
+            import fcntl
+        except ImportError:
+            yield True
+            return
+        if self.owner:
+            self.folder.mkdir(exist_ok=True)
+        fd = os.open(self._path(start, stop).with_suffix(".claim"), os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)                                   # releases the flock
 
     def save(self, start: int, stop: int, rows) -> None:
-        """Keep one chunk's rows (a DataFrame) and their ``attrs`` (``<start>-<stop>.json``,
-        written first: the CSV marks the chunk done); the plan is written with the first chunk."""
-        self.folder.mkdir(exist_ok=True)
-        if not (self.folder / PLAN).is_file():
-            write_json(self.folder / PLAN, self.plan)
+        """Keep one chunk's rows (a DataFrame) and their ``attrs`` with the plan's sha256
+        (``<start>-<stop>.json``, written first: the CSV marks the chunk done). RunFolderError
+        when the folder now holds another plan (a process that joined a certification which
+        was since replaced saves nothing)."""
+        if self.owner and not (self.folder / PLAN).is_file():
+            self.start()
+        if not self.current():
+            raise RunFolderError(f"{self.folder}: another certification replaced the one this chunk "
+                                 f"({start}-{stop}) belongs to; it is not saved")
         path = self._path(start, stop)
-        write(path.with_suffix(".json"), json.dumps(rows.attrs, default=_plain))
+        write(path.with_suffix(".json"), json.dumps({**rows.attrs, PLAN_KEY: self.digest},
+                                                    default=_plain))
         write_csv(path, rows)
 
     def rows(self, start: int, stop: int):
         """The saved rows of one chunk, with their ``attrs``."""
         path = self._path(start, stop)
         df = read_csv(path, dtype={"condition": str})
-        df.attrs.update(read_json(path.with_suffix(".json")))
+        attrs = read_json(path.with_suffix(".json"))
+        attrs.pop(PLAN_KEY, None)
+        df.attrs.update(attrs)
         return df
 
     def remove(self) -> None:
@@ -624,6 +696,23 @@ def holder(run_dir) -> Holder | None:
                       str(info.get("purpose", "writing")), str(info.get("token", "")))
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def busy(run_dir) -> Holder | None:
+    """The live holder of ``run_dir``'s lock, or None when nobody holds it (``.lock`` may still
+    name a holder that died). Peeks with a shared ``flock`` of a few microseconds."""
+    try:
+        import fcntl
+        fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY)
+    except (ImportError, OSError):
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return holder(run_dir) or Holder(0, "?", "?", "writing", "")
+    finally:
+        os.close(fd)
+    return None
 
 
 @contextlib.contextmanager

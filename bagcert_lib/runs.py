@@ -5,7 +5,8 @@ Files each step adds to ``run_dir`` (through :mod:`.rundir`: atomically, under i
 * ``certification.csv`` — per patch shape and condition: clean and certified accuracy on the
   run's test images (``n`` of the split's ``test_split``), forward-pass vs certification
   seconds (one forward pass for all shapes); ``certification.parts/`` while it runs (its
-  finished chunks of test images, so that a killed certification resumes).
+  finished chunks of test images, so that a killed certification resumes and other processes
+  can share it: ``certify --join``).
 * ``attack.json`` / ``attack_samples.csv`` — App. A.2 PGD results (Figure 7), per sample too;
   ``attack_example.npz`` — one illustrated example (Figure 6).
 * ``attack_ds.json`` / ``attack_mask_ds.json`` / ``attack_patchcleanser.json`` — the PGD attack
@@ -107,7 +108,9 @@ def certify_run(run_dir, patches=None, device=None, progress=True,
     chunk saved as it finishes (:class:`bagcert_lib.rundir.Parts`): a killed certification
     started again with the same weights, config, dataset (its sha256), shapes and images resumes
     at the first missing chunk, and the chunks' counts add up to the rows one pass would give
-    (:func:`combine_chunks`).
+    (:func:`combine_chunks`). Other processes may certify chunks beside it
+    (:func:`join_certification`): it skips the chunks they hold, waits for them at the end, and
+    certifies any whose holder died unsaved.
     ImageNet's val set is streamed through the DataLoader (centre crop), never held in memory;
     ``wall_s`` includes its decoding. Holds the run folder's lock; the file is written
     atomically, and an existing one that cannot be read is refused (naming it) before any work.
@@ -127,36 +130,115 @@ def certify_run(run_dir, patches=None, device=None, progress=True,
         compile = cfg.compile if compile is None else bool(compile)
         n = len(ds.y_test)
         ranges = [(a, min(a + size, n)) for a in range(0, n, size)]
-        parts = rundir.Parts(run_dir, filename, {
-            "model": fingerprint(model), "config": rundir.certifying_config(cfg),
-            "data": ds.sha256, "patches": [list(p) for p in patches], "n": n,
-            "test_split": split, "compiled": compile, "chunk": size})
+        parts = rundir.Parts(run_dir, filename, _plan(model, cfg, ds, patches, split, compile, size))
         if parts.discarded and progress:
             print(f"{parts.folder}: {parts.discarded} saved chunks belong to another certification "
                   "(weights, config, data, shapes, images or chunk size differ); starting again")
+        if len(ranges) > 1:                        # one chunk: nothing to resume or share
+            parts.start()
         net = compiled(model, compile)
-        rows = []
+        rows, later = {}, []
         bar = tqdm(ranges, desc=f"certify {n} images", unit="chunk",
                    disable=not progress or len(ranges) == 1)
         for start, stop in bar:
-            if parts.done(start, stop):
-                rows.append(parts.rows(start, stop))
+            if len(ranges) == 1:
+                rows[start] = _certify_chunk(net, model, cfg, ds, device, patches, start, stop, progress)
                 continue
-            t0 = time.perf_counter()
-            part = data_mod.test_range(ds, start, stop)
-            df = evaluate_batches(net, test_batches(part, cfg, device, model=model), cfg, device,
-                                  patches=patches, progress=progress)
-            df["wall_s"] = time.perf_counter() - t0
-            df["device"] = device_name(device)
-            if len(ranges) > 1:                    # one chunk: nothing to resume
-                parts.save(start, stop, df)
-            rows.append(df)
-        df = combine_chunks(rows)
+            with parts.claim(start, stop) as mine:
+                if parts.done(start, stop):
+                    rows[start] = parts.rows(start, stop)
+                elif not mine:                     # a process that joined is certifying it
+                    later.append((start, stop))
+                else:
+                    rows[start] = _certify_chunk(net, model, cfg, ds, device, patches, start, stop,
+                                                 progress, parts)
+        for start, stop in later:                  # wait for each; certify it if its holder died
+            if progress:
+                print(f"waiting for test images {start}-{stop}, which another process is certifying")
+            with parts.claim(start, stop, wait=True):
+                rows[start] = (parts.rows(start, stop) if parts.done(start, stop) else
+                               _certify_chunk(net, model, cfg, ds, device, patches, start, stop,
+                                              progress, parts))
+        df = combine_chunks([rows[a] for a in sorted(rows)])
         df["test_split"] = split
         df["compiled"] = compile
         rundir.write_csv(path, _merge_rows(path, df))
         parts.remove()
     return df
+
+
+def _plan(model, cfg, ds, patches, split, compile, chunk) -> dict:
+    """What a chunked certification certifies (:class:`bagcert_lib.rundir.Parts`' plan.json)."""
+    return {"model": fingerprint(model), "config": rundir.certifying_config(cfg), "data": ds.sha256,
+            "patches": [list(p) for p in patches], "n": len(ds.y_test), "test_split": split,
+            "compiled": bool(compile), "chunk": int(chunk)}
+
+
+def _certify_chunk(net, model, cfg, ds, device, patches, start, stop, progress, parts=None):
+    """The rows of test images ``start`` … ``stop`` − 1 (saved in ``parts`` when given)."""
+    t0 = time.perf_counter()
+    part = data_mod.test_range(ds, start, stop)
+    df = evaluate_batches(net, test_batches(part, cfg, device, model=model), cfg, device,
+                          patches=patches, progress=progress)
+    df["wall_s"] = time.perf_counter() - t0
+    df["device"] = device_name(device)
+    if parts is not None:
+        parts.save(start, stop, df)
+    return df
+
+
+def join_certification(run_dir, device=None, progress=True, filename="certification.csv",
+                       wait: float = 0.0, poll: float = 10.0) -> list[tuple[int, int]]:
+    """Certify, beside the process certifying ``run_dir`` (:func:`certify_run`), the chunks of
+    its certification that nobody has saved or holds: its shapes, images and chunk size are those
+    of the folder's plan.json, and the model, config and dataset this process loads must be the
+    plan's (RunFolderError naming what differs). Any number of processes, on one machine or on
+    several sharing the folder, may join; each chunk is certified once. Returns the chunks this
+    process saved. The certification's owner combines them into ``filename``; if it was killed,
+    ``certify`` started again with the same options does, certifying only what is missing.
+
+    ``wait``: seconds to wait (polling every ``poll``) for a certification to start, e.g. in a
+    job array whose first task starts it; RunFolderError when none is under way by then. Stops
+    early, saving nothing more, if another certification replaces the one it joined."""
+    from tqdm import tqdm
+
+    run_dir = resolve_run_dir(run_dir)
+    deadline = time.monotonic() + float(wait)
+    while (parts := rundir.Parts.join(run_dir, filename)) is None:
+        if time.monotonic() >= deadline:
+            raise rundir.RunFolderError(
+                f"{run_dir}: no certification is under way to join (no "
+                f"{rundir.parts_folder(run_dir, filename).name}/{rundir.PLAN}); start one with "
+                "`python -m bagcert_lib certify` (or the sweep), then join it"
+                + (f"; waited {wait:g} s" if wait else ""))
+        time.sleep(max(0.0, min(float(poll), deadline - time.monotonic())))
+    plan = parts.plan
+    model, cfg, ds, device, split = _load(run_dir, device, progress, test_size=plan["n"])
+    mine = json.loads(json.dumps(_plan(model, cfg, ds, [tuple(p) for p in plan["patches"]],
+                                       split, plan["compiled"], plan["chunk"]), default=str))
+    differ = [k for k in dict.fromkeys([*plan, *mine]) if plan.get(k) != mine.get(k)]
+    if differ:
+        raise rundir.RunFolderError(
+            f"{parts.folder}: the certification under way differs from what this process loads in "
+            f"{', '.join(differ)} (weights, config or data changed since it started?); not joined")
+    net = compiled(model, plan["compiled"])
+    n, size = plan["n"], plan["chunk"]
+    ranges = [(a, min(a + size, n)) for a in range(0, n, size)]
+    saved = []
+    for start, stop in tqdm(ranges, desc=f"join: certify {n} images", unit="chunk", disable=not progress):
+        if not parts.current():
+            if progress:
+                print(f"{parts.folder}: another certification replaced the one joined; stopping")
+            break
+        try:
+            with parts.claim(start, stop) as got:
+                if got and not parts.done(start, stop):
+                    _certify_chunk(net, model, cfg, ds, device, patches=[tuple(p) for p in plan["patches"]],
+                                   start=start, stop=stop, progress=progress, parts=parts)
+                    saved.append((start, stop))
+        except FileNotFoundError:                  # the folder was removed: merged or replaced
+            break
+    return saved
 
 
 def fingerprint(model: torch.nn.Module) -> str:

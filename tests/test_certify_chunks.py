@@ -145,3 +145,131 @@ def test_combine_chunks_rules():
     assert out.attrs == {"n": 7, "certify_s": 3.5, "kind": "x"}
     with pytest.raises(ValueError, match="the chunks disagree on 'masks'"):
         runs.combine_chunks([a, b.assign(masks=30)])
+
+
+# --------------------------------------------------------------------------- several processes
+
+def _killed_after(copy, monkeypatch, chunks: int):
+    """Start the owner's certification (chunks of 5) and kill it after ``chunks`` saved chunks:
+    the folder then holds its plan.json and those chunks."""
+    real, calls = runs.evaluate_batches, []
+
+    def evaluate(*a, **k):
+        calls.append(1)
+        if len(calls) > chunks:
+            raise Killed
+        return real(*a, **k)
+
+    monkeypatch.setattr(runs, "evaluate_batches", evaluate)
+    with pytest.raises(Killed):
+        runs.certify_run(copy, patches=PATCHES, progress=False, chunk=5)
+    monkeypatch.setattr(runs, "evaluate_batches", real)
+
+
+def test_processes_that_join_certify_the_chunks_nobody_holds(trained, tmp_path, monkeypatch):
+    """A joiner takes its shapes, images and chunk size from plan.json, skips saved chunks and
+    chunks another process holds, and never writes certification.csv; the owner, started again,
+    certifies nothing more and combines them into the one-pass rows."""
+    run, whole = trained
+    copy = _copy(run, tmp_path)
+    _killed_after(copy, monkeypatch, chunks=1)
+    assert rundir.certification_progress(copy) == (5, 24)
+    other = rundir.Parts.join(copy)                         # another joiner, busy with 10-15
+    with other.claim(10, 15) as got:
+        assert got
+        assert runs.join_certification(copy, progress=False) == [(5, 10), (15, 20), (20, 24)]
+    assert runs.join_certification(copy, progress=False) == [(10, 15)]
+    assert runs.join_certification(copy, progress=False) == []
+    assert rundir.certification_progress(copy) == (24, 24)
+    assert not (copy / "certification.csv").exists()
+
+    calls = []
+    real = runs.evaluate_batches
+    monkeypatch.setattr(runs, "evaluate_batches", lambda *a, **k: calls.append(1) or real(*a, **k))
+    df = runs.certify_run(copy, patches=PATCHES, progress=False, chunk=5)
+    assert calls == []
+    _same(df, whole)
+    assert not (copy / "certification.parts").exists()
+
+
+def test_the_owner_waits_for_a_chunk_another_process_holds(trained, tmp_path, monkeypatch):
+    """A chunk held by a joiner is left to it; at the end the owner waits for it, and certifies it
+    itself when the joiner let go without saving it (it died)."""
+    import threading
+    import time
+
+    run, whole = trained
+    copy = _copy(run, tmp_path)
+    _killed_after(copy, monkeypatch, chunks=0)              # plan.json, no chunk yet
+    real, calls = runs.evaluate_batches, []
+    monkeypatch.setattr(runs, "evaluate_batches", lambda *a, **k: calls.append(1) or real(*a, **k))
+    held = rundir.Parts.join(copy).claim(10, 15)
+    assert held.__enter__()
+    out = {}
+    owner = threading.Thread(target=lambda: out.update(
+        df=runs.certify_run(copy, patches=PATCHES, progress=False, chunk=5)))
+    owner.start()
+    deadline = time.monotonic() + 120
+    while len(calls) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert len(calls) == 4 and owner.is_alive()             # the other four done, waiting for 10-15
+    assert rundir.certification_progress(copy) == (19, 24)
+    held.__exit__(None, None, None)                         # the joiner dies without saving
+    owner.join(120)
+    assert not owner.is_alive() and len(calls) == 5
+    _same(out["df"], whole)
+
+
+def test_joining_needs_the_same_certification(trained, tmp_path, monkeypatch):
+    """Nothing under way: refused (after ``wait``). A plan of other weights (or config, data): refused,
+    naming what differs."""
+    run, _ = trained
+    copy = _copy(run, tmp_path)
+    with pytest.raises(rundir.RunFolderError, match="no certification is under way.*waited 0.2 s"):
+        runs.join_certification(copy, progress=False, wait=0.2, poll=0.05)
+    _killed_after(copy, monkeypatch, chunks=1)
+    plan = rundir.read_json(copy / "certification.parts" / "plan.json")
+    rundir.write_json(copy / "certification.parts" / "plan.json", {**plan, "model": "0" * 64})
+    with pytest.raises(rundir.RunFolderError, match="differs from what this process loads in model"):
+        runs.join_certification(copy, progress=False)
+
+
+def test_a_chunk_of_a_replaced_certification_is_never_counted(tmp_path):
+    """A joiner whose certification was replaced saves nothing; a chunk that names another plan is
+    not done; a chunk saved before chunks named their plan is."""
+    rows = pd.DataFrame({"patch": ["3x3"], "condition": ["PC"], "n": [5]})
+    a = rundir.Parts(tmp_path, "certification.csv", {"model": "a", "n": 24})
+    a.start()
+    joined = rundir.Parts.join(tmp_path)
+    assert joined.plan == a.plan and joined.digest == a.digest
+    b = rundir.Parts(tmp_path, "certification.csv", {"model": "b", "n": 24})
+    b.start()
+    with pytest.raises(rundir.RunFolderError, match="another certification replaced"):
+        joined.save(0, 5, rows)
+    assert not b.done(0, 5)
+    rundir.write_csv(b.folder / "0-5.csv", rows)
+    rundir.write_json(b.folder / "0-5.json", {"n": 5, rundir.PLAN_KEY: a.digest})
+    assert not b.done(0, 5)
+    rundir.write_json(b.folder / "0-5.json", {"n": 5})
+    assert b.done(0, 5) and b.rows(0, 5).attrs == {"n": 5}
+    b.save(5, 10, rows)
+    assert b.done(5, 10) and rundir.read_json(b.folder / "5-10.json")[rundir.PLAN_KEY] == b.digest
+    assert rundir.Parts(tmp_path, "certification.csv", b.plan).discarded == 0
+
+
+def test_certify_join_on_the_command_line(trained, tmp_path, monkeypatch, capsys):
+    from bagcert_lib.__main__ import main
+
+    run, _ = trained
+    copy = _copy(run, tmp_path)
+    for argv, message in [(["--join", "--patches", "5"], "--patches cannot go with --join"),
+                          (["--wait", "3"], "--wait goes with --join"),
+                          (["--join"], "no certification is under way")]:
+        with pytest.raises(SystemExit) as e:
+            main(["certify", str(copy), *argv])
+        assert e.value.code == 2 and message in capsys.readouterr().err
+    _killed_after(copy, monkeypatch, chunks=3)
+    main(["certify", str(copy), "--join"])
+    err = capsys.readouterr().err
+    assert "certified 2 chunks (9 test images)" in err and "no process is certifying it now" in err
