@@ -153,7 +153,7 @@ def certify_run(run_dir, patches=None, device=None, progress=True,
                     rows[start] = _certify_chunk(net, model, cfg, ds, device, patches, start, stop,
                                                  progress, parts)
         for start, stop in later:                  # wait for each; certify it if its holder died
-            if progress:
+            if progress and not parts.done(start, stop):
                 print(f"waiting for test images {start}-{stop}, which another process is certifying")
             with parts.claim(start, stop, wait=True):
                 rows[start] = (parts.rows(start, stop) if parts.done(start, stop) else

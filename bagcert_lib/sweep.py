@@ -30,6 +30,10 @@ the old one, which stays whole (and in the book) until then; only a finished ret
 compare the two. A retrain stopped half-way resumes from its checkpoint in that folder, which can
 be committed (``git add -f <run>/retrain``) to carry on later or on another machine.
 
+``--join``: a configuration another sweep (or ``certify``) is certifying is not skipped; this
+sweep certifies chunks of that certification beside it (``certify --join``), so two sweeps on one
+machine, or a job array's tasks, share one long certification.
+
 ``--max-runs N`` works on at most N configurations that have something left to do (finished ones
 are skipped and not counted) and then stops: a bounded piece of a long sweep that ends before a
 job or an allocation does, without leaving a half-trained run behind.
@@ -235,8 +239,11 @@ def run_lock(run_dir: Path):
 
 
 def run_job(job: Job, profile: str, results: Path, device: str | None, log=print,
-            retrain_unshipped: bool = False, **overrides):
+            retrain_unshipped: bool = False, join: bool = False, **overrides):
     """Train, certify and attack one configuration through papermill (skipping finished steps).
+    ``join``: a configuration another process holds while certifying it gets chunks of that
+    certification certified here (:func:`bagcert_lib.runs.join_certification`) instead of being
+    skipped.
     A finished run without ``model.safetensors`` gets it from its checkpoint; with
     ``retrain_unshipped``, one without a checkpoint either is trained, certified and attacked
     again in :func:`retrain_dir` (resuming a retrain found there), which then replaces it
@@ -254,7 +261,14 @@ def run_job(job: Job, profile: str, results: Path, device: str | None, log=print
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(run_dir) as mine:
         if not mine:
-            log(f"[busy] {run_dir.name}: another process is running it; skipped")
+            if join and (into := _certifying(run_dir)) is not None:
+                from .runs import join_certification
+                saved = join_certification(into, device=device, progress=False)
+                log(f"[join] {run_dir.name}: certified {len(saved)} chunks of its certification "
+                    f"({sum(b - a for a, b in saved):,} test images) beside "
+                    f"{rundir.busy(run_dir) or 'its owner'}")
+            else:
+                log(f"[busy] {run_dir.name}: another process is running it; skipped")
             return None
         new = retrain_dir(run_dir)
         if new.is_dir() and all(_done(new, s) for s in job.steps):   # stopped while replacing
@@ -303,6 +317,14 @@ def run_job(job: Job, profile: str, results: Path, device: str | None, log=print
         if into == new:
             _replace(run_dir, log, job.steps)
     return run_dir
+
+
+def _certifying(run_dir: Path) -> Path | None:
+    """The folder (the run's, or its retrain's) whose certification is under way, if any."""
+    for folder in (run_dir, retrain_dir(run_dir)):
+        if rundir.Parts.join(folder) is not None:
+            return folder
+    return None
 
 
 def _replace(run_dir: Path, log, steps) -> None:
@@ -424,13 +446,14 @@ def estimate_grid(jobs: list[Job], profile: str, results: Path, retrain_unshippe
 def sweep(profile: str = "cpu", grid: str = "all", results=None, devices=None,
           attack_n: int | None = 1000, dry_run: bool = False, estimate: bool = False,
           executor=None, wait: bool = True, retrain_unshipped: bool = False,
-          max_runs: int | None = None, only=None, **overrides) -> list[Path]:
+          max_runs: int | None = None, only=None, join: bool = False, **overrides) -> list[Path]:
     """Run every job of ``grid``; one worker thread per device (None: the default device), or,
     with ``executor`` (:func:`make_executor`), one submitit job per configuration.
     ``estimate``: print what each configuration costs on this machine first (and stop if
     ``dry_run``). ``retrain_unshipped``: see :func:`run_job`. ``max_runs``: start at most this many
     configurations that have work left (:func:`has_work`), then stop. ``only``: shell patterns
-    (``*w32*``); the configurations whose run names match none of them are left out."""
+    (``*w32*``); the configurations whose run names match none of them are left out. ``join``:
+    help certify a configuration another process is certifying (:func:`run_job`)."""
     if max_runs is not None and max_runs < 1:
         raise ValueError(f"--max-runs must be at least 1, not {max_runs}")
     profile = resolve_profile(profile)
@@ -465,6 +488,9 @@ def sweep(profile: str = "cpu", grid: str = "all", results=None, devices=None,
                              "a cluster array bounds itself with --array-parallelism")
         if retrain_unshipped:
             raise ValueError("--retrain-unshipped runs on this machine only (--executor threads)")
+        if join:
+            raise ValueError("--join runs on this machine only (--executor threads); on a cluster, "
+                             "give a job array's other tasks `python -m bagcert_lib certify <run> --join`")
         return submit(jobs, profile, results, executor, wait, **overrides)
     workers = len(devices or [None])
     if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
@@ -495,7 +521,7 @@ def sweep(profile: str = "cpu", grid: str = "all", results=None, devices=None,
                     started[0] += 1
             try:
                 out = run_job(job, profile, results, device, retrain_unshipped=retrain_unshipped,
-                              **overrides)
+                              join=join, **overrides)
                 with lock:
                     done.extend([out] if out else [])
                     if counted and out is None:      # another process had it: not ours to count
@@ -545,6 +571,9 @@ def main(argv=None):
     p.add_argument("--max-runs", type=int, metavar="N",
                    help="work on at most N configurations that have something left to do, then "
                    "stop (finished ones are skipped and not counted)")
+    p.add_argument("--join", action="store_true",
+                   help="a configuration another process is certifying: certify chunks of its "
+                   "certification beside it (certify --join) instead of skipping it")
     p.add_argument("--estimate", action="store_true",
                    help="time a few training steps per configuration and print the grid's cost")
     c = p.add_argument_group("cluster (submitit)")
@@ -575,7 +604,7 @@ def _main(a: argparse.Namespace) -> None:
                                  a.cpus_per_task, a.array_parallelism, a.tasks_per_job)
     sweep(a.profile, a.grid, a.results, a.devices, a.attack_n, a.dry_run, a.estimate,
           executor=executor, wait=not a.no_wait, retrain_unshipped=a.retrain_unshipped,
-          max_runs=a.max_runs, only=a.only, **overrides)
+          max_runs=a.max_runs, only=a.only, join=a.join, **overrides)
 
 
 if __name__ == "__main__":

@@ -523,3 +523,43 @@ def test_sweep_compile_compiles_training_and_certification(tmp_path, monkeypatch
     executed.clear()
     run_job(Job(7, 0.5, seed=1, extra={"method": "ds-block"}), "smoke", tmp_path, "cpu")
     assert [p.get("compile") for p in executed] == [None, None]
+
+
+def test_a_sweep_that_joins_certifies_beside_the_run_it_finds_busy(tmp_path, monkeypatch):
+    """``--join``: a locked configuration with a certification under way gets chunks certified
+    here (the runs module's join); one without stays skipped; a cluster executor refuses it."""
+    import threading
+
+    from bagcert_lib import runs, rundir
+    from bagcert_lib.sweep import Job, run_job, run_lock, sweep
+
+    job, log, joined = Job(7, 0.5), [], []
+    run_dir = tmp_path / job.name("smoke")
+    run_dir.mkdir()
+    monkeypatch.setattr(runs, "join_certification",
+                        lambda into, device=None, progress=True: joined.append((into, device)) or [(0, 500), (500, 1000)])
+    held, release = threading.Event(), threading.Event()
+
+    def other_sweep():
+        with run_lock(run_dir) as mine:
+            assert mine
+            held.set()
+            release.wait(60)
+    holder = threading.Thread(target=other_sweep)
+    holder.start()
+    held.wait(60)
+    try:
+        assert run_job(job, "smoke", tmp_path, "cpu", log=log.append, join=True) is None
+        assert joined == [] and log[-1].startswith(f"[busy] {run_dir.name}")
+        rundir.Parts(run_dir, rundir.CERTIFICATION, {"n": 1000}).start()
+        assert run_job(job, "smoke", tmp_path, "cpu", log=log.append, join=True) is None
+        assert joined == [(run_dir, "cpu")]
+        assert log[-1].startswith(f"[join] {run_dir.name}: certified 2 chunks of its certification "
+                                  "(1,000 test images) beside pid ")
+        assert run_job(job, "smoke", tmp_path, "cpu", log=log.append) is None   # without join: skipped
+        assert len(joined) == 1 and log[-1].startswith("[busy]")
+    finally:
+        release.set()
+        holder.join()
+    with pytest.raises(ValueError, match="--join runs on this machine only"):
+        sweep("smoke", "headline", tmp_path, executor=object(), join=True)
