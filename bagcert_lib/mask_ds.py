@@ -60,7 +60,7 @@ KIND = "column"
 # --------------------------------------------------------------------------- features, windows
 
 def features(model, x: torch.Tensor, size: int, *, amp: bool | None = None,
-             chunk: int = 1024) -> torch.Tensor:
+             chunk: int | None = None) -> torch.Tensor:
     """u (B, C, W) float32: the base classifier's softmax on column ablation j (band width
     ``size``) of each image, at position j; the forward passes of :func:`.smoothing.vote_counts`."""
     return smoothing.ablation_softmax(model, x, KIND, size, amp=amp, chunk=chunk).transpose(1, 2)
@@ -161,7 +161,7 @@ def certify(u: torch.Tensor, labels: torch.Tensor, size: int, patch, *, image_si
 
 def certify_model(model, batches, patches, *, size: int, theta: float | None = None,
                   threshold: float = THRESHOLD, device=None, amp: bool | None = None,
-                  progress: bool = True, chunk: int = 1024,
+                  progress: bool = True, chunk: int | None = None,
                   desc: str = "certify Mask-DS") -> pd.DataFrame:
     """Clean (robust masking) and certified accuracy of Mask-DS for every patch shape over a
     data loader, rows as :func:`bagcert_lib.smoothing.certify_model`'s (condition "Mask-DS").
@@ -228,7 +228,7 @@ def certify_model(model, batches, patches, *, size: int, theta: float | None = N
 
 def attack(model, x, y, patch=5, *, size: int, steps: int = 100, step_size: float = 0.025,
            amp: bool | None = None, generator=None, threshold: float = THRESHOLD,
-           chunk: int = 1024, **_) -> AttackResult:
+           chunk: int | None = None, **_) -> AttackResult:
     """PGD (:func:`~bagcert_lib.attack.pgd_patch`) on the patch at the weakest window's patch
     position (rows centred), raising the masked evidence ũ of that window's class c* over the
     true class's; broken when the masked prediction (float64) is not the label."""

@@ -38,7 +38,7 @@ from torch import nn
 
 from .attack import patch_mask, pgd_patch
 from .certifier import _pair, _sync, patch_label
-from .runtime import autocast
+from .runtime import autocast, forward_batch
 
 #: The value of a masked pixel (grey; see the module docstring).
 MASK_VALUE = 0.5
@@ -265,12 +265,13 @@ class DoubleMasking:
 
 @torch.no_grad()
 def double_masking(model: nn.Module, x: torch.Tensor, ms, labels: torch.Tensor | None = None, *,
-                   amp: bool | None = None, chunk: int = 512, num_classes: int | None = None,
+                   amp: bool | None = None, chunk: int | None = None, num_classes: int | None = None,
                    check: bool = True) -> DoubleMasking:
     """Algorithm 1's prediction for images x (B, C, H, W) in [0, 1] with mask set ``ms``, and
     with ``labels`` Theorem 1's certificate (else ``certified`` is all False). The base ``model``
-    runs in eval mode (restored afterwards), ``chunk`` masked images a pass. ``check``: refuse a
-    mask set that is not R-covering (:func:`check_covering`)."""
+    runs in eval mode (restored afterwards), ``chunk`` masked images a pass (None:
+    :func:`~bagcert_lib.runtime.forward_batch`'s choice for the device, 512 on a GPU). ``check``:
+    refuse a mask set that is not R-covering (:func:`check_covering`)."""
     if x.dim() != 4 or len(x) == 0:
         raise ValueError(f"x must be a non-empty batch (B, C, H, W), got {tuple(x.shape)}")
     if tuple(x.shape[-2:]) != tuple(ms.image_size):
@@ -279,7 +280,7 @@ def double_masking(model: nn.Module, x: torch.Tensor, ms, labels: torch.Tensor |
         check_covering(ms)
     was_training = model.training
     model.eval()
-    predict = _Counter(model, amp, chunk)
+    predict = _Counter(model, amp, forward_batch(x, chunk, accelerator=512))
     try:
         hide = ms.hide(x.device)
         M = len(hide)
@@ -311,7 +312,7 @@ def double_masking(model: nn.Module, x: torch.Tensor, ms, labels: torch.Tensor |
 def certify_model(model: nn.Module, batches: Iterable, patches: Sequence, *,
                   num_masks: int | None = NUM_MASKS, stride=None, device=None,
                   amp: bool | None = None, progress: bool = True, desc: str = "certify PC",
-                  chunk: int = 512) -> pd.DataFrame:
+                  chunk: int | None = None) -> pd.DataFrame:
     """Clean and certified accuracy of double masking over a data loader, one row per patch shape
     (condition ``PC``), with the columns of :func:`bagcert_lib.certifier.certify_model` and:
     ``masks`` |𝓜|, ``mask_h``/``mask_w``, ``stride_h``/``stride_w``, ``passes`` (masked forward

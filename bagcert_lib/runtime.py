@@ -137,6 +137,26 @@ def compiled(model, enabled: bool = False):
     return torch.compile(model) if enabled else model
 
 
+#: Input pixels per CPU thread in one forward pass of a defense that makes many passes per image
+#: (PatchCleanser, Derandomized Smoothing, Mask-DS): 64 CIFAR-10 images. A ResNet-18's activations
+#: then stay in the core's cache; 512 images a pass ran 1.8× slower on one Xeon thread
+#: (``benchmarks/forward_batch.py``, whose record also checks that the logits do not change).
+CPU_PIXELS_PER_THREAD = 64 * 32 * 32
+
+
+def forward_batch(x: torch.Tensor, chunk: int | None = None, accelerator: int = 1024) -> int:
+    """Images per forward pass for inputs like ``x`` (N, C, H, W): ``chunk`` when given; on a CPU
+    :data:`CPU_PIXELS_PER_THREAD` per thread (64 CIFAR-10 images, 1 ImageNet one, per thread);
+    elsewhere ``accelerator`` (a GPU wants large batches). The batch never changes a model's
+    logits here (checked per model by the benchmark), only the speed."""
+    if chunk is not None:
+        return int(chunk)
+    if x.device.type != "cpu":
+        return int(accelerator)
+    pixels = x.shape[-2] * x.shape[-1]
+    return max(1, CPU_PIXELS_PER_THREAD * torch.get_num_threads() // pixels)
+
+
 def device_name(device) -> str:
     """How records name a device: the GPU's name, or ``CPU: <model> (<threads> threads)``."""
     device = torch.device(device)

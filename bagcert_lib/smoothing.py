@@ -126,11 +126,16 @@ def affected_ablations(kind: str, size: int, patch, image_size) -> int:
 
 # --------------------------------------------------------------------------- prediction
 
-def _check_batch(x: torch.Tensor, chunk: int) -> None:
-    if chunk < 1:
+def _check_batch(x: torch.Tensor, chunk: int | None) -> int:
+    """The images per forward pass (:func:`~bagcert_lib.runtime.forward_batch`), after checking
+    ``x`` and ``chunk``."""
+    from .runtime import forward_batch
+
+    if chunk is not None and chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk!r}")
     if x.dim() != 4 or x.shape[0] == 0:
         raise ValueError(f"x must be a non-empty batch (B, 3, H, W), got {tuple(x.shape)}")
+    return forward_batch(x, chunk)
 
 
 def _softmax_chunks(model: nn.Module, x: torch.Tensor, kind: str, size: int, amp, chunk: int):
@@ -159,12 +164,12 @@ def _softmax_chunks(model: nn.Module, x: torch.Tensor, kind: str, size: int, amp
 
 @torch.no_grad()
 def ablation_softmax(model: nn.Module, x: torch.Tensor, kind: str, size: int, *,
-                     amp: bool | None = None, chunk: int = 1024) -> torch.Tensor:
+                     amp: bool | None = None, chunk: int | None = None) -> torch.Tensor:
     """The base classifier's softmax on every ablation of every image, float32 (B, A, C):
     ``p[b, a]`` is image b under ablation a (:func:`ablation_masks`' order). The votes of
     :func:`vote_counts` are (p ≥ θ) summed over a, from the very same forward passes."""
     size = _check(kind, size)
-    _check_batch(x, chunk)
+    chunk = _check_batch(x, chunk)
     out = None
     for b0, index, p in _softmax_chunks(model, x, kind, size, amp, chunk):
         if out is None:
@@ -176,14 +181,15 @@ def ablation_softmax(model: nn.Module, x: torch.Tensor, kind: str, size: int, *,
 
 @torch.no_grad()
 def vote_counts(model: nn.Module, x: torch.Tensor, kind: str, size: int, theta: float, *,
-                amp: bool | None = None, chunk: int = 1024) -> torch.Tensor:
+                amp: bool | None = None, chunk: int | None = None) -> torch.Tensor:
     """Votes n (B, C) int64 of Levine & Feizi (2020): n[b, c] is the number of ablations of image
     b whose softmax for c is ≥ θ. The base ``model`` (eval mode, restored afterwards) sees at
-    most ``chunk`` ablated images per forward pass; the softmax is taken in float32."""
+    most ``chunk`` ablated images per forward pass (None: :func:`~bagcert_lib.runtime.forward_batch`'s
+    choice for the device); the softmax is taken in float32."""
     size = _check(kind, size)
     if not 0.0 <= theta <= 1.0:
         raise ValueError(f"theta must lie in [0, 1], got {theta!r}")
-    _check_batch(x, chunk)
+    chunk = _check_batch(x, chunk)
     counts = None
     for b0, _, p in _softmax_chunks(model, x, kind, size, amp, chunk):
         if counts is None:
@@ -241,7 +247,7 @@ def certify_counts(counts: torch.Tensor, labels: torch.Tensor, delta: int) -> Sm
 def certify_model(model: nn.Module, batches: Iterable, patches: Sequence, *, kind: str,
                   size: int, theta: float, device=None, amp: bool | None = None,
                   progress: bool = True, desc: str = "certify DS",
-                  chunk: int = 1024) -> pd.DataFrame:
+                  chunk: int | None = None) -> pd.DataFrame:
     """Certified accuracy of Derandomized Smoothing (Levine & Feizi, 2020) over a data loader.
 
     ``batches`` yields (images in [0, 1], labels). The votes are computed once per batch and
@@ -328,7 +334,7 @@ class SmoothingAttack(AttackResult):
 
 def attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, patch=5, *, kind: str, size: int,
            theta: float, steps: int = 50, step_size: float = 0.05, amp: bool | None = None,
-           generator=None, chunk: int = 1024) -> SmoothingAttack:
+           generator=None, chunk: int | None = None) -> SmoothingAttack:
     """PGD (:func:`~bagcert_lib.attack.pgd_patch`) on the smoothed classifier's votes.
 
     * **Where:** with votes v_a(c) = [p_a(c) ≥ θ] of the clean image and c* the class with the

@@ -120,3 +120,22 @@ def test_certify_cost_compares_compiled_certification_with_eager(tmp_path, monke
     assert row["defense"] == "PatchCleanser" and row["rows"] == 24
     assert 0 <= row["compiled_rows_differing"] <= 24 and 0 <= row["compiled_max_accuracy_difference"] <= 1
     assert row["compiled_seconds_per_image"] > 0 and row["eager_over_compiled"] > 0
+
+
+def test_forward_batch_benchmark_times_each_size_and_checks_the_logits(tmp_path, monkeypatch):
+    """benchmarks/forward_batch.py, tiny: per many-pass model and budget, ms per image at each
+    batch size, the fastest, the library's choice, and whether the logits changed with the size."""
+    from bagcert_lib.runtime import forward_batch
+    import torch
+
+    bench = load_benchmark("forward_batch.py", tmp_path, monkeypatch)
+    out = tmp_path / "fb.json"
+    bench.main(["--budgets", "1", "--sizes", "2", "8", "--seconds", "0.01", "--out", str(out)])
+    r = json.loads(out.read_text())
+    assert [(m["model"], m["budget"], m["width"]) for m in r["models"]] == [("PatchCleanser", 1, 16), ("DS", 1, 16)]
+    for m in r["models"]:
+        assert list(m["sizes"]) == ["2", "8"] and m["fastest"] in (2, 8)
+        assert all(v["ms_per_image"] > 0 and v["argmax_agrees"] in (True, False) for v in m["sizes"].values())
+        assert m["sizes"]["8"]["max_abs_logit_difference"] == 0          # the reference itself
+        assert m["library_batch"] == forward_batch(torch.zeros(1, 3, 32, 32)) and m["weights"].startswith("fresh")
+    assert r["cpu"]["model"] and r["git"]["commit"] and r["threads"] >= 1

@@ -51,6 +51,18 @@ def test_memory_format_follows_the_model_on_avx2(monkeypatch, features):
         assert runtime.channels_last_safe_on_avx2(model) is True
 
 
+def test_forward_batch_keeps_a_cpu_threads_inputs_in_cache(monkeypatch):
+    """Images per forward pass of the many-pass defenses: as given; on a CPU 64 CIFAR-10 images
+    (one 224 × 224 image) per thread; elsewhere the accelerator's default."""
+    cifar, imagenet = torch.zeros(2, 3, 32, 32), torch.zeros(2, 3, 224, 224)
+    assert runtime.forward_batch(cifar, 7) == 7
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert runtime.forward_batch(cifar) == 64 and runtime.forward_batch(imagenet) == 1
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert runtime.forward_batch(cifar) == 256 and runtime.forward_batch(imagenet) == 5
+    assert runtime.forward_batch(torch.zeros(2, 3, 32, 32, device="meta"), accelerator=512) == 512
+
+
 def test_cpu_features_reads_this_machine():
     f = runtime.cpu_features()
     assert set(runtime.CPU_FLAGS) <= set(f) and f["model"]
