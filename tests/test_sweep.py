@@ -1,5 +1,7 @@
 """The sweep's grids come from _config.yml: Figure 2's RF x M, Figure 8's heads x seeds, the
 headline first (attacked on every test image), and, under `cpu`, the longer headline run last."""
+import contextlib
+import threading
 from pathlib import Path
 
 import pytest
@@ -59,21 +61,14 @@ def test_dry_run_says_how_far_a_certification_got(tmp_path, capsys):
     assert "to do: certify, attack (certified 1,000 of 1,200 images so far)" in out
 
 
-def test_a_locked_run_is_skipped_and_a_finished_one_not_rerun(tmp_path):
-    """Two sweeps on one results folder: the second skips the configuration the first holds; once
-    the lock is free, finished steps are skipped (nothing executes: these files say all is done)."""
-    import json
+@contextlib.contextmanager
+def another_sweep_holds(run_dir):
+    """Another sweep holds ``run_dir``'s lock (a thread has its own lock) while the block runs."""
+    from bagcert_lib.sweep import run_lock
 
-    from bagcert_lib.sweep import Job, run_job, run_lock
-
-    import threading
-
-    job, log = Job(7, 0.5), []
-    run_dir = tmp_path / job.name("smoke")
-    run_dir.mkdir()
     held, release = threading.Event(), threading.Event()
 
-    def other_sweep():                        # another holder: a thread has its own lock
+    def other_sweep():
         with run_lock(run_dir) as mine:
             assert mine
             held.set()
@@ -82,12 +77,26 @@ def test_a_locked_run_is_skipped_and_a_finished_one_not_rerun(tmp_path):
     holder.start()
     held.wait(60)
     try:
-        assert run_job(job, "smoke", tmp_path, "cpu", log=log.append) is None
-        with run_lock(run_dir) as again:      # a second holder is refused while the first holds it
-            assert not again
+        yield
     finally:
         release.set()
         holder.join()
+
+
+def test_a_locked_run_is_skipped_and_a_finished_one_not_rerun(tmp_path):
+    """Two sweeps on one results folder: the second skips the configuration the first holds; once
+    the lock is free, finished steps are skipped (nothing executes: these files say all is done)."""
+    import json
+
+    from bagcert_lib.sweep import Job, run_job, run_lock
+
+    job, log = Job(7, 0.5), []
+    run_dir = tmp_path / job.name("smoke")
+    run_dir.mkdir()
+    with another_sweep_holds(run_dir):
+        assert run_job(job, "smoke", tmp_path, "cpu", log=log.append) is None
+        with run_lock(run_dir) as again:      # a second holder is refused while the first holds it
+            assert not again
     assert log == [f"[busy] {run_dir.name}: another process is running it; skipped"]
     (run_dir / "metrics.json").write_text(json.dumps({"finished": True}))
     (run_dir / "certification.csv").write_text(CERTIFIED)
@@ -528,27 +537,15 @@ def test_sweep_compile_compiles_training_and_certification(tmp_path, monkeypatch
 def test_a_sweep_that_joins_certifies_beside_the_run_it_finds_busy(tmp_path, monkeypatch):
     """``--join``: a locked configuration with a certification under way gets chunks certified
     here (the runs module's join); one without stays skipped; a cluster executor refuses it."""
-    import threading
-
     from bagcert_lib import runs, rundir
-    from bagcert_lib.sweep import Job, run_job, run_lock, sweep
+    from bagcert_lib.sweep import Job, run_job, sweep
 
     job, log, joined = Job(7, 0.5), [], []
     run_dir = tmp_path / job.name("smoke")
     run_dir.mkdir()
     monkeypatch.setattr(runs, "join_certification",
                         lambda into, device=None, progress=True: joined.append((into, device)) or [(0, 500), (500, 1000)])
-    held, release = threading.Event(), threading.Event()
-
-    def other_sweep():
-        with run_lock(run_dir) as mine:
-            assert mine
-            held.set()
-            release.wait(60)
-    holder = threading.Thread(target=other_sweep)
-    holder.start()
-    held.wait(60)
-    try:
+    with another_sweep_holds(run_dir):
         assert run_job(job, "smoke", tmp_path, "cpu", log=log.append, join=True) is None
         assert joined == [] and log[-1].startswith(f"[busy] {run_dir.name}")
         rundir.Parts(run_dir, rundir.CERTIFICATION, {"n": 1000}).start()
@@ -558,8 +555,5 @@ def test_a_sweep_that_joins_certifies_beside_the_run_it_finds_busy(tmp_path, mon
                                   "(1,000 test images) beside pid ")
         assert run_job(job, "smoke", tmp_path, "cpu", log=log.append) is None   # without join: skipped
         assert len(joined) == 1 and log[-1].startswith("[busy]")
-    finally:
-        release.set()
-        holder.join()
     with pytest.raises(ValueError, match="--join runs on this machine only"):
         sweep("smoke", "headline", tmp_path, executor=object(), join=True)
