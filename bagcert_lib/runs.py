@@ -129,7 +129,7 @@ def certify_run(run_dir, patches=None, device=None, progress=True,
         check_patches(patches, data_mod.image_size(ds))
         compile = cfg.compile if compile is None else bool(compile)
         n = len(ds.y_test)
-        ranges = [(a, min(a + size, n)) for a in range(0, n, size)]
+        ranges = _ranges(n, size)
         parts = rundir.Parts(run_dir, filename, _plan(model, cfg, ds, patches, split, compile, size))
         if parts.discarded and progress:
             print(f"{parts.folder}: {parts.discarded} saved chunks belong to another certification "
@@ -165,6 +165,11 @@ def certify_run(run_dir, patches=None, device=None, progress=True,
         rundir.write_csv(path, _merge_rows(path, df))
         parts.remove()
     return df
+
+
+def _ranges(n: int, size: int) -> list[tuple[int, int]]:
+    """The chunks (start, stop) of ``n`` test images, ``size`` at a time."""
+    return [(a, min(a + size, n)) for a in range(0, n, size)]
 
 
 def _plan(model, cfg, ds, patches, split, compile, chunk) -> dict:
@@ -213,8 +218,9 @@ def join_certification(run_dir, device=None, progress=True, filename="certificat
                 + (f"; waited {wait:g} s" if wait else ""))
         time.sleep(max(0.0, min(float(poll), deadline - time.monotonic())))
     plan = parts.plan
+    patches = [tuple(p) for p in plan["patches"]]
     model, cfg, ds, device, split = _load(run_dir, device, progress, test_size=plan["n"])
-    mine = json.loads(json.dumps(_plan(model, cfg, ds, [tuple(p) for p in plan["patches"]],
+    mine = json.loads(json.dumps(_plan(model, cfg, ds, patches,
                                        split, plan["compiled"], plan["chunk"]), default=str))
     differ = [k for k in dict.fromkeys([*plan, *mine]) if plan.get(k) != mine.get(k)]
     if differ:
@@ -223,7 +229,7 @@ def join_certification(run_dir, device=None, progress=True, filename="certificat
             f"{', '.join(differ)} (weights, config or data changed since it started?); not joined")
     net = compiled(model, plan["compiled"])
     n, size = plan["n"], plan["chunk"]
-    ranges = [(a, min(a + size, n)) for a in range(0, n, size)]
+    ranges = _ranges(n, size)
     saved = []
     for start, stop in tqdm(ranges, desc=f"join: certify {n} images", unit="chunk", disable=not progress):
         if not parts.current():
@@ -233,7 +239,7 @@ def join_certification(run_dir, device=None, progress=True, filename="certificat
         try:
             with parts.claim(start, stop) as got:
                 if got and not parts.done(start, stop):
-                    _certify_chunk(net, model, cfg, ds, device, patches=[tuple(p) for p in plan["patches"]],
+                    _certify_chunk(net, model, cfg, ds, device, patches=patches,
                                    start=start, stop=stop, progress=progress, parts=parts)
                     saved.append((start, stop))
         except FileNotFoundError:                  # the folder was removed: merged or replaced
