@@ -44,6 +44,8 @@ from .runtime import autocast, forward_batch
 MASK_VALUE = 0.5
 #: The authors' masks per axis for CIFAR-10 and ImageNet (``example_cmd.sh``: ``--num_mask 6``).
 NUM_MASKS = 6
+#: Masked images per forward pass on a GPU; a CPU takes :func:`~bagcert_lib.runtime.forward_batch`'s.
+GPU_BATCH = 512
 #: The authors' Cutout: 2 holes of 128 px on 224 px inputs (``train_model.py`` lines 33-35, 66-67,
 #: 74-75; checkpoints ``*_cutout2_128_*``), i.e. a side of 128 / 224 of the image's.
 CUTOUT_HOLES, CUTOUT_FRACTION = 2, 128 / 224
@@ -280,7 +282,7 @@ def double_masking(model: nn.Module, x: torch.Tensor, ms, labels: torch.Tensor |
         check_covering(ms)
     was_training = model.training
     model.eval()
-    predict = _Counter(model, amp, forward_batch(x, chunk, accelerator=512))
+    predict = _Counter(model, amp, forward_batch(x, chunk, accelerator=GPU_BATCH))
     try:
         hide = ms.hide(x.device)
         M = len(hide)

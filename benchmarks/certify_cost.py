@@ -35,12 +35,13 @@ from pathlib import Path
 import torch
 
 from bagcert_lib import data as data_mod
+from bagcert_lib import patchcleanser
 from bagcert_lib.config import METHODS, REPO_ROOT, grids, profile_config
 from bagcert_lib.methods import method_for
 from bagcert_lib.model import num_parameters
 from bagcert_lib.runs import figure_patches, results_dir
 from bagcert_lib.runtime import (compiled, configure_backends, cpu_class, cpu_features, device_name,
-                                 memory_format, use_channels_last)
+                                 forward_batch, memory_format, use_channels_last)
 from bagcert_lib.pretrained import load_run
 from bagcert_lib.train import build_model, git_commit
 
@@ -87,6 +88,17 @@ def model_for(cfg, device):
     return build_model(cfg).to(device).eval(), None, "fresh (no run with weights yet)"
 
 
+def images_per_pass(cfg, x, device) -> int | None:
+    """Masked or ablated images per forward pass of the ResNet defenses (``runtime.forward_batch``,
+    as their certificates call it); None for the region scorers (one pass per image batch)."""
+    if cfg.method not in ("ds-block", "ds-column", "patchcleanser"):
+        return None
+    like = torch.empty(1, *x.shape[1:], device=device)
+    if cfg.method == "patchcleanser":
+        return forward_batch(like, None, accelerator=patchcleanser.GPU_BATCH)
+    return forward_batch(like, None)
+
+
 def measure(cfg, ds, n, device, patches, compile=False) -> tuple[dict, "pd.DataFrame"]:
     """Time ``Method.evaluate`` of ``cfg``'s model on the first ``n`` test images for every
     shape: (the timing, the certification table); with ``compile`` also through torch.compile."""
@@ -119,6 +131,7 @@ def measure(cfg, ds, n, device, patches, compile=False) -> tuple[dict, "pd.DataF
     return {"method": cfg.method, "run": run, "weights": weights,
             "width": cfg.width, "rf": cfg.rf if cfg.method in ("bagcert", "cbn", "mask-bn") else None,
             "parameters": num_parameters(model), "n": int(df.attrs["n"]),
+            "images_per_pass": images_per_pass(cfg, x, device),
             "patch_shapes": int(df.patch.nunique()),
             "forward_s_per_image": df.attrs["forward_s"] / n,
             "certify_s_per_image": df.attrs["certify_s"] / n,

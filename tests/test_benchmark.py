@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from bagcert_lib import data as data_mod
 from bagcert_lib.config import REPO_ROOT, profile_config
@@ -85,6 +86,11 @@ def test_certify_cost_benchmark_times_every_defense(tmp_path, monkeypatch):
     assert rows["DS block"]["n"] == 1 and rows["PatchCleanser"]["n"] == 1 and rows["BagCert"]["n"] == 2
     assert all(x["weights"].startswith("fresh") and x["seconds_per_image"] > 0 for x in rows.values())
     assert r["cpu"]["model"] and r["git"]["commit"] and r["patch_shapes"]
+    # the ResNet defenses' masked or ablated images a forward pass, as their certificates take it
+    threads = torch.get_num_threads()
+    assert {d: x["images_per_pass"] for d, x in rows.items()} == {
+        "BagCert": None, "CBN": None, "Mask-BN": None, "DS block": 64 * threads, "DS column": 64 * threads,
+        "Mask-DS": 64 * threads, "PatchCleanser": 64 * threads}
 
 
 def test_certify_cost_times_the_second_budgets_models(tmp_path, monkeypatch):
