@@ -129,8 +129,9 @@ def build_parser() -> Parser:
     c.add_argument("--test-size", metavar="N|all", type=_test_size,
                    help="test images to certify (default: the run's test_size; all: the whole split)")
     c.add_argument("--compile", action="store_true", default=None,
-                   help="torch.compile the model: faster for PatchCleanser, but numerically a different "
-                   "model (a few images near a decision may certify differently; rows say compiled)")
+                   help="torch.compile the model: numerically a different model (a few images near a "
+                   "decision may certify differently; rows say compiled); whether it is faster depends "
+                   "on the defense and the device (the book's benchmarks page)")
     c.add_argument("--chunk", type=_positive_int, metavar="N",
                    help="save the certification every N test images (default 500): a killed "
                    "certification started again resumes at the first chunk not saved")
