@@ -27,7 +27,8 @@ PAGES = {"front": "intro.html", "figure3": "notebooks/figure3.html"}   # index.h
 #: every page with a notebook's figures or tables, and the prose pages that paste them.
 LAYOUT_PAGES = [f"notebooks/{n}.html" for n in ("figure2", "figure3", "figure4", "figure5", "figure6", "figure7",
                                                 "figure8", "table1", "headline", "scaling", "claims",
-                                                "provenance", "certify_images", "defenses")] + ["intro.html", "reproduce.html"]
+                                                "provenance", "certify_images", "defenses")] + [
+    "intro.html", "reproduce.html", "benchmarks.html"]
 #: The reader's window: a 1280-px wide screen.
 WIDTH = 1280
 #: Pages whose formulas must render (MathJax from the site's own _static, no network).
