@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -19,7 +19,7 @@
 # Every statement of the paper we can test is a row of `results/paper/claims.csv`, with where the
 # paper makes it. For each, code computes our value from the committed runs and a verdict by the
 # one rule of its kind, stated below. Our runs are far smaller than the paper's (the scale is
-# printed under the table), so a claim that needs the paper's compute may not hold here: the
+# printed above the table), so a claim that needs the paper's compute may not hold here: the
 # {doc}`compute study <scaling>` asks how far compute alone goes.
 #
 # {glue:md}`claims_summary_md`
@@ -577,7 +577,8 @@ display(HTML(
 
 # %% [markdown]
 # Every CIFAR-10 row comes from one scale, printed above the table, so rows can be compared with
-# each other. The baselines are Derandomized Smoothing (DS, block and column)
+# each other; the equal-compute rows and the compute study's add runs of other sizes, each named
+# with its training FLOPs. The baselines are Derandomized Smoothing (DS, block and column)
 # {cite}`levine2020derandomized`, which we train and certify ourselves (`bagcert_lib.smoothing`),
 # and PatchGuard's masked BagNet (Mask-BN) {cite}`xiang2020patchguard` and Clipped BagNet (CBN)
 # {cite}`zhang2020clipped`, which we train on our region scorer at BagCert's training compute
@@ -680,4 +681,7 @@ glue("baselines_intro_html", HTML(html.escape(baselines_intro())), display=False
 print(baselines_at_5x5())
 
 # %% tags=["hide-input"]
-run_links(acc.reset_index(), "claims.ipynb")
+# every run a row reads: the page's scale, the equal-compute pairs (any profile), the compute study
+used = [acc.reset_index()] + [f.reset_index() for pair in equal_compute(["ds-block", "mask-bn", "cbn"])
+                              for f in pair] + [study]
+run_links(pd.concat([u[["run", "path"]] for u in used]).drop_duplicates("run"), "claims.ipynb")

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -122,8 +122,8 @@ plt.show()
 # {doc}`provenance`.
 #
 # Our runs against the same patch, certified on the test set (BagCert per receptive field and
-# margin M, then DS {cite}`levine2020derandomized` under its own certificate: block smoothing is
-# certified on fewer test images because it runs 1,024 forward passes per image):
+# margin M, then DS {cite}`levine2020derandomized` under its own certificate, each with the test
+# images it was certified on):
 
 # %% tags=["hide-input"]
 table = ours.sort_values(["rf", "margin"]).set_index("run")[["rf", "margin", "clean", "c32", "c33"]]

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -80,8 +80,18 @@ display(Markdown(f"{len(study)} runs at {study.flops.nunique() if len(study) els
 
 # %% tags=["hide-input"]
 if fittable:
-    where = {m: ("inside" if spread.loc[m, "low"] <= PAPER[m] <= spread.loc[m, "high"] else
-                 "above" if PAPER[m] > spread.loc[m, "high"] else "below") for m in PAPER}
+    def place(m, lo, hi):
+        return "inside" if lo <= PAPER[m] <= hi else "above" if PAPER[m] > hi else "below"
+
+    # the paper's value against the forms' range (lowest…highest prediction) and, wider, their
+    # bootstrap bands (low…high); the verdict below reads the bands
+    where = {m: place(m, spread.loc[m, "low"], spread.loc[m, "high"]) for m in PAPER}
+    forms = {m: place(m, spread.loc[m, "lowest"], spread.loc[m, "highest"]) for m in PAPER}
+
+    def placed(m):
+        """Where the paper's value lies: against the forms' range, and the bands' where that differs."""
+        return (f"{forms[m]} the forms' range" if forms[m] == where[m] else
+                f"{forms[m]} the forms' range and {where[m]} their bootstrap bands")
     sat = pred.query("form == 'saturating'").set_index("metric")
     NAMES = {"clean": "clean accuracy", "certified": "certified accuracy (3.2)",
              "certified_global": "certified accuracy (3.3)"}
@@ -101,8 +111,8 @@ if fittable:
         f"with each form's 95 % bootstrap band the ranges widen to "
         f"{span_text(spread.loc['clean', 'low'], spread.loc['clean', 'high'])} and "
         f"{span_text(spread.loc['certified', 'low'], spread.loc['certified', 'high'])}. The paper's "
-        f"{pct(PAPER['clean'])} clean accuracy lies {where['clean']} the first range and its "
-        f"{pct(PAPER['certified'])} certified accuracy {where['certified']} the second: "
+        f"{pct(PAPER['clean'])} clean accuracy lies {placed('clean')}, and its "
+        f"{pct(PAPER['certified'])} certified accuracy {placed('certified')}: "
         + ("what we measure is consistent with our implementation reaching the paper's accuracy given "
            "the paper's compute, but it does not show that it would."
            if where["clean"] == where["certified"] == "inside" else
@@ -133,8 +143,8 @@ if fittable:
         f"{span_text(spread.loc['clean', 'lowest'], spread.loc['clean', 'highest'])} "
         f"({span_text(spread.loc['certified', 'low'], spread.loc['certified', 'high'])} and "
         f"{span_text(spread.loc['clean', 'low'], spread.loc['clean', 'high'])} with their bootstrap bands); the paper's "
-        f"{pct(PAPER['certified'])} lies {where['certified']} the first range and its {pct(PAPER['clean'])} "
-        f"{where['clean']} the second. Our runs do not show where accuracy levels off, so this is a guide to "
+        f"{pct(PAPER['certified'])} certified lies {placed('certified')}, and its {pct(PAPER['clean'])} clean "
+        f"{placed('clean')}. Our runs do not show where accuracy levels off, so this is a guide to "
         f"what the paper's compute should buy, not a measurement.")
     glue("scaling_short", short, display=False)
     glue("scaling_short_html", HTML(html.escape(short)), display=False)
@@ -240,7 +250,7 @@ if fittable:
     summary["the forms predict"] = [span_text(a, b) for a, b in zip(spread.lowest, spread.highest)]
     summary["with their bands"] = [span_text(a, b) for a, b in zip(spread.low, spread.high)]
     summary["paper"] = [pct(PAPER[m]) if m in PAPER else "not stated" for m in spread.index]
-    summary["the paper's value"] = [(f"{where[m]} the range" if m in PAPER else "—") for m in spread.index]
+    summary["the paper's value"] = [(placed(m) if m in PAPER else "—") for m in spread.index]
     display(summary[["accuracy", "the forms predict", "with their bands", "paper", "the paper's value"]]
             .style.hide(axis="index").set_table_attributes('class="dataframe"'))
 
