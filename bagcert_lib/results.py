@@ -253,6 +253,17 @@ def headline_query() -> str:
     return f"rf == {h['rf']} and margin == {h['margin']} and {GRID_RUNS}"
 
 
+def headline_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The finished, certified runs of the headline configuration (:func:`headline_query`) among
+    ``runs``, every profile's but ``smoke``'s (which only exercises the pipeline) when another
+    profile has one: the headline page's runs."""
+    if runs.empty:
+        return runs
+    done = runs[runs["finished"].fillna(False).astype(bool) & runs["certified"].fillna(False).astype(bool)]
+    done = done.query(headline_query())
+    return done.query("profile != 'smoke'") if (done["profile"] != "smoke").any() else done
+
+
 def figure8_query() -> str:
     """A pandas query selecting Figure 8's runs (App. A.3: every head and seed of RF 7, M 0.5 in
     _config.yml); add ``and head == 'heaviside'`` for the Heaviside seeds alone."""

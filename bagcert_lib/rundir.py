@@ -8,7 +8,7 @@ read from one)::
     model.safetensors   the weights, never unpickled                        (train, export)
     history.csv         per epoch: loss, lr, held-out clean / certified accuracy, seconds
     provenance.json     code, machine, data and cost of the training
-    metrics.json        the last epoch's numbers; written last, so ``finished`` in it means
+    metrics.json        the last epoch's numbers; written last, so "finished" in it means
                         that every training record above is complete
     certification.csv   per patch shape and condition, on the test split      (certify)
     certification.parts/  a certification in progress: plan.json, one CSV per finished chunk

@@ -79,8 +79,9 @@ def use_channels_last(device, channels_last: bool | None = None,
 
     On AVX2-only CPUs, torch 2.13/2.14's channels_last backward of a 1×1 stride-2 convolution with
     2–7 input channels crashes or spins forever (DS's ResNet-18 shortcut at small widths).
-    Everywhere else channels_last is faster: 1.26–1.61× with AVX-512 at widths 24–96, 1.16–1.66×
-    in fp32 on AVX2 at widths 32–64 for the region scorer (``benchmarks/train_throughput.py --formats``;
+    Everywhere else channels_last is as fast or faster: 1.26–1.61× on an AMD EPYC with AVX-512 at
+    widths 24–96 (1.01–1.29× on a Xeon at width 32), 1.16–1.50× in fp32 on AVX2 at widths 32–64,
+    for the region scorer (``benchmarks/train_throughput.py --formats``;
     results/benchmarks/train_throughput*.json). ``channels_last`` overrides the choice."""
     if channels_last is not None:
         return bool(channels_last)

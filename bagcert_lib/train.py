@@ -4,12 +4,12 @@
 
     config.yaml       the TrainConfig
     checkpoint.pt     model, optimizer, scheduler, epoch, history (every epoch, and every
-                      ``checkpoint_minutes`` within one: then also the step and RNG state)
-    model.safetensors the weights only, shipped with the run (``pretrained.load_pretrained``)
+                      checkpoint_minutes within one: then also the step and RNG state)
+    model.safetensors the weights only, shipped with the run (pretrained.load_pretrained)
     history.csv       per epoch: loss, lr, clean and certified accuracy on the held-out set, seconds
     provenance.json   git commit, torch version, device, dataset name + sha256, wall time, s/epoch;
                       segments: the commit and machine of every (re)start and its first epoch
-    metrics.json      the last epoch's numbers, written last (``finished``: every record is in)
+    metrics.json      the last epoch's numbers, written last ("finished": every record is in)
 
 in that order at every epoch's end, each atomically, under the run folder's lock (``rundir``).
 

@@ -105,7 +105,9 @@ pp = lambda v: f"{v * 100:.1f} points"   # noqa: E731
 RULES = f"""
 - **Difference** (a number the paper states): *matches* when ours lies within
   {tolerance * 100:.0f} points of the paper's (accuracy) — the same tolerance for every row — else
-  *differs by* ours − paper.
+  *differs by* ours − paper. Where the paper gives words, not a number, the row shows the words and
+  reads them as one: "close to 0 %" as 0 %, "follows closely" as a difference of 0 points, so
+  each holds within the same {tolerance * 100:.0f} points.
 - **Ratio** (two times measured on one machine): *matches* within a factor {ratio_factor:g} of the
   paper's ratio, else *differs*.
 - **Count** (a count or a discrete value): *matches* when equal, else *differs*.
@@ -422,7 +424,8 @@ def judge(r):
         wide = next((x for x in (bench or {}).get("rows", []) if "width 768" in x["model"]), None)
         blk_old = next((x for x in (bench or {}).get("rows", []) if x["method"] == "DS (block)"), None)
         if bench and blk_old:
-            ev += (f" An earlier benchmark (benchmarks/certification.py on {bench['device']}) gave "
+            ev += (f" Table 1's benchmark (benchmarks/certification.py on {bench['device']}, "
+                   f"{bench.get('started', '')[:10]}) gives "
                    f"{bench['ratios']['ds_block_over_bagcert_rf7_per_image']:.0f}×")
             ev += (f", and {blk_old['seconds_per_image'] / wide['seconds_per_image']:.1f}× against BagCert at "
                    "the paper's width 768 (untrained, timing only)." if wide else ".")

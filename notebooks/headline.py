@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -36,19 +36,16 @@ from myst_nb import glue
 from bagcert_lib.config import grids
 from bagcert_lib.figures import (FIG_WIDTH, PAPER_COLOR, book_style, flops_text, made_from, paper_values,
                                  readable)
-from bagcert_lib.results import headline_query, load_certification, load_history, load_runs
+from bagcert_lib.results import headline_runs, load_certification, load_history, load_runs
 from bagcert_lib.scaling import paper_flops, run_flops
 
 book_style()
 h = grids()["headline"]
-runs = load_runs(results)
-runs = runs[runs.finished.fillna(False).astype(bool) & runs.certified.astype(bool)].query(headline_query())
+runs = headline_runs(load_runs(results))
 runs = runs.assign(training_flops=run_flops(runs))     # counted by older runs' configs where missing
 if runs.empty:
     raise FileNotFoundError(f"no finished, certified run of the headline setting (RF {h['rf']}, "
                             f"M {h['margin']}) under {results or 'results/runs'}: train one with `make run`")
-if (runs.profile != "smoke").any():   # smoke runs only exercise the pipeline: not a scale to compare
-    runs = runs.query("profile != 'smoke'")
 runs = runs.sort_values(["training_flops", "run"])
 hist = load_history(results).query("run in @runs.run").copy()
 per_run = runs.set_index("run")

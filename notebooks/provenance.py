@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -113,13 +113,13 @@ from IPython.display import HTML
 
 from bagcert_lib.config import grids
 from bagcert_lib.figures import shipped_run
-from bagcert_lib.results import grid_runs, headline_query, smoothing_runs
+from bagcert_lib.results import grid_runs, headline_runs, smoothing_runs
 
 grid = grid_runs(results)
 ds_runs = smoothing_runs(results, grid.profile.iloc[0] if len(grid) else None)
 ship = shipped_run(results)
 ship_runs = runs[runs.run == ship.run] if ship is not None else runs.iloc[:0]
-headline = done[done.certified.astype(bool)].query(headline_query()) if len(done) else done
+headline = headline_runs(done)
 pages = {"figure2": [grid, ds_runs, ship_runs], "figure3": [grid, ds_runs, ship_runs],
          "figure4": [grid, ds_runs, ship_runs], "headline": [headline]}
 html = []

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -123,7 +123,7 @@ HTML(f"<details><summary>Accuracies of the timed images, and the run each model 
 # %% [markdown]
 # The ratios of this run next to the paper's (DS block vs BagCert RF 7: 788 s / 40.6 s; DS column:
 # 28 s / 40.6 s). "images" above is how many test images each row was timed on; the accuracies
-# folded under the table, on so few images, are for orientation only (each DS run's own
+# folded under the table are for orientation only where a row was timed on few images (each DS run's own
 # `certification.csv` has them on the test images its `n` column states).
 
 # %% tags=["hide-input"]

@@ -118,3 +118,24 @@ def test_scale_label_names_each_defenses_architecture():
     label = scale_label(runs)
     assert "profile cpu: width 32, 6 epochs" in label
     assert "mask-bn region scorer width 32" in label and "ds-column ResNet-18 width 16, 12 epochs" in label
+
+
+def test_headline_runs_leave_out_smoke_runs_unless_there_are_no_others():
+    """The headline page and the provenance appendix list the same runs: the finished, certified
+    RF 7, M 0.5 runs, smoke runs only when no other profile has one."""
+    import pandas as pd
+
+    from bagcert_lib.results import headline_runs
+
+    base = {"method": "bagcert", "rf": 7, "margin": 0.5, "head": "heaviside", "seed": 0, "sigma": 0.0,
+            "finished": True, "certified": True}
+    runs = pd.DataFrame([
+        {**base, "run": "cpu", "profile": "cpu"},
+        {**base, "run": "smoke", "profile": "smoke"},
+        {**base, "run": "rf9", "profile": "cpu", "rf": 9},
+        {**base, "run": "training", "profile": "cpu_long", "finished": False},
+        {**base, "run": "uncertified", "profile": "scaling", "certified": False},
+    ])
+    assert list(headline_runs(runs).run) == ["cpu"]
+    assert list(headline_runs(runs[runs.profile == "smoke"]).run) == ["smoke"]
+    assert headline_runs(runs.iloc[:0]).empty
