@@ -253,6 +253,9 @@ def judge(r):
         if wide:
             ev = (f"The width-768 model (untrained weights, timing only) took {wide[0]['seconds_per_image'] * 1e4:.0f} s "
                   f"per 10,000 images on {bench['device']} (benchmarks/certification.py).")
+        ev = (f"Run {x.run}'s certification.csv: the test images as its sweep certified them, on one "
+              "thread, two runs side by side (Table 1 gives the median over the RF 7 runs, and its benchmark "
+              "times the models on an otherwise idle machine). " + ev)
         return (f"{x.forward_s + x.certify_s:.1f} s (width {width}, one thread of {cpu})",
                 V.not_comparable(f"width {width} on one CPU thread of {cpu}, against width 768 on one V100"), ev)
     if r.id == "params_768":

@@ -64,7 +64,8 @@ readable(table)
 # Our runs beside them: certification time for the test images (forward pass + 5×5 certificate,
 # median over the runs of each RF), split into its two parts, and our models' parameter counts.
 # Seconds in every column; the paper's on a Tesla V100 for 10,000 images, ours on the machine named
-# above the table:
+# above the table, as the sweep certified each run (one thread, two runs side by side; the benchmark
+# further down times the models on an otherwise idle machine):
 
 # %% tags=["hide-input"]
 common = {c: ours[c].iloc[0] for c in ("n", "width", "device") if len(ours) and ours[c].nunique() == 1}
