@@ -252,7 +252,8 @@ def run_job(job: Job, profile: str, results: Path, device: str | None, log=print
     import papermill as pm
 
     # progress bars redraw every 30 s, not 10 times a second: the executed notebooks kept beside
-    # each run stay small (tqdm reads TQDM_* from the environment the kernels inherit)
+    # each run and the sweep's log stay small (tqdm reads TQDM_* from the environment, which the
+    # kernels inherit)
     os.environ.setdefault("TQDM_MININTERVAL", "30")
 
     # absolute: the notebooks run in notebooks/, where a relative folder would name another place
@@ -263,7 +264,7 @@ def run_job(job: Job, profile: str, results: Path, device: str | None, log=print
         if not mine:
             if join and (into := _certifying(run_dir)) is not None:
                 from .runs import join_certification
-                saved = join_certification(into, device=device, progress=False)
+                saved = join_certification(into, device=device)      # a progress bar per chunk, on stderr
                 log(f"[join] {run_dir.name}: certified {len(saved)} chunks of its certification "
                     f"({sum(b - a for a, b in saved):,} test images) beside "
                     f"{rundir.busy(run_dir) or 'its owner'}")
@@ -310,7 +311,7 @@ def run_job(job: Job, profile: str, results: Path, device: str | None, log=print
             log(f"[run ] {run_dir.name}: {step} on {device or 'default device'}")
             if step.startswith("attack-"):        # a defense's own attack, here: its record is the JSON
                 from .runs import DEFENSE_ATTACKS
-                DEFENSE_ATTACKS[step.removeprefix("attack-")](into, device=device, progress=False)
+                DEFENSE_ATTACKS[step.removeprefix("attack-")](into, device=device)   # progress on stderr
                 continue
             pm.execute_notebook(str(NOTEBOOKS / f"{step}.ipynb"), str(into / f"{step}.ipynb"),
                                 parameters=params[step], cwd=str(NOTEBOOKS), progress_bar=False)
