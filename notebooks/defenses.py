@@ -486,9 +486,14 @@ def summary():
             out.append(f"At {BUDGETS[i]['flops']:.1e} training FLOPs no defense has a finished run yet.")
             continue
         best = have["certified_accuracy"].idxmax()
-        rest = ", ".join(f"{d} {have.loc[d, 'certified_accuracy'] * 100:.1f} %" for d in have.index if d != best)
+
+        def acc(d):                     # a run certified on a subset says so
+            n = have.loc[d, "n"]
+            return (f"{have.loc[d, 'certified_accuracy'] * 100:.1f} %"
+                    + (f" on {n:,.0f} test images" if n < TEST_SET else ""))
+        rest = ", ".join(f"{d} {acc(d)}" for d in have.index if d != best)
         out.append(f"At {BUDGETS[i]['flops']:.1e} training FLOPs, {best} certifies the most against "
-                   f"{patch.replace('x', ' × ')} patches ({have.loc[best, 'certified_accuracy'] * 100:.1f} %"
+                   f"{patch.replace('x', ' × ')} patches ({acc(best)}"
                    + (f"; {rest}" if rest else "") + ")"
                    + (f"; no run yet: {', '.join(none)}." if none else "."))
     return " ".join(out)
