@@ -609,9 +609,12 @@ ranges = [r for r in table.itertuples() if r.kind == "prediction" and r.verdict.
 summary = (f"Of the {count['judged']} claims judged at our scale, {count[V.REPRODUCED]} reproduce, "
            f"{count[V.PARTLY]} partly and {count[V.NOT_REPRODUCED]} do not; {len(not_run)} are not run yet "
            f"({listing(not_run)}) and {len(other)} are times on other hardware, which we do not compare. "
-           + (f"Set against our compute study's range at the paper's compute, the paper's "
-              + listing([f"{paper_shown(r)} {'clean' if 'clean' in r.id else 'certified'} accuracy lies "
-                         f"{r.verdict.word} it" for r in ranges]) + "." if ranges else ""))
+           + (f"Set against the range our compute study predicts at the paper's compute (every curve form "
+              f"with its 95 % bootstrap band), the paper's "
+              + listing([f"{paper_shown(r)} {m} accuracy lies {r.verdict.word} it "
+                         f"({predicted(m).low * 100:.1f}–{predicted(m).high * 100:.1f} %)"
+                         for r in ranges for m in ["clean" if "clean" in r.id else "certified"]])
+              + "." if ranges else ""))
 glue("claims_summary", summary, display=False)
 glue("claims_summary_md", Markdown(summary), display=False)
 glue("claims_summary_html", HTML(html.escape(summary)), display=False)
