@@ -5,8 +5,9 @@
 Measures, on the same test images (the first of the fixed class-balanced test subset):
 
 * per-image certification time for every patch shape of Figures 3 and 4: BagCert at each RF
-  (cpu-profile width; the trained run's checkpoint when results/runs has it) and at the paper's
-  width 768 for one batch; DS block and column smoothing (the trained runs when present);
+  (cpu-profile width) and at the paper's width 768 for one batch; DS block and column
+  smoothing. Each uses its trained run's weights when results/runs has them, else fresh ones;
+  each row names its run and ``weights``;
 * BagCert's certification time over its plain inference (forward pass) time;
 * the summed-area certifier (``ScoreMaps``) against a direct loop over patch positions;
 * training throughput: bf16 against fp32, and the trainer (data, augmentation, logging) against
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,22 +34,13 @@ from bagcert_lib.config import REPO_ROOT, grids, profile_config
 from bagcert_lib.heads import get_head
 from bagcert_lib.loss import total_loss
 from bagcert_lib.model import cifar_scorer, num_parameters
-from bagcert_lib.runs import figure_patches, results_dir
+from bagcert_lib.runs import figure_patches
 from bagcert_lib.runtime import (autocast, cpu_class, cpu_features, device_name, memory_format,
                                  region_scores, use_amp, use_channels_last)
-from bagcert_lib.pretrained import load_run
-from bagcert_lib.train import build_model, git_commit, train
+from bagcert_lib.train import git_commit, train
 
-
-def trained_or_fresh(cfg, device):
-    """The trained model of ``cfg``'s run directory when it has a checkpoint, else a fresh one
-    (timings do not depend on the weights, except BagCert's pruned certification a little)."""
-    run = results_dir() / cfg.run_name()
-    if (run / "checkpoint.pt").is_file():
-        model, _ = load_run(run, device)
-        return model, run.name
-    torch.manual_seed(0)
-    return build_model(cfg).to(device).eval(), None
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from certify_cost import model_for  # noqa: E402  (the run's weights, else fresh ones)
 
 
 def bagcert_row(model, x, y, device, batch, patches, label, run):
@@ -183,8 +176,9 @@ def main(argv=None):
 
     for rf in a.rfs:
         cfg = profile_config(a.profile, rf=rf, margin=0.5)
-        model, run = trained_or_fresh(cfg, device)
-        log(bagcert_row(model, x, y, device, 500, patches, f"RF {rf}, width {cfg.width}", run))
+        model, run, weights = model_for(cfg, device)
+        log({**bagcert_row(model, x, y, device, 500, patches, f"RF {rf}, width {cfg.width}", run),
+             "weights": weights})
         if rf == 7:
             result["summed_area_vs_loop"] = summed_area_vs_loop(model, x[:200], y[:200], device)
     torch.manual_seed(0)
@@ -193,8 +187,8 @@ def main(argv=None):
                     "RF 7, width 768 (untrained)", None))
     for kind, n in (("column", a.n), ("block", a.n_block)):
         cfg = profile_config(a.profile, method=f"ds-{kind}")
-        model, run = trained_or_fresh(cfg, device)
-        log(ds_row(model, x[:n], y[:n], device, kind, cfg, patches, run))
+        model, run, weights = model_for(cfg, device)
+        log({**ds_row(model, x[:n], y[:n], device, kind, cfg, patches, run), "weights": weights})
     result["training"] = training(device, profile_config(a.profile).width, a.train_steps, a.train_size)
     rows = {(r["method"], r["model"]): r for r in result["rows"]}
     head = next(r for r in result["rows"] if r["model"].startswith("RF 7, width") and "768" not in r["model"])

@@ -44,6 +44,8 @@ def test_certification_benchmark_writes_every_ratio(tmp_path, monkeypatch):
     assert methods == ["BagCert", "BagCert", "DS (column)", "DS (block)"]
     block = r["rows"][-1]
     assert block["forward_passes_per_image"] == 1024 and block["n"] == 1
+    # no runs under this results folder: every model but the untrained width-768 one says fresh
+    assert [row.get("weights", "")[:5] for row in r["rows"]] == ["fresh", "", "fresh", "fresh"]
     assert r["dataset"]["sha256"] and r["device"] and r["git"]["commit"]
 
 
