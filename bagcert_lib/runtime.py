@@ -79,9 +79,9 @@ def use_channels_last(device, channels_last: bool | None = None,
 
     On AVX2-only CPUs, torch 2.13/2.14's channels_last backward of a 1×1 stride-2 convolution with
     2–7 input channels crashes or spins forever (DS's ResNet-18 shortcut at small widths).
-    Everywhere else channels_last is as fast or faster: 1.26–1.61× on an AMD EPYC with AVX-512 at
-    widths 24–96 (1.01–1.29× on a Xeon at width 32), 1.16–1.50× in fp32 on AVX2 at widths 32–64,
-    for the region scorer (``benchmarks/train_throughput.py --formats``;
+    Elsewhere channels_last is mostly faster for the region scorer: 1.26–1.61× on an AMD EPYC
+    with AVX-512 at widths 24–96 (but 0.88× at width 16 in bf16), 1.01–1.29× on a Xeon at width
+    32, 1.16–1.50× in fp32 on AVX2 at widths 32–64 (``benchmarks/train_throughput.py --formats``;
     results/benchmarks/train_throughput*.json). ``channels_last`` overrides the choice."""
     if channels_last is not None:
         return bool(channels_last)
@@ -140,7 +140,7 @@ def compiled(model, enabled: bool = False):
 
 #: Input pixels per CPU thread in one forward pass of a defense that makes many passes per image
 #: (PatchCleanser, Derandomized Smoothing, Mask-DS): 64 CIFAR-10 images. A ResNet-18's activations
-#: then stay in the core's cache; 512 images a pass ran 1.8× slower on one Xeon thread
+#: then stay in the core's cache; 512 images a pass ran 1.3–1.9× slower on one Xeon thread
 #: (``benchmarks/forward_batch.py``, whose record also checks that the logits do not change).
 CPU_PIXELS_PER_THREAD = 64 * 32 * 32
 

@@ -1,10 +1,10 @@
 """Run a profile's whole grid through the papermill notebooks: train → certify → attack.
 
-    python -m bagcert_lib.sweep --profile cpu                  # Figure 2 + Figure 8 grids
+    python -m bagcert_lib.sweep --profile cpu                  # Figures 2 and 8, the DS baselines, cpu_long
     python -m bagcert_lib.sweep --profile gpu --grid rf_sweep --devices cuda:0 cuda:1
-    python -m bagcert_lib.sweep --profile cpu --devices cpu cpu   # two configurations at once, a core each
+    python -m bagcert_lib.sweep --profile cpu --devices cpu cpu   # two configurations at once, half the cores each
     python -m bagcert_lib.sweep --profile cpu --grid smoothing   # the DS baselines
-    python -m bagcert_lib.sweep --profile cpu --grid equal-compute   # Mask-BN, CBN at BagCert's budgets
+    python -m bagcert_lib.sweep --profile cpu --grid equal-compute   # every defense at BagCert's two budgets
     python -m bagcert_lib.sweep --profile cpu --grid patchcleanser   # PatchCleanser at equal FLOPs
     python -m bagcert_lib.sweep --profile smoke --results /tmp/runs --dry-run
     python -m bagcert_lib.sweep --profile paper --grid figure2 --executor slurm \
@@ -555,7 +555,9 @@ def main(argv=None):
     p.add_argument("--results", help="parent of run directories (default: results/runs)")
     p.add_argument("--devices", nargs="+", help="run one configuration per device in parallel; "
                    "'cpu cpu' runs two at once on the CPU, splitting its cores between them")
-    p.add_argument("--attack-n", type=int, default=1000, help="test images attacked per model")
+    p.add_argument("--attack-n", type=int, default=1000,
+                   help="test images of App. A.2's attack per BagCert, CBN or Mask-BN model (a "
+                   "defense's own attack keeps its default: 1,000 images, PatchCleanser 100)")
     p.add_argument("--epochs", type=int, help="override the profile's epochs")
     p.add_argument("--width", type=int, help="override the profile's width")
     p.add_argument("--compile", action="store_true",

@@ -36,6 +36,7 @@ import torch
 
 from bagcert_lib import data as data_mod
 from bagcert_lib import patchcleanser
+from bagcert_lib.certifier import patch_label
 from bagcert_lib.config import METHODS, REPO_ROOT, grids, profile_config
 from bagcert_lib.methods import method_for
 from bagcert_lib.model import num_parameters
@@ -191,7 +192,7 @@ def main(argv=None):
            "torch": torch.__version__, "device": device_name(device), "cpu": cpu_features(),
            "cpu_class": cpu_class(), "threads": torch.get_num_threads(),
            "budget": a.budget, "flops": float(BUDGETS[a.budget - 1]["flops"]),
-           "patch_shapes": [f"{h}x{w}" for h, w in patches], "defenses": rows, "missing": missing,
+           "patch_shapes": [patch_label(p) for p in patches], "defenses": rows, "missing": missing,
            **({"note": a.note} if a.note else {})}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=2, default=str) + "\n")

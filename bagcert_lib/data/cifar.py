@@ -3,8 +3,9 @@
 1. the official extracted folder ``cifar-10-batches-py/`` (pickled batches),
 2. the official archive ``cifar-10-python.tar.gz`` (read from the tar, never extracted),
 3. ``cifar10-jpeg.tar.gz``, a JPEG (quality 75) re-encoding of all 60,000 CIFAR-10 images
-   available offline on the project machines (see ``shared/datasets/README.md``). Results
-   computed from it must say so: :meth:`ImageData.describe` records name and sha256.
+   for machines that cannot reach the official download (the committed runs used it; the book's
+   Reproduce page, "Data"). Results computed from it must say so: :meth:`ImageData.describe`
+   records name and sha256.
 
 No input runs code: the official batches are pickles, so each file (or the archive) is checked
 against the official md5 before it is read, and read with an unpickler that admits only what the

@@ -31,7 +31,7 @@ CROP = 224    # App. A.1.2: random (train) or centre (test) crop
 
 def default_workers(device="cpu") -> int:
     """DataLoader workers when the config says None: on a GPU cores - 1, at most 8 (one core stays
-    with the training process; README "ImageNet"); on a CPU 0, since one in-process loader feeds
+    with the training process; the book's Reproduce page, "ImageNet"); on a CPU 0, since one in-process loader feeds
     hundreds of training threads (benchmarks/imagenet_loader.py)."""
     if torch.device(device).type == "cpu":
         return 0
