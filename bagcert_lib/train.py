@@ -132,10 +132,11 @@ def estimate_cost(cfg: TrainConfig, n_train: int | None = None, device=None, ste
     """What a run costs on this machine, from ``steps`` timed training steps of a fresh copy of
     its model on random batches: nobody should start a 25-hour job believing it takes 5.
 
-    ``n_train``: training images (default: train_size, else 50,000 for CIFAR-10). The estimate
-    covers training only; per-epoch evaluation adds a few percent."""
+    ``n_train``: training images (default: train_size, else ImageNet's 1,281,167 for an ImageNet
+    run and CIFAR-10's 50,000 otherwise). The estimate covers training only; per-epoch evaluation
+    adds a few percent."""
     device = torch.device(device or cfg.device or default_device())
-    n_train = n_train or cfg.train_size or 50_000
+    n_train = n_train or cfg.train_size or (data_mod.TRAIN_IMAGES if cfg.dataset == "imagenet" else 50_000)
     size = (224, 224) if cfg.rf in (17, 25, 29) else (32, 32)
     gen = torch.Generator().manual_seed(0)
     model = build_model(cfg).to(device)

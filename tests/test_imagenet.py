@@ -326,3 +326,17 @@ def test_certification_benchmark_at_a_tiny_size(tmp_path):
         assert r["extrapolated_50k_s"][k] == pytest.approx(r["seconds_per_image"][k] * 50_000)
     assert r["seconds"]["total"] >= r["seconds"]["loading"] + r["seconds"]["forward"]
     assert r["cpu"]["model"] and len(r["load_average_at_start"]) == 3 and r["paper_seconds"] == 420
+
+
+def test_the_cost_estimate_counts_imagenets_training_images():
+    """``train --estimate`` and the sweep's estimate give no image count: an ImageNet run's epoch
+    is ImageNet's 1,281,167 training images, a CIFAR-10 run's 50,000 (unless train_size says)."""
+    import dataclasses
+
+    from bagcert_lib.config import profile_config
+    from bagcert_lib.train import estimate_cost
+
+    for dataset, rf, images in (("imagenet", 17, 1_281_167), ("cifar10", 7, 50_000)):
+        cfg = dataclasses.replace(profile_config("smoke", dataset=dataset, rf=rf, batch_size=2), train_size=None)
+        est = estimate_cost(cfg, steps=1, device="cpu")
+        assert est["seconds_per_epoch"] == pytest.approx(est["seconds_per_step"] * (images // 2))

@@ -20,7 +20,7 @@ from .cifar import (CIFAR10_ARCHIVE, CIFAR10_CLASSES, CIFAR10_FILES, CIFAR10_FOL
 from .core import (IMAGE_EXTENSIONS, DataCorruptError, DataNotFoundError, ImageData,
                    balanced_indices, resolve_data_path, subset, test_range)
 from .folders import load_image_folder
-from .imagenet import (CROP, RESIZE, EpochSampler, FolderDataset, StreamingImages, default_workers,
+from .imagenet import (CROP, RESIZE, TRAIN_IMAGES, EpochSampler, FolderDataset, StreamingImages, default_workers,
                        find_imagenet, load_imagenet, preprocess, rescale)
 
 __all__ = [

@@ -27,6 +27,8 @@ from .core import IMAGE_EXTENSIONS, DataCorruptError, DataNotFoundError, balance
 
 RESIZE = 256  # App. A.1.2: shorter side
 CROP = 224    # App. A.1.2: random (train) or centre (test) crop
+#: Images of ImageNet's (ILSVRC-2012) training split.
+TRAIN_IMAGES = 1_281_167
 
 
 def default_workers(device="cpu") -> int:
