@@ -435,6 +435,9 @@ def certify_model(model, batches: Iterable, patches: Sequence, *, head: str = "h
         batches: yields (images in [0, 1], labels).
         patches: patch shapes, ints (square) or (h, w) pairs.
         head: ``heaviside``, ``sigmoid`` or ``softmax`` (:mod:`bagcert_lib.heads`).
+        device: where the model runs (default: its parameters' device).
+        amp: bf16 autocast (None: where the device supports it, :func:`~bagcert_lib.runtime.use_amp`).
+        progress, desc: a tqdm progress bar over the batches, and its label.
 
     Returns:
         a DataFrame with one row per (patch, condition): n, clean_accuracy, certified_accuracy,

@@ -7,8 +7,9 @@ Each run directory (see ``train.py`` and ``runs.py``) contributes:
 * :func:`load_history` — one row per (run, epoch) from history.csv;
 * :func:`load_retrained` — runs trained again to ship their weights, before against after.
 
-Every row carries the run's ``run`` name and the config columns (rf, margin, head, sigma, seed,
-profile, width, epochs, train_size), so a figure selects its runs with ordinary pandas queries.
+Every row carries the run's ``run`` name and the config columns (:data:`CONFIG_COLUMNS`: rf,
+margin, head, sigma, seed, profile, width, epochs, train_size, method, ablation_size, theta), so a
+figure selects its runs with ordinary pandas queries.
 The files are read through :mod:`.rundir`: a file that cannot be read raises an error naming it.
 """
 from __future__ import annotations

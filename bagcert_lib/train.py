@@ -11,7 +11,8 @@
                       segments: the commit and machine of every (re)start and its first epoch
     metrics.json      the last epoch's numbers, written last ("finished": every record is in)
 
-in that order at every epoch's end, each atomically, under the run folder's lock (``rundir``).
+config.yaml once at the start, the others in that order at every epoch's end, each atomically,
+under the run folder's lock (``rundir``).
 
 Rerunning with the same run directory resumes from checkpoint.pt and ends at the same result as an
 uninterrupted run: every epoch reseeds its shuffling, augmentation and shake-shake noise from
@@ -188,7 +189,8 @@ def _sync(device):
 # rundir.RESUME_MAY_CHANGE: config fields a run may change when it resumes: the device, the
 # data's location (the dataset itself is pinned by its sha256 in provenance.json), the memory
 # format, compilation and the number of DataLoader workers (same numbers: augmentation is seeded
-# per image, not per worker) and how often it checkpoints. The number of processes is not a
+# per image, not per worker), how often it checkpoints, and the test images its certification
+# later uses (test_size). The number of processes is not a
 # config field either: a run may resume with another world size.
 
 
