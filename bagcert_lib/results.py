@@ -140,11 +140,16 @@ def _run_row(run: Path) -> dict:
     }
 
 
+def finished_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs that are trained and certified (a run in the middle of its sweep is left out)."""
+    return runs[runs["finished"].fillna(False).astype(bool) & runs["certified"].fillna(False).astype(bool)]
+
+
 def select_runs(runs: pd.DataFrame, profile: str | None = None) -> pd.DataFrame:
     """The finished runs of one profile: ``profile``, or (None) the first of :data:`PROFILE_ORDER`
     that has finished runs. Figures and tables call this so a plot never mixes scales. Finished
     means trained and certified (a run still in the middle of its sweep is left out)."""
-    done = runs[runs["finished"].fillna(False).astype(bool) & runs["certified"].fillna(False).astype(bool)]
+    done = finished_runs(runs)
     if profile is None:
         done = done[done["profile"] != "imagenet"]     # ImageNet: its own panel (imagenet_runs)
         have = set(done["profile"])
@@ -260,7 +265,7 @@ def headline_runs(runs: pd.DataFrame) -> pd.DataFrame:
     profile has one: the headline page's runs."""
     if runs.empty:
         return runs
-    done = runs[runs["finished"].fillna(False).astype(bool) & runs["certified"].fillna(False).astype(bool)]
+    done = finished_runs(runs)
     done = done.query(headline_query())
     return done.query("profile != 'smoke'") if (done["profile"] != "smoke").any() else done
 
