@@ -48,7 +48,9 @@ from .runtime import (compiled, configure_backends, default_device, device_name,
                       use_amp, use_channels_last, cpu_class, cpu_features)
 
 def build_model(cfg: TrainConfig, num_classes: int = 10):
-    """BagCert's region scorer (App. A.1), or DS's ResNet-18 base classifier for a DS run."""
+    """The model of ``cfg.method`` (:func:`~bagcert_lib.methods.method_for`): the region scorer
+    (App. A.1) for BagCert, CBN and Mask-BN, a ResNet-18 base classifier for DS, Mask-DS and
+    PatchCleanser."""
     return method_for(cfg).build_model(cfg, num_classes)
 
 
@@ -123,7 +125,10 @@ def evaluate_batches(model, loader, cfg: TrainConfig, device, patches=None, prog
 
 def training_loss(model, x, y, cfg: TrainConfig, head=None, device=None):
     """One step's loss on a global batch (:class:`~bagcert_lib.methods.Method`): §3.3's margin
-    loss, or for DS the cross-entropy on one random ablation per image (Levine & Feizi, 2020)."""
+    loss for BagCert; cross-entropy on the mean local logit for CBN (Zhang et al., 2020) and on
+    the masked clipped evidence for Mask-BN (Xiang et al., 2021); for DS and Mask-DS the
+    cross-entropy on one random ablation per image (Levine & Feizi, 2020); for PatchCleanser the
+    cross-entropy on Cutout-masked images (Xiang et al., 2022)."""
     method = method_for(cfg)
     return method.loss(model, method.prepare(x, cfg), y, cfg, device or x.device)
 
