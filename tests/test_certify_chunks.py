@@ -100,6 +100,37 @@ def test_a_killed_certification_resumes_at_its_first_missing_chunk(trained, tmp_
     _same(df, whole)
 
 
+def test_saved_chunks_resume_in_a_copy_that_ships_only_its_weights(trained, tmp_path, monkeypatch):
+    """A certification killed part-way, its run folder then shipped (model.safetensors, no
+    checkpoint.pt, as committed runs are) and copied elsewhere: certified there, it resumes at the
+    first missing chunk, because the plan names no path and the shipped weights fingerprint as
+    the checkpoint's."""
+    from bagcert_lib.pretrained import export_run
+
+    run, whole = trained
+    started = _copy(run, tmp_path / "here")
+    real, calls, kill = runs.evaluate_batches, [], [3]
+
+    def evaluate(*a, **k):                  # killed in its third chunk while ``kill`` says so
+        calls.append(1)
+        if len(calls) in kill:
+            raise Killed
+        return real(*a, **k)
+
+    monkeypatch.setattr(runs, "evaluate_batches", evaluate)
+    with pytest.raises(Killed):
+        runs.certify_run(started, patches=PATCHES, progress=False, chunk=5)
+    export_run(started)
+    shipped = tmp_path / "there" / run.name
+    shutil.copytree(started, shipped, ignore=shutil.ignore_patterns(rundir.CHECKPOINT, "*.claim", ".lock"))
+    assert not (shipped / rundir.CHECKPOINT).exists() and rundir.certification_progress(shipped) == (10, 24)
+    calls.clear()
+    kill.clear()
+    df = runs.certify_run(shipped, patches=PATCHES, progress=False, chunk=5)
+    assert len(calls) == 3                                  # 10-15, 15-20, 20-24 only
+    _same(df, whole)
+
+
 def test_chunks_of_another_certification_are_not_mixed_in(trained, tmp_path, monkeypatch):
     """The plan holds the model's fingerprint (new weights, a retrain, start again) and the config
     fields that decide a certification (theta does, the device does not); an unreadable plan
