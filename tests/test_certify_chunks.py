@@ -37,6 +37,21 @@ def _copy(run, tmp_path):
     return copy
 
 
+def _killed_in_third_chunk(monkeypatch):
+    """Chunks certified from here on are counted in ``calls``; the third raises Killed while
+    ``kill`` (returned too) says so: clear both to let a resumed certification run."""
+    real, calls, kill = runs.evaluate_batches, [], [3]
+
+    def evaluate(*a, **k):
+        calls.append(1)
+        if len(calls) in kill:
+            raise Killed
+        return real(*a, **k)
+
+    monkeypatch.setattr(runs, "evaluate_batches", evaluate)
+    return calls, kill
+
+
 def _same(df, whole):
     cols = KEY + [c for c in ("passes", "masks") if c in whole]
     pd.testing.assert_frame_equal(df[cols].astype({"condition": str}).reset_index(drop=True),
@@ -62,15 +77,7 @@ def test_a_killed_certification_resumes_at_its_first_missing_chunk(trained, tmp_
                                                                     capsys):
     run, whole = trained
     copy = _copy(run, tmp_path)
-    real, calls, kill = runs.evaluate_batches, [], [3]
-
-    def evaluate(*a, **k):                  # killed in its third chunk while ``kill`` says so
-        calls.append(1)
-        if len(calls) in kill:
-            raise Killed
-        return real(*a, **k)
-
-    monkeypatch.setattr(runs, "evaluate_batches", evaluate)
+    calls, kill = _killed_in_third_chunk(monkeypatch)
     with pytest.raises(Killed):
         runs.certify_run(copy, patches=PATCHES, progress=False, chunk=5)
     assert not (copy / "certification.csv").exists()
@@ -109,15 +116,7 @@ def test_saved_chunks_resume_in_a_copy_that_ships_only_its_weights(trained, tmp_
 
     run, whole = trained
     started = _copy(run, tmp_path / "here")
-    real, calls, kill = runs.evaluate_batches, [], [3]
-
-    def evaluate(*a, **k):                  # killed in its third chunk while ``kill`` says so
-        calls.append(1)
-        if len(calls) in kill:
-            raise Killed
-        return real(*a, **k)
-
-    monkeypatch.setattr(runs, "evaluate_batches", evaluate)
+    calls, kill = _killed_in_third_chunk(monkeypatch)
     with pytest.raises(Killed):
         runs.certify_run(started, patches=PATCHES, progress=False, chunk=5)
     export_run(started)
