@@ -31,7 +31,7 @@ from .certifier import _pair, affected_range
 from .config import REPO_ROOT, grids, profile_config, parse_test_size  # noqa: F401 (REPO_ROOT: API)
 from .pretrained import load_run
 from .rundir import MODEL_FILES, results_dir  # noqa: F401 (API)
-from .runtime import compiled, default_device, device_name, memory_format, region_scores
+from .runtime import compiled, default_device, device_name, memory_format, precision, region_scores
 from .methods import method_for
 from .train import evaluate_batches, git_commit, test_batches
 
@@ -100,14 +100,16 @@ def certify_run(run_dir, patches=None, device=None, progress=True,
     faster for the defenses of many forward passes per image, but a numerically different model
     (fused kernels round differently), so a few images near a decision may certify differently;
     the certificate holds for the model that made it (``benchmarks/certify_cost.py --compile``).
-    Each row records ``n``, the split's size ``test_split`` and ``compiled``. Writes ``filename`` into
+    Each row records ``n``, the split's size ``test_split``, ``compiled``, the ``device`` and the
+    ``precision`` (bf16 or fp32, :func:`bagcert_lib.runtime.precision`). Writes ``filename`` into
     the run directory, where the rows of these shapes replace their old ones and the other shapes'
     rows stay (certifying one shape never erases the figures' others). Returns the new rows.
 
     More than ``chunk`` images (default :data:`CHUNK`) are certified ``chunk`` at a time, each
     chunk saved as it finishes (:class:`bagcert_lib.rundir.Parts`): a killed certification
     started again with the same weights, config, dataset (its sha256), shapes and images resumes
-    at the first missing chunk, and the chunks' counts add up to the rows one pass would give
+    at the first missing chunk (in the saved chunks' precision: refused, before any work, where
+    this machine's differs), and the chunks' counts add up to the rows one pass would give
     (:func:`combine_chunks`). Other processes may certify chunks beside it
     (:func:`join_certification`): it skips the chunks they hold, waits for them at the end, and
     certifies any whose holder died unsaved.
@@ -135,6 +137,7 @@ def certify_run(run_dir, patches=None, device=None, progress=True,
             print(f"{parts.folder}: {parts.discarded} saved chunks belong to another certification "
                   "(weights, config, data, shapes, images or chunk size differ); starting again")
         if len(ranges) > 1:                        # one chunk: nothing to resume or share
+            _same_precision(parts, ranges, precision(device, cfg.amp), device)
             parts.start()
         net = compiled(model, compile)
         rows, later = {}, []
@@ -167,6 +170,30 @@ def certify_run(run_dir, patches=None, device=None, progress=True,
     return df
 
 
+def _same_precision(parts, ranges, mine: str, device) -> None:
+    """RunFolderError, before any work, when saved chunks were certified in another precision
+    (bf16 or fp32, a ``precision`` column) than this process would use: a certification is one
+    model's arithmetic. With ``amp`` unset in the config the precision follows the machine (bf16
+    on GPUs and on CPUs with AVX512-BF16 or AMX, fp32 elsewhere), so a certification moved to
+    another kind of CPU would otherwise combine the two. Chunks saved before rows recorded their
+    precision are not checked."""
+    theirs = {}
+    for start, stop in ranges:
+        if parts.done(start, stop):
+            rows = parts.rows(start, stop)
+            for p in rows["precision"].dropna().unique() if "precision" in rows else ():
+                theirs[p] = theirs.get(p, 0) + 1
+    other = {p: k for p, k in theirs.items() if p != mine}
+    if other:
+        said = ", ".join(f"{k} in {p}" for p, k in other.items())
+        raise rundir.RunFolderError(
+            f"{parts.folder}: saved chunks were certified in another precision ({said}); this "
+            f"process would certify in {mine} on {device_name(device)}, and one certification "
+            f"keeps one arithmetic. Resume it where {'/'.join(other)} is the default "
+            "(bf16: a GPU, or a CPU with AVX512-BF16 or AMX; fp32: a CPU without them), or "
+            f"delete {parts.folder} to certify every chunk again in {mine}")
+
+
 def _ranges(n: int, size: int) -> list[tuple[int, int]]:
     """The chunks (start, stop) of ``n`` test images, ``size`` at a time."""
     return [(a, min(a + size, n)) for a in range(0, n, size)]
@@ -187,6 +214,7 @@ def _certify_chunk(net, model, cfg, ds, device, patches, start, stop, progress, 
                           patches=patches, progress=progress)
     df["wall_s"] = time.perf_counter() - t0
     df["device"] = device_name(device)
+    df["precision"] = precision(device, cfg.amp)
     if parts is not None:
         parts.save(start, stop, df)
     return df
@@ -230,6 +258,7 @@ def join_certification(run_dir, device=None, progress=True, filename="certificat
     net = compiled(model, plan["compiled"])
     n, size = plan["n"], plan["chunk"]
     ranges = _ranges(n, size)
+    _same_precision(parts, ranges, precision(device, cfg.amp), device)
     saved = []
     for start, stop in tqdm(ranges, desc=f"join: certify {n} images", unit="chunk", disable=not progress):
         if not parts.current():
@@ -263,8 +292,8 @@ def fingerprint(model: torch.nn.Module) -> str:
 def combine_chunks(parts: list[pd.DataFrame]) -> pd.DataFrame:
     """One row per (patch, condition) from the rows of consecutive chunks of test images: ``n``,
     ``passes`` and the seconds (``*_s``) add up; an accuracy is its counts' sum over the total
-    ``n`` (count = accuracy × n, an integer); ``device`` lists each machine once; every other
-    column must agree between chunks (ValueError naming it). The ``attrs`` combine the same way
+    ``n`` (count = accuracy × n, an integer); ``device`` lists each machine once; ``precision``
+    must agree where recorded; every other column must agree between chunks (ValueError naming it). The ``attrs`` combine the same way
     (``n`` and ``*_s`` add up, the others are the first chunk's)."""
     if len(parts) == 1:
         return parts[0].reset_index(drop=True)
@@ -281,6 +310,9 @@ def combine_chunks(parts: list[pd.DataFrame]) -> pd.DataFrame:
             out[c] = counts.groupby([df[k] for k in key], sort=False).sum(min_count=1) / n
         elif c == "device":
             out[c] = groups[c].agg(lambda s: "; ".join(dict.fromkeys(s.astype(str))))
+        elif c == "precision":                     # chunks saved before rows recorded it: unknown
+            if (groups[c].nunique() > 1).any():
+                raise ValueError(f"the chunks disagree on 'precision': {sorted(df[c].dropna().unique())}")
         elif (groups[c].nunique(dropna=False) > 1).any():
             raise ValueError(f"the chunks disagree on {c!r}: {sorted(df[c].astype(str).unique())}")
     out = out.reset_index()[list(df.columns)]

@@ -115,6 +115,12 @@ def use_amp(device, amp: bool | None = None) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and cpu_supports_bf16())
 
 
+def precision(device, amp: bool | None = None) -> str:
+    """``bf16`` or ``fp32``: the arithmetic of a forward pass on ``device`` (:func:`use_amp`).
+    A certification records it on every row and keeps one (:func:`bagcert_lib.runs.certify_run`)."""
+    return "bf16" if use_amp(device, amp) else "fp32"
+
+
 def autocast(device, amp: bool | None = None):
     """A bf16 autocast context where :func:`use_amp` says so, else a context that does nothing."""
     device = torch.device(device)

@@ -130,6 +130,39 @@ def test_saved_chunks_resume_in_a_copy_that_ships_only_its_weights(trained, tmp_
     _same(df, whole)
 
 
+def test_a_resume_keeps_the_saved_chunks_precision(trained, tmp_path, monkeypatch):
+    """Every row records its precision (bf16 or fp32). Chunks saved in another precision (the
+    certification moved to a CPU without, or with, native bf16) are refused before any work, by
+    the owner and by a process that joins; on a machine of their precision it resumes."""
+    import re
+
+    from bagcert_lib import runtime
+    from bagcert_lib.pretrained import load_run
+
+    run, whole = trained
+    copy = _copy(run, tmp_path)
+    calls, kill = _killed_in_third_chunk(monkeypatch)
+    with pytest.raises(Killed):
+        runs.certify_run(copy, patches=PATCHES, progress=False, chunk=5)
+    here = runtime.precision("cpu", load_run(copy, "cpu")[1].amp)
+    assert set(rundir.Parts.join(copy).rows(0, 5).precision) == {here}
+    other = {"bf16": "fp32", "fp32": "bf16"}[here]
+    monkeypatch.setattr(runs, "precision", lambda device, amp=None: other)
+    calls.clear()
+    kill.clear()
+    refused = re.escape(f"another precision (2 in {here}); this process would certify in {other}")
+    with pytest.raises(rundir.RunFolderError, match=refused):
+        runs.certify_run(copy, patches=PATCHES, progress=False, chunk=5)
+    with pytest.raises(rundir.RunFolderError, match=refused):
+        runs.join_certification(copy, progress=False)
+    assert calls == [] and rundir.certification_progress(copy) == (10, 24)
+
+    monkeypatch.setattr(runs, "precision", runtime.precision)
+    df = runs.certify_run(copy, patches=PATCHES, progress=False, chunk=5)
+    assert len(calls) == 3 and set(df.precision) == {here}
+    _same(df, whole)
+
+
 def test_chunks_of_another_certification_are_not_mixed_in(trained, tmp_path, monkeypatch):
     """The plan holds the model's fingerprint (new weights, a retrain, start again) and the config
     fields that decide a certification (theta does, the device does not); an unreadable plan
@@ -175,6 +208,10 @@ def test_combine_chunks_rules():
     assert out.attrs == {"n": 7, "certify_s": 3.5, "kind": "x"}
     with pytest.raises(ValueError, match="the chunks disagree on 'masks'"):
         runs.combine_chunks([a, b.assign(masks=30)])
+    known = a.assign(precision="bf16")                     # unknown in chunks saved before rows had it
+    assert runs.combine_chunks([a, known]).precision.tolist() == ["bf16", "bf16"]
+    with pytest.raises(ValueError, match="the chunks disagree on 'precision'"):
+        runs.combine_chunks([known, b.assign(precision="fp32")])
 
 
 # --------------------------------------------------------------------------- several processes
