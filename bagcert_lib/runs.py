@@ -185,7 +185,7 @@ def _same_precision(parts, ranges, mine: str, device) -> None:
                 theirs[p] = theirs.get(p, 0) + 1
     other = {p: k for p, k in theirs.items() if p != mine}
     if other:
-        said = ", ".join(f"{k} in {p}" for p, k in other.items())
+        said = ", ".join(f"{k} chunk{'s' * (k > 1)} in {p}" for p, k in other.items())
         raise rundir.RunFolderError(
             f"{parts.folder}: saved chunks were certified in another precision ({said}); this "
             f"process would certify in {mine} on {device_name(device)}, and one certification "

@@ -150,7 +150,7 @@ def test_a_resume_keeps_the_saved_chunks_precision(trained, tmp_path, monkeypatc
     monkeypatch.setattr(runs, "precision", lambda device, amp=None: other)
     calls.clear()
     kill.clear()
-    refused = re.escape(f"another precision (2 in {here}); this process would certify in {other}")
+    refused = re.escape(f"another precision (2 chunks in {here}); this process would certify in {other}")
     with pytest.raises(rundir.RunFolderError, match=refused):
         runs.certify_run(copy, patches=PATCHES, progress=False, chunk=5)
     with pytest.raises(rundir.RunFolderError, match=refused):
