@@ -177,12 +177,11 @@ def _same_precision(parts, ranges, mine: str, device) -> None:
     on GPUs and on CPUs with AVX512-BF16 or AMX, fp32 elsewhere), so a certification moved to
     another kind of CPU would otherwise combine the two. Chunks saved before rows recorded their
     precision are not checked."""
-    theirs = {}
-    for start, stop in ranges:
-        if parts.done(start, stop):
-            rows = parts.rows(start, stop)
-            for p in rows["precision"].dropna().unique() if "precision" in rows else ():
-                theirs[p] = theirs.get(p, 0) + 1
+    import collections
+
+    saved = [parts.rows(a, b) for a, b in ranges if parts.done(a, b)]
+    theirs = collections.Counter(p for rows in saved if "precision" in rows
+                                 for p in rows["precision"].dropna().unique())
     other = {p: k for p, k in theirs.items() if p != mine}
     if other:
         said = ", ".join(f"{k} chunk{'s' * (k > 1)} in {p}" for p, k in other.items())
@@ -292,9 +291,9 @@ def fingerprint(model: torch.nn.Module) -> str:
 def combine_chunks(parts: list[pd.DataFrame]) -> pd.DataFrame:
     """One row per (patch, condition) from the rows of consecutive chunks of test images: ``n``,
     ``passes`` and the seconds (``*_s``) add up; an accuracy is its counts' sum over the total
-    ``n`` (count = accuracy × n, an integer); ``device`` lists each machine once; ``precision``
-    must agree where recorded; every other column must agree between chunks (ValueError naming it). The ``attrs`` combine the same way
-    (``n`` and ``*_s`` add up, the others are the first chunk's)."""
+    ``n`` (count = accuracy × n, an integer); ``device`` lists each machine once; every other
+    column must agree between chunks (ValueError naming it), ``precision`` where recorded. The
+    ``attrs`` combine the same way (``n`` and ``*_s`` add up, the others are the first chunk's)."""
     if len(parts) == 1:
         return parts[0].reset_index(drop=True)
     df = pd.concat(parts, ignore_index=True)
@@ -310,10 +309,7 @@ def combine_chunks(parts: list[pd.DataFrame]) -> pd.DataFrame:
             out[c] = counts.groupby([df[k] for k in key], sort=False).sum(min_count=1) / n
         elif c == "device":
             out[c] = groups[c].agg(lambda s: "; ".join(dict.fromkeys(s.astype(str))))
-        elif c == "precision":                     # chunks saved before rows recorded it: unknown
-            if (groups[c].nunique() > 1).any():
-                raise ValueError(f"the chunks disagree on 'precision': {sorted(df[c].dropna().unique())}")
-        elif (groups[c].nunique(dropna=False) > 1).any():
+        elif (groups[c].nunique(dropna=c == "precision") > 1).any():   # precision: unknown in old chunks
             raise ValueError(f"the chunks disagree on {c!r}: {sorted(df[c].astype(str).unique())}")
     out = out.reset_index()[list(df.columns)]
     for key, value in parts[0].attrs.items():       # seconds and n add up, the rest is shared
