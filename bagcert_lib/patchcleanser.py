@@ -332,8 +332,10 @@ def certify_model(model: nn.Module, batches: Iterable, patches: Sequence, *,
     t_forward = 0.0
     was_training = model.training
     model.eval()
+    # the bar counts images; one batch takes minutes on a CPU, so it also names the shape under way
+    bar = tqdm(desc=desc, unit="img", disable=not progress, leave=False)
     try:
-        for x, y in tqdm(batches, desc=desc, disable=not progress, leave=False):
+        for x, y in batches:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             size = tuple(x.shape[-2:])
             if size not in sets:          # validates every shape before any forward pass
@@ -344,7 +346,9 @@ def certify_model(model: nn.Module, batches: Iterable, patches: Sequence, *,
                 undefended += int((model(x).float().argmax(1) == y).sum())
             _sync(device)
             t_forward += time.perf_counter() - t0
-            for p in patches:
+            for i, p in enumerate(patches):
+                bar.set_postfix_str(f"shape {i + 1}/{len(patches)} ({patch_label(p)}) of images "
+                                    f"{n + 1}-{n + len(y)}")
                 t1 = time.perf_counter()
                 res = double_masking(model, x, sets[size][p], y, amp=amp, chunk=chunk, check=False)
                 st = stats[p]
@@ -354,7 +358,9 @@ def certify_model(model: nn.Module, batches: Iterable, patches: Sequence, *,
                 _sync(device)
                 st["seconds"] += time.perf_counter() - t1
             n += len(y)
+            bar.update(len(y))
     finally:
+        bar.close()
         model.train(was_training)
     if n == 0:
         raise ValueError("the data loader yielded no samples")

@@ -298,6 +298,23 @@ def test_trained_model_brute_force(tiny):
         assert bool((out.prediction == y[b]).all()), b
 
 
+def test_certify_model_counts_images_and_shows_the_shape_under_way(tiny, capsys):
+    """The rows add up over batches, and the progress bar (on stderr) names each batch's shape
+    and images while their double masking runs, without changing a number."""
+    model, x, y = tiny
+    batches = [(x[:25], y[:25]), (x[25:], y[25:])]
+    kw = dict(num_masks=3, amp=False)
+    shown = pc.certify_model(model, batches, [1, 2], progress=True, **kw)
+    err = capsys.readouterr().err
+    assert "shape 1/2 (1x1) of images 1-25" in err and "shape 2/2 (2x2) of images 26-40" in err
+    quiet = pc.certify_model(model, batches, [1, 2], progress=False, **kw)
+    assert capsys.readouterr().err == ""
+    cols = ["patch", "n", "clean_accuracy", "certified_accuracy", "passes"]
+    assert shown[cols].equals(quiet[cols]) and (shown.n == 40).all()
+    whole = pc.double_masking(model, x, pc.mask_set(2, 10, 3), y, amp=False)
+    assert round(shown.certified_accuracy.iloc[1] * 40) == int(whole.certified.sum())
+
+
 def test_pgd_never_flips_a_certified_image(tiny):
     model, x, y = tiny
     ms = pc.mask_set(2, 10, 3)
