@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -177,11 +178,9 @@ def _same_precision(parts, ranges, mine: str, device) -> None:
     on GPUs and on CPUs with AVX512-BF16 or AMX, fp32 elsewhere), so a certification moved to
     another kind of CPU would otherwise combine the two. Chunks saved before rows recorded their
     precision are not checked."""
-    import collections
-
     saved = [parts.rows(a, b) for a, b in ranges if parts.done(a, b)]
-    theirs = collections.Counter(p for rows in saved if "precision" in rows
-                                 for p in rows["precision"].dropna().unique())
+    theirs = Counter(p for rows in saved if "precision" in rows
+                     for p in rows["precision"].dropna().unique())
     other = {p: k for p, k in theirs.items() if p != mine}
     if other:
         said = ", ".join(f"{k} chunk{'s' * (k > 1)} in {p}" for p, k in other.items())
